@@ -1,0 +1,335 @@
+//! Input data: numeric CSV (with a header row) and `.npy` (float32/float64, 2-D), read as a
+//! stream straight into one row-major `f32` matrix, so a large input is never held twice.
+//! Every problem is an `invalid_input` error that says where (line and column).
+
+use crate::domain::JobError;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt};
+
+/// A dense row-major matrix of features, with the names of its columns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Matrix {
+    pub rows: usize,
+    pub cols: usize,
+    pub data: Vec<f32>,
+    pub columns: Vec<String>,
+}
+
+impl Matrix {
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.data[i * self.cols..(i + 1) * self.cols]
+    }
+}
+
+/// Features, and the label column when one was asked for and present.
+#[derive(Debug, Clone)]
+pub struct Table {
+    pub features: Matrix,
+    pub labels: Option<Vec<f32>>,
+}
+
+fn invalid(msg: impl Into<String>) -> JobError {
+    JobError::invalid_input(msg)
+}
+
+fn check_finite(v: f32, line: usize, column: &str) -> Result<f32, JobError> {
+    if v.is_finite() {
+        Ok(v)
+    } else {
+        Err(invalid(format!("line {line}, column `{column}`: value {v} is not a finite number")))
+    }
+}
+
+/// Reads a CSV stream. `label_column`, when given, is split off into `labels`; if `require_label`
+/// and it is missing, that is an error naming the columns that do exist.
+pub async fn read_csv<R: AsyncBufRead + Unpin>(
+    mut reader: R,
+    label_column: &str,
+    require_label: bool,
+) -> Result<Table, JobError> {
+    let mut line = Vec::new();
+    let read_err = |e: std::io::Error| JobError::transient("input_read_failed", e.to_string());
+    if reader.read_until(b'\n', &mut line).await.map_err(read_err)? == 0 {
+        return Err(invalid("the CSV input is empty (expected a header row)"));
+    }
+    let header = std::str::from_utf8(&line)
+        .map_err(|_| invalid("line 1: the header row is not UTF-8"))?
+        .trim_end_matches(['\n', '\r'])
+        .trim_start_matches('\u{feff}');
+    let names: Vec<String> =
+        header.split(',').map(|c| c.trim().trim_matches('"').to_string()).collect();
+    if names.iter().any(|n| n.is_empty()) {
+        return Err(invalid("line 1: the header row has an empty column name"));
+    }
+    let label_index = names.iter().position(|n| n == label_column);
+    if require_label && label_index.is_none() {
+        return Err(invalid(format!(
+            "missing label column `{label_column}` (columns: {})",
+            names.join(", ")
+        )));
+    }
+    let columns: Vec<String> = names
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| Some(*i) != label_index)
+        .map(|(_, n)| n.clone())
+        .collect();
+    let cols = columns.len();
+    let mut data = Vec::new();
+    let mut labels = label_index.map(|_| Vec::new());
+    let mut rows = 0usize;
+    let mut line_no = 1usize;
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line).await.map_err(read_err)? == 0 {
+            break;
+        }
+        line_no += 1;
+        let text = std::str::from_utf8(&line)
+            .map_err(|_| invalid(format!("line {line_no}: not UTF-8")))?
+            .trim_end_matches(['\n', '\r']);
+        if text.trim().is_empty() {
+            continue;
+        }
+        let mut width = 0usize;
+        for (i, cell) in text.split(',').enumerate() {
+            width += 1;
+            let name = names.get(i).ok_or_else(|| {
+                invalid(format!("line {line_no}: more cells than the {} header columns", names.len()))
+            })?;
+            let cell = cell.trim().trim_matches('"');
+            let v: f32 = cell.parse().map_err(|_| {
+                invalid(format!(
+                    "line {line_no}, column `{name}` ({}): `{cell}` is not a number",
+                    i + 1
+                ))
+            })?;
+            let v = check_finite(v, line_no, name)?;
+            match (&mut labels, Some(i) == label_index) {
+                (Some(l), true) => l.push(v),
+                _ => data.push(v),
+            }
+        }
+        if width != names.len() {
+            return Err(invalid(format!(
+                "line {line_no}: {width} cells where the header has {} columns",
+                names.len()
+            )));
+        }
+        rows += 1;
+    }
+    if rows == 0 {
+        return Err(invalid("the CSV input has a header but no data rows"));
+    }
+    if cols == 0 {
+        return Err(invalid("the input has no feature columns"));
+    }
+    Ok(Table { features: Matrix { rows, cols, data, columns }, labels })
+}
+
+/// Reads a `.npy` stream (little-endian float32 or float64, C order, 2-D). Its columns are named
+/// by index (`"0"`, `"1"`, …), so `label_column` can name one of them.
+pub async fn read_npy<R: AsyncRead + Unpin>(
+    mut reader: R,
+    label_column: &str,
+    require_label: bool,
+) -> Result<Table, JobError> {
+    let read_err = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => invalid("the .npy input ends early"),
+        _ => JobError::transient("input_read_failed", e.to_string()),
+    };
+    let mut magic = [0u8; 8];
+    reader.read_exact(&mut magic).await.map_err(read_err)?;
+    if &magic[..6] != b"\x93NUMPY" {
+        return Err(invalid("not a .npy file (bad magic bytes)"));
+    }
+    let header_len = match magic[6] {
+        1 => reader.read_u16_le().await.map_err(read_err)? as usize,
+        2 | 3 => reader.read_u32_le().await.map_err(read_err)? as usize,
+        v => return Err(invalid(format!(".npy format version {v} is not supported"))),
+    };
+    if header_len > 64 * 1024 {
+        return Err(invalid(".npy header is implausibly long"));
+    }
+    let mut header = vec![0u8; header_len];
+    reader.read_exact(&mut header).await.map_err(read_err)?;
+    let header = String::from_utf8_lossy(&header);
+    let (width, rows, cols) = parse_npy_header(&header)?;
+    let names: Vec<String> = (0..cols).map(|c| c.to_string()).collect();
+    let label_index = names.iter().position(|n| n == label_column);
+    if require_label && label_index.is_none() {
+        return Err(invalid(format!(
+            "missing label column `{label_column}`: .npy columns are named by index, 0..{}",
+            cols.saturating_sub(1)
+        )));
+    }
+    if rows == 0 || cols == 0 || (label_index.is_some() && cols == 1) {
+        return Err(invalid(format!("the .npy input has shape ({rows}, {cols}): no data")));
+    }
+    let feature_cols = cols - usize::from(label_index.is_some());
+    let mut data = Vec::with_capacity(rows.saturating_mul(feature_cols).min(1 << 28));
+    let mut labels = label_index.map(|_| Vec::with_capacity(rows.min(1 << 24)));
+    let mut row_bytes = vec![0u8; cols * width];
+    for r in 0..rows {
+        reader.read_exact(&mut row_bytes).await.map_err(read_err)?;
+        for c in 0..cols {
+            let b = &row_bytes[c * width..(c + 1) * width];
+            let v = if width == 4 {
+                f32::from_le_bytes(b.try_into().expect("4 bytes"))
+            } else {
+                f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32
+            };
+            let v = check_finite(v, r + 1, &names[c])?;
+            match (&mut labels, Some(c) == label_index) {
+                (Some(l), true) => l.push(v),
+                _ => data.push(v),
+            }
+        }
+    }
+    let columns = names.into_iter().enumerate().filter(|(i, _)| Some(*i) != label_index);
+    let columns = columns.map(|(_, n)| n).collect();
+    Ok(Table { features: Matrix { rows, cols: feature_cols, data, columns }, labels })
+}
+
+/// Returns (bytes per value, rows, cols) from a header such as
+/// `{'descr': '<f4', 'fortran_order': False, 'shape': (3, 2), }`.
+fn parse_npy_header(h: &str) -> Result<(usize, usize, usize), JobError> {
+    let width = if h.contains("'<f4'") || h.contains("'f4'") {
+        4
+    } else if h.contains("'<f8'") || h.contains("'f8'") {
+        8
+    } else {
+        return Err(invalid(format!(".npy dtype must be little-endian float32 or float64: {h}")));
+    };
+    if h.contains("'fortran_order': True") {
+        return Err(invalid(".npy input must be in C order (fortran_order is True)"));
+    }
+    let shape = h
+        .split("'shape':")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .map(|s| s.trim().trim_start_matches('('))
+        .ok_or_else(|| invalid(format!(".npy header has no shape: {h}")))?;
+    let dims: Vec<usize> = shape
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().map_err(|_| invalid(format!(".npy shape `{shape}` is not numeric"))))
+        .collect::<Result<_, _>>()?;
+    match dims[..] {
+        [rows, cols] => {
+            if rows.checked_mul(cols).and_then(|n| n.checked_mul(width)).is_none() {
+                return Err(invalid(format!(".npy shape ({rows}, {cols}) is too large")));
+            }
+            Ok((width, rows, cols))
+        }
+        _ => Err(invalid(format!(".npy input must be 2-D, not shape ({shape})"))),
+    }
+}
+
+/// Builds a table from inline JSON rows (the API has checked they are numeric arrays).
+pub fn from_rows(rows: &[Vec<f64>], labels: Option<&[f64]>) -> Result<Table, JobError> {
+    let cols = rows.first().map(Vec::len).unwrap_or(0);
+    if rows.is_empty() || cols == 0 {
+        return Err(invalid("`rows` is empty"));
+    }
+    let mut data = Vec::with_capacity(rows.len() * cols);
+    for (r, row) in rows.iter().enumerate() {
+        if row.len() != cols {
+            return Err(invalid(format!("row {r} has {} values, row 0 has {cols}", row.len())));
+        }
+        for (c, v) in row.iter().enumerate() {
+            data.push(check_finite(*v as f32, r + 1, &c.to_string())?);
+        }
+    }
+    let labels = labels.map(|l| l.iter().map(|&v| v as f32).collect::<Vec<_>>());
+    if let Some(l) = &labels {
+        if l.len() != rows.len() {
+            return Err(invalid(format!("{} labels for {} rows", l.len(), rows.len())));
+        }
+        if l.iter().any(|v| !v.is_finite()) {
+            return Err(invalid("`labels` holds a value that is not a finite number"));
+        }
+    }
+    let columns = (0..cols).map(|c| c.to_string()).collect();
+    Ok(Table { features: Matrix { rows: rows.len(), cols, data, columns }, labels })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn csv(text: &str, require: bool) -> Result<Table, JobError> {
+        read_csv(text.as_bytes(), "label", require).await
+    }
+
+    #[tokio::test]
+    async fn csv_splits_off_the_label_column_wherever_it_is() {
+        let t = csv("a,label,b\n1,0,2\n3,1,4.5\n", true).await.unwrap();
+        assert_eq!(t.features.data, vec![1.0, 2.0, 3.0, 4.5]);
+        assert_eq!(t.features.columns, vec!["a", "b"]);
+        assert_eq!(t.labels.unwrap(), vec![0.0, 1.0]);
+    }
+
+    #[tokio::test]
+    async fn csv_non_numeric_cell_names_line_and_column() {
+        let e = csv("a,b,label\n1,2,0\n3,x,1\n", true).await.unwrap_err();
+        assert_eq!(e.code, "invalid_input");
+        assert!(e.message.contains("line 3") && e.message.contains("`b`"), "{}", e.message);
+    }
+
+    #[tokio::test]
+    async fn csv_missing_label_column_is_named() {
+        let e = csv("a,b\n1,2\n", true).await.unwrap_err();
+        assert!(e.message.contains("missing label column `label`"), "{}", e.message);
+        assert!(csv("a,b\n1,2\n", false).await.unwrap().labels.is_none());
+    }
+
+    #[tokio::test]
+    async fn csv_nan_and_infinity_are_refused() {
+        for bad in ["NaN", "inf", "-inf"] {
+            let e = csv(&format!("a,label\n{bad},1\n"), true).await.unwrap_err();
+            assert_eq!(e.code, "invalid_input", "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn csv_ragged_rows_and_empty_inputs_are_refused() {
+        assert!(csv("a,b,label\n1,2\n", true).await.is_err());
+        assert!(csv("a,b,label\n1,2,3,4\n", true).await.is_err());
+        assert!(csv("", true).await.is_err());
+        assert!(csv("a,label\n", true).await.is_err());
+    }
+
+    fn npy(descr: &str, shape: &str, payload: &[u8]) -> Vec<u8> {
+        let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+        while (10 + header.len() + 1) % 64 != 0 {
+            header.push(' ');
+        }
+        header.push('\n');
+        let mut out = b"\x93NUMPY\x01\x00".to_vec();
+        out.extend((header.len() as u16).to_le_bytes());
+        out.extend(header.as_bytes());
+        out.extend(payload);
+        out
+    }
+
+    #[tokio::test]
+    async fn npy_float64_reads_and_names_columns_by_index() {
+        let vals: Vec<u8> = [1.0f64, 2.0, 0.0, 3.0, 4.0, 1.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let bytes = npy("<f8", "(2, 3)", &vals);
+        let t = read_npy(&bytes[..], "2", true).await.unwrap();
+        assert_eq!(t.features.data, vec![1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(t.labels.unwrap(), vec![0.0, 1.0]);
+    }
+
+    #[tokio::test]
+    async fn npy_truncated_or_wrong_dtype_is_invalid_input() {
+        let vals: Vec<u8> = [1.0f32, 2.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let e = read_npy(&npy("<f4", "(2, 2)", &vals)[..], "label", false).await.unwrap_err();
+        assert_eq!(e.code, "invalid_input");
+        let e = read_npy(&npy("<i8", "(1, 1)", &[0; 8])[..], "label", false).await.unwrap_err();
+        assert!(e.message.contains("float32 or float64"), "{}", e.message);
+        let e = read_npy(&npy("<f4", "(2,)", &vals)[..], "label", false).await.unwrap_err();
+        assert!(e.message.contains("2-D"), "{}", e.message);
+    }
+}

@@ -1,0 +1,121 @@
+//! The AMQP side: one durable queue of job ids, publisher confirms, and a publisher that
+//! reconnects by itself. Messages carry only the job id; Postgres holds everything else.
+
+use crate::domain::JobId;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+use tokio::sync::Mutex;
+
+pub use lapin::Error as AmqpError;
+
+/// The body of a job message.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct JobMessage {
+    pub job_id: JobId,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("AMQP: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("the broker did not confirm the message")]
+    Nacked,
+    #[error("the broker did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+const BROKER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Opens a connection to the broker.
+pub async fn connect(url: &str) -> Result<Connection, QueueError> {
+    let props = ConnectionProperties::default();
+    Ok(with_timeout(Connection::connect(url, props)).await??)
+}
+
+/// Declares the topology on `channel`: the durable job queue.
+pub async fn declare(channel: &Channel, queue: &str) -> Result<(), QueueError> {
+    channel
+        .queue_declare(queue.into(), QueueDeclareOptions::durable(), FieldTable::default())
+        .await?;
+    Ok(())
+}
+
+async fn with_timeout<F: Future>(f: F) -> Result<F::Output, QueueError> {
+    tokio::time::timeout(BROKER_TIMEOUT, f).await.map_err(|_| QueueError::Timeout(BROKER_TIMEOUT))
+}
+
+/// Publishes job ids with publisher confirms, over a connection it re-opens when it is lost.
+pub struct Publisher {
+    url: String,
+    queue: String,
+    link: Mutex<Option<(Connection, Channel)>>,
+}
+
+impl Publisher {
+    /// Connects and declares the queue; fails if the broker is unreachable.
+    pub async fn connect(url: &str, queue: &str) -> Result<Self, QueueError> {
+        let publisher =
+            Self { url: url.to_string(), queue: queue.to_string(), link: Mutex::new(None) };
+        publisher.channel().await?;
+        Ok(publisher)
+    }
+
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    async fn channel(&self) -> Result<Channel, QueueError> {
+        let mut link = self.link.lock().await;
+        if let Some((conn, channel)) = link.as_ref() {
+            if conn.status().connected() && channel.status().connected() {
+                return Ok(channel.clone());
+            }
+        }
+        *link = None;
+        let conn = connect(&self.url).await?;
+        let channel = with_timeout(conn.create_channel()).await??;
+        with_timeout(channel.confirm_select(ConfirmSelectOptions::default())).await??;
+        with_timeout(declare(&channel, &self.queue)).await??;
+        *link = Some((conn, channel.clone()));
+        Ok(channel)
+    }
+
+    /// Whether the link to the broker is up (or can be brought up now).
+    pub async fn is_ready(&self) -> bool {
+        self.channel().await.is_ok()
+    }
+
+    /// Publishes one persistent job message and waits for the broker's confirmation. Retries
+    /// once on a fresh connection if the current one turns out to be dead.
+    pub async fn publish(&self, job_id: JobId) -> Result<(), QueueError> {
+        match self.publish_once(job_id).await {
+            Ok(()) => Ok(()),
+            Err(first) => {
+                tracing::warn!(error = %first, "publish failed; reconnecting once");
+                *self.link.lock().await = None;
+                self.publish_once(job_id).await
+            }
+        }
+    }
+
+    async fn publish_once(&self, job_id: JobId) -> Result<(), QueueError> {
+        let channel = self.channel().await?;
+        let body = serde_json::to_vec(&JobMessage { job_id }).expect("serialisable");
+        let props = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into());
+        let confirm = with_timeout(channel.basic_publish(
+            "".into(),
+            self.queue.as_str().into(),
+            BasicPublishOptions::default(),
+            &body,
+            props,
+        ))
+        .await??;
+        let confirmation = with_timeout(confirm).await??;
+        if confirmation.is_ack() { Ok(()) } else { Err(QueueError::Nacked) }
+    }
+}

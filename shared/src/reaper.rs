@@ -1,0 +1,47 @@
+//! The reaper: what makes a crash anywhere lose nothing. It hands jobs whose worker stopped
+//! renewing its lease back to the queue, and publishes `queued` jobs whose message never went out
+//! or was lost. Duplicate messages are harmless: the claim is conditional.
+
+use crate::config::Lifecycle;
+use crate::db;
+use crate::queue::Publisher;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+/// Runs until `shutdown` fires, one sweep every `lifecycle.reaper_interval`.
+pub async fn run(pool: PgPool, publisher: &Publisher, lifecycle: Lifecycle, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(lifecycle.reaper_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = sweep(&pool, publisher, &lifecycle).await {
+            tracing::warn!(error = %e, "reaper sweep failed; will retry");
+        }
+    }
+}
+
+/// One pass; returns how many jobs it published.
+pub async fn sweep(
+    pool: &PgPool,
+    publisher: &Publisher,
+    lifecycle: &Lifecycle,
+) -> anyhow::Result<usize> {
+    let mut ids = db::jobs_requeue_expired(pool).await?;
+    if !ids.is_empty() {
+        tracing::info!(count = ids.len(), "requeued jobs whose lease expired");
+    }
+    let stale = db::jobs_due_for_publish(pool, lifecycle.republish_after, 1000).await?;
+    if !stale.is_empty() {
+        tracing::info!(count = stale.len(), "publishing queued jobs with no live message");
+    }
+    ids.extend(stale);
+    for id in &ids {
+        // A failure here leaves the job queued with `published_at` set: the next sweep after
+        // `republish_after` tries again.
+        publisher.publish(*id).await?;
+    }
+    Ok(ids.len())
+}

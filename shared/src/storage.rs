@@ -1,0 +1,113 @@
+//! S3 access through aws-sdk-s3 with the endpoint from the standard AWS variables
+//! (`AWS_ENDPOINT_URL` for the dev server) and path-style addressing.
+
+use crate::dataset::{self, Table};
+use crate::domain::{JobError, S3Uri};
+use aws_sdk_s3::Client;
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+
+#[derive(Clone, Debug)]
+pub struct Storage {
+    client: Client,
+}
+
+impl Storage {
+    /// A client configured from the environment (`AWS_*` variables, profiles, instance roles).
+    pub async fn from_env() -> Self {
+        let conf = aws_config::load_from_env().await;
+        let s3 = aws_sdk_s3::config::Builder::from(&conf).force_path_style(true).build();
+        Self { client: Client::from_conf(s3) }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Creates the bucket unless it exists (development and tests).
+    pub async fn ensure_bucket(&self, bucket: &str) -> Result<(), JobError> {
+        if self.client.head_bucket().bucket(bucket).send().await.is_ok() {
+            return Ok(());
+        }
+        match self.client.create_bucket().bucket(bucket).send().await {
+            Ok(_) => Ok(()),
+            Err(e) if matches!(e.code(), Some("BucketAlreadyOwnedByYou" | "BucketAlreadyExists")) => Ok(()),
+            Err(e) => Err(storage_error(&format!("s3://{bucket}"), e)),
+        }
+    }
+
+    /// Streams a CSV or `.npy` object (chosen by its extension) into a [`Table`].
+    pub async fn read_table(
+        &self,
+        uri: &S3Uri,
+        label_column: &str,
+        require_label: bool,
+    ) -> Result<Table, JobError> {
+        let object = self.get(uri).await?;
+        let reader = tokio::io::BufReader::with_capacity(256 * 1024, object.into_async_read());
+        if uri.key.ends_with(".npy") {
+            dataset::read_npy(reader, label_column, require_label).await
+        } else {
+            dataset::read_csv(reader, label_column, require_label).await
+        }
+    }
+
+    /// The whole object in memory (model artifacts, which are small).
+    pub async fn get_bytes(&self, uri: &S3Uri) -> Result<Vec<u8>, JobError> {
+        let body = self.get(uri).await?;
+        let bytes = body
+            .collect()
+            .await
+            .map_err(|e| JobError::transient("storage_unavailable", format!("reading {uri}: {e}")))?;
+        Ok(bytes.to_vec())
+    }
+
+    async fn get(&self, uri: &S3Uri) -> Result<ByteStream, JobError> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(&uri.bucket)
+            .key(&uri.key)
+            .send()
+            .await
+            .map_err(|e| storage_error(&uri.to_string(), e))?;
+        Ok(out.body)
+    }
+
+    pub async fn put(&self, uri: &S3Uri, bytes: Vec<u8>, content_type: &str) -> Result<(), JobError> {
+        self.client
+            .put_object()
+            .bucket(&uri.bucket)
+            .key(&uri.key)
+            .content_type(content_type)
+            .body(ByteStream::from(bytes))
+            .send()
+            .await
+            .map_err(|e| storage_error(&uri.to_string(), e))?;
+        Ok(())
+    }
+}
+
+/// Missing objects and buckets are the caller's mistake (`input_not_found`); denied access is
+/// final too; anything else (5xx, timeouts, dropped connections) is worth a retry.
+fn storage_error<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(
+    what: &str,
+    err: SdkError<E>,
+) -> JobError {
+    let code = err.code().map(str::to_string);
+    match code.as_deref() {
+        Some("NoSuchKey" | "NoSuchBucket" | "NotFound") => {
+            JobError::fatal("input_not_found", format!("{what} does not exist"))
+        }
+        Some("AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch") => {
+            JobError::fatal("input_forbidden", format!("{what}: access denied ({})", code.unwrap_or_default()))
+        }
+        _ => {
+            let detail = match &err {
+                SdkError::ServiceError(s) => format!("{}", s.err()),
+                other => format!("{other}"),
+            };
+            JobError::transient("storage_unavailable", format!("{what}: {detail}"))
+        }
+    }
+}
