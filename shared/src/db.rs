@@ -142,9 +142,12 @@ pub async fn job_list(pool: &PgPool, f: &JobFilter) -> Result<Vec<JobRecord>, Db
     .await
 }
 
-/// `queued | running → canceled`. Returns the job as it is afterwards, or `None` if unknown;
-/// the caller compares the status to tell a cancel from a job that had already finished.
-pub async fn job_set_canceled(pool: &PgPool, id: JobId) -> Result<Option<JobRecord>, DbError> {
+/// `queued | running → canceled`. Returns the job as it is afterwards and whether this call
+/// canceled it (`false`: it had already finished), or `None` if there is no such job.
+pub async fn job_set_canceled(
+    pool: &PgPool,
+    id: JobId,
+) -> Result<Option<(JobRecord, bool)>, DbError> {
     let canceled: Option<JobRecord> = sqlx::query_as(
         concat!(
         "UPDATE jobs SET status = 'canceled', finished_at = now(), lease_expires_at = NULL
@@ -158,8 +161,8 @@ pub async fn job_set_canceled(pool: &PgPool, id: JobId) -> Result<Option<JobReco
     .fetch_optional(pool)
     .await?;
     match canceled {
-        Some(job) => Ok(Some(job)),
-        None => job_get(pool, id).await,
+        Some(job) => Ok(Some((job, true))),
+        None => Ok(job_get(pool, id).await?.map(|job| (job, false))),
     }
 }
 
@@ -189,41 +192,28 @@ pub async fn job_set_running(
     .await
 }
 
-/// Extends the lease of a running attempt. `false` means the attempt no longer holds the job
-/// (canceled, or the lease expired and the reaper handed it on): the worker must stop.
-pub async fn job_renew_lease(
+/// Extends the lease of a running attempt and, when given, records its progress. `false` means
+/// the attempt no longer holds the job (canceled, or the lease expired and the reaper handed it
+/// on): the worker must stop.
+pub async fn job_heartbeat(
     pool: &PgPool,
     id: JobId,
     attempt: i32,
     lease: Duration,
+    progress: Option<&Value>,
 ) -> Result<bool, DbError> {
     let renewed = sqlx::query(
-        "UPDATE jobs SET lease_expires_at = now() + $3 * interval '1 millisecond'
+        "UPDATE jobs SET lease_expires_at = now() + $3 * interval '1 millisecond',
+                progress = COALESCE($4, progress)
          WHERE id = $1 AND attempt = $2 AND status = 'running'",
     )
     .bind(id.0)
     .bind(attempt)
     .bind(lease.as_millis() as f64)
-    .execute(pool)
-    .await?;
-    Ok(renewed.rows_affected() == 1)
-}
-
-pub async fn job_set_progress(
-    pool: &PgPool,
-    id: JobId,
-    attempt: i32,
-    progress: &Value,
-) -> Result<bool, DbError> {
-    let done = sqlx::query(
-        "UPDATE jobs SET progress = $3 WHERE id = $1 AND attempt = $2 AND status = 'running'",
-    )
-    .bind(id.0)
-    .bind(attempt)
     .bind(progress)
     .execute(pool)
     .await?;
-    Ok(done.rows_affected() == 1)
+    Ok(renewed.rows_affected() == 1)
 }
 
 /// `running → succeeded` for an attempt that still holds the job.

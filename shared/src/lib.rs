@@ -5,6 +5,7 @@ pub mod config;
 pub mod dataset;
 pub mod db;
 pub mod domain;
+pub mod params;
 pub mod queue;
 pub mod reaper;
 pub mod storage;

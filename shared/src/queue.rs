@@ -23,6 +23,8 @@ pub enum QueueError {
     Amqp(#[from] lapin::Error),
     #[error("the broker did not confirm the message")]
     Nacked,
+    #[error("the broker closed the consumer")]
+    Closed,
     #[error("the broker did not answer within {0:?}")]
     Timeout(Duration),
 }

@@ -1,1 +1,62 @@
-pub fn x(){}
+//! The gpuq GPU worker: consumes job ids from RabbitMQ, runs them on one wgpu device, records
+//! outcomes in Postgres and outputs in S3. Also runs a reaper, so jobs of a crashed peer move on.
+
+pub mod algorithms;
+pub mod artifact;
+pub mod consumer;
+pub mod gpu;
+pub mod job;
+
+use gpuq_shared::config::{Settings, parse_var};
+use gpuq_shared::queue::Publisher;
+use gpuq_shared::storage::Storage;
+use gpuq_shared::{db, reaper};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    pub shared: Settings,
+    /// Jobs this worker runs at once (and its AMQP prefetch).
+    pub concurrency: usize,
+    /// On shutdown, how long to let jobs in hand finish before leaving them to the reaper.
+    pub drain: Duration,
+}
+
+impl WorkerSettings {
+    pub fn from_env() -> anyhow::Result<Self> {
+        Ok(Self {
+            shared: Settings::from_env()?,
+            concurrency: parse_var("GPUQ_WORKER_CONCURRENCY", 8usize)?.clamp(1, 256),
+            drain: Duration::from_secs_f64(parse_var("GPUQ_DRAIN_SECONDS", 30.0)?),
+        })
+    }
+}
+
+/// Connects everything, then consumes until `shutdown`.
+pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let gpu = tokio::task::spawn_blocking(gpu::Gpu::new).await??;
+    tracing::info!(adapter = %gpu.info.name, backend = ?gpu.info.backend, "GPU ready");
+    let s = &settings.shared;
+    let pool = db::connect(&s.database_url, (settings.concurrency as u32 + 4).min(32)).await?;
+    db::migrate(&pool).await?;
+    let publisher = Arc::new(Publisher::connect(&s.amqp_url, &s.queue).await?);
+    let storage = Storage::from_env().await;
+    let worker_id = format!(
+        "{}-{}-{}",
+        std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into()),
+        std::process::id(),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    tracing::info!(%worker_id, "worker starting");
+    let reaper_task = {
+        let (pool, publisher, lifecycle, stop) =
+            (pool.clone(), publisher.clone(), s.lifecycle.clone(), shutdown.clone());
+        tokio::spawn(async move { reaper::run(pool, &publisher, lifecycle, stop).await })
+    };
+    let ctx = Arc::new(job::WorkerContext::new(pool, storage, publisher, Arc::new(gpu), s.clone(), worker_id));
+    consumer::run(ctx, settings.concurrency, settings.drain, shutdown).await;
+    let _ = reaper_task.await;
+    Ok(())
+}

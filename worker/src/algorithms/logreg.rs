@@ -1,0 +1,365 @@
+//! Multinomial logistic regression on the GPU: mini-batch SGD with L2 on standardised
+//! features. The standardisation is folded into the saved weights, so the artifact is a plain
+//! `Linear(features, classes)` on raw inputs that `torch.nn.Sequential(Linear)` loads as is.
+
+use super::Control;
+use crate::gpu::kernels::{
+    Activation, BiasParams, GemmParams, Kernel, SgdParams, SoftmaxMode, SoftmaxParams,
+};
+use crate::gpu::Gpu;
+use gpuq_shared::JobError;
+use gpuq_shared::dataset::{Matrix, Table};
+use gpuq_shared::params::LogregParams;
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use serde_json::{Value, json};
+
+/// A trained model on raw (unscaled) features.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogregModel {
+    /// `classes × features`, row-major.
+    pub weight: Vec<f32>,
+    pub bias: Vec<f32>,
+    /// The label value of each class index.
+    pub classes: Vec<f64>,
+    pub feature_columns: Vec<String>,
+}
+
+impl LogregModel {
+    pub fn n_features(&self) -> usize {
+        self.feature_columns.len()
+    }
+    pub fn n_classes(&self) -> usize {
+        self.classes.len()
+    }
+}
+
+pub struct Trained {
+    pub model: LogregModel,
+    pub metrics: Value,
+}
+
+fn too_large(what: &str, bytes: u64, limit: u64) -> JobError {
+    JobError::fatal(
+        "input_too_large",
+        format!("{what} needs {bytes} bytes in one GPU binding; this device allows {limit}"),
+    )
+}
+
+/// Maps label values to class indices 0..k (sorted by value).
+pub fn class_indices(labels: &[f32]) -> Result<(Vec<f64>, Vec<u32>), JobError> {
+    let mut classes: Vec<f64> = labels.iter().map(|&v| v as f64).collect();
+    classes.sort_by(f64::total_cmp);
+    classes.dedup();
+    if classes.len() < 2 {
+        return Err(JobError::invalid_input("the label column needs at least two distinct classes"));
+    }
+    if classes.len() > 10_000 {
+        return Err(JobError::invalid_input(format!("{} distinct labels: at most 10000 classes", classes.len())));
+    }
+    let index = labels
+        .iter()
+        .map(|&v| classes.binary_search_by(|c| c.total_cmp(&(v as f64))).expect("label is a class") as u32)
+        .collect();
+    Ok((classes, index))
+}
+
+/// Column means and standard deviations (1 for constant columns).
+fn standardise(x: &mut Matrix) -> (Vec<f32>, Vec<f32>) {
+    let (n, f) = (x.rows, x.cols);
+    let mut mean = vec![0f64; f];
+    let mut sq = vec![0f64; f];
+    for i in 0..n {
+        for (j, &v) in x.row(i).iter().enumerate() {
+            mean[j] += v as f64;
+            sq[j] += (v as f64) * (v as f64);
+        }
+    }
+    let mean: Vec<f32> = mean.iter().map(|s| (s / n as f64) as f32).collect();
+    let std: Vec<f32> = sq
+        .iter()
+        .zip(&mean)
+        .map(|(s, &m)| {
+            let var = (s / n as f64 - (m as f64) * (m as f64)).max(0.0);
+            if var.sqrt() > 1e-8 { var.sqrt() as f32 } else { 1.0 }
+        })
+        .collect();
+    for row in x.data.chunks_mut(f) {
+        for j in 0..f {
+            row[j] = (row[j] - mean[j]) / std[j];
+        }
+    }
+    (mean, std)
+}
+
+pub fn train(gpu: &Gpu, table: Table, p: &LogregParams, ctl: &Control) -> Result<Trained, JobError> {
+    let labels = table.labels.ok_or_else(|| JobError::invalid_input("training needs a label column"))?;
+    let mut x = table.features;
+    let (classes, y) = class_indices(&labels)?;
+    let (n, f, k) = (x.rows, x.cols, classes.len());
+    let limit = gpu.max_binding_bytes();
+    for (what, len) in [("the training matrix", n * f), ("the weights", k * f), ("the batch logits", k * p.batch_size as usize)] {
+        if (len as u64) * 4 > limit || len > u32::MAX as usize {
+            return Err(too_large(what, len as u64 * 4, limit));
+        }
+    }
+    let (mean, std) = standardise(&mut x);
+
+    // Shuffle the rows once (seeded); each epoch then visits the batches in a fresh order.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(p.seed);
+    let mut perm: Vec<usize> = (0..n).collect();
+    perm.shuffle(&mut rng);
+    let x_buf = upload_rows(gpu, &x, &perm);
+    let columns = std::mem::take(&mut x.columns);
+    drop(x);
+    let y_perm: Vec<u32> = perm.iter().map(|&i| y[i]).collect();
+    let y_buf = gpu.upload("labels", &y_perm);
+
+    let batch = (p.batch_size as usize).min(n);
+    let w = gpu.zeros("weight", k * f);
+    let b = gpu.zeros("bias", k);
+    let logits = gpu.zeros("logits", batch * k);
+    let dw = gpu.zeros("dweight", k * f);
+    let db = gpu.zeros("dbias", k);
+    let loss = gpu.zeros("loss", n);
+    let correct = gpu.zeros("correct", n);
+
+    let (gemm, bias_act, colsum, softmax, sgd) =
+        (Kernel::gemm(gpu), Kernel::bias_act(gpu), Kernel::column_sum(gpu), Kernel::softmax(gpu), Kernel::sgd(gpu));
+    let u_fwd = gpu.uniform(&GemmParams::default());
+    let u_bias = gpu.uniform(&BiasParams::default());
+    let u_soft = gpu.uniform(&SoftmaxParams::default());
+    let u_bwd = gpu.uniform(&GemmParams::default());
+    let u_sgd_w = gpu.uniform(&SgdParams { len: (k * f) as u32, lr: p.learning_rate, l2: p.l2, _pad: 0 });
+    let u_sgd_b = gpu.uniform(&SgdParams { len: k as u32, lr: p.learning_rate, l2: 0.0, _pad: 0 });
+    let g_fwd = gemm.bind(gpu, &[&x_buf, &w, &logits, &u_fwd]);
+    let g_bias = bias_act.bind(gpu, &[&logits, &b, &u_bias]);
+    let g_soft = softmax.bind(gpu, &[&logits, &y_buf, &loss, &correct, &u_soft]);
+    let g_bwd = gemm.bind(gpu, &[&logits, &x_buf, &dw, &u_bwd]);
+    let g_colsum = colsum.bind(gpu, &[&logits, &db, &u_bias]);
+    let g_sgd_w = sgd.bind(gpu, &[&w, &dw, &u_sgd_w]);
+    let g_sgd_b = sgd.bind(gpu, &[&b, &db, &u_sgd_b]);
+    let sgd_w_groups = SgdParams { len: (k * f) as u32, ..Default::default() }.groups();
+    let sgd_b_groups = SgdParams { len: k as u32, ..Default::default() }.groups();
+
+    let mut order: Vec<usize> = (0..n.div_ceil(batch)).collect();
+    let mut last_loss = f64::NAN;
+    for epoch in 0..p.epochs {
+        order.shuffle(&mut rng);
+        for &bi in &order {
+            if ctl.should_stop() {
+                return Err(JobError::fatal("stopped", "the job was canceled or its lease lost"));
+            }
+            let off = bi * batch;
+            let rows = batch.min(n - off);
+            // logits = Xb · Wᵀ + b, then the softmax gradient in place.
+            let fwd = GemmParams { a_off: (off * f) as u32, ..GemmParams::new(rows, k, f, false, true) };
+            let bias = BiasParams::new(rows, k, Activation::Identity);
+            let soft = SoftmaxParams::new(rows, k, off, SoftmaxMode::Gradient);
+            // dW = Gᵀ · Xb, db = column sums of G.
+            let bwd = GemmParams { b_off: (off * f) as u32, ..GemmParams::new(k, f, rows, true, false) };
+            gpu.queue.write_buffer(&u_fwd, 0, bytemuck::bytes_of(&fwd));
+            gpu.queue.write_buffer(&u_bias, 0, bytemuck::bytes_of(&bias));
+            gpu.queue.write_buffer(&u_soft, 0, bytemuck::bytes_of(&soft));
+            gpu.queue.write_buffer(&u_bwd, 0, bytemuck::bytes_of(&bwd));
+            let mut enc = gpu.encoder();
+            gemm.encode(&mut enc, &g_fwd, fwd.groups());
+            bias_act.encode(&mut enc, &g_bias, bias.bias_act_groups());
+            softmax.encode(&mut enc, &g_soft, soft.groups());
+            gemm.encode(&mut enc, &g_bwd, bwd.groups());
+            colsum.encode(&mut enc, &g_colsum, bias.column_sum_groups());
+            sgd.encode(&mut enc, &g_sgd_w, sgd_w_groups);
+            sgd.encode(&mut enc, &g_sgd_b, sgd_b_groups);
+            gpu.submit(enc);
+        }
+        let report_every = (p.epochs / 20).max(1);
+        if (epoch + 1) % report_every == 0 || epoch + 1 == p.epochs {
+            let losses = gpu.read(&loss, n).map_err(gpu_lost)?;
+            last_loss = losses.iter().map(|&v| v as f64).sum::<f64>() / n as f64;
+            if !last_loss.is_finite() {
+                return Err(JobError::fatal(
+                    "diverged",
+                    format!("the loss became {last_loss} at epoch {}: lower learning_rate", epoch + 1),
+                ));
+            }
+            ctl.report(
+                (epoch + 1) as f32 / p.epochs as f32,
+                format!("epoch {}/{}: loss {last_loss:.4}", epoch + 1, p.epochs),
+            );
+        }
+    }
+
+    // Final metrics with the final weights over the whole training set.
+    let weight = gpu.read(&w, k * f).map_err(gpu_lost)?;
+    let bias_v = gpu.read(&b, k).map_err(gpu_lost)?;
+    let (eval_loss, eval_acc) = evaluate(gpu, &x_buf, &w, &b, &y_buf, n, f, k)?;
+    let model = fold_standardisation(weight, bias_v, &mean, &std, classes, columns);
+    let metrics = json!({
+        "final_loss": eval_loss,
+        "train_accuracy": eval_acc,
+        "last_epoch_mean_batch_loss": last_loss,
+        "epochs": p.epochs,
+        "rows": n,
+        "features": f,
+        "classes": k,
+    });
+    Ok(Trained { model, metrics })
+}
+
+pub fn gpu_lost(e: crate::gpu::GpuError) -> JobError {
+    JobError::transient("gpu_error", e.to_string())
+}
+
+/// Uploads the rows of `x` in `perm` order straight into a mapped GPU buffer (no host copy).
+fn upload_rows(gpu: &Gpu, x: &Matrix, perm: &[usize]) -> wgpu::Buffer {
+    let f = x.cols;
+    let buf = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("features"),
+        size: (x.rows * f * 4).max(4) as u64,
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+        mapped_at_creation: true,
+    });
+    {
+        let mut view = buf.slice(..).get_mapped_range_mut().expect("mapped at creation");
+        let row_bytes = f * 4;
+        for (to, &from) in perm.iter().enumerate() {
+            view.slice(to * row_bytes..(to + 1) * row_bytes)
+                .copy_from_slice(bytemuck::cast_slice(x.row(from)));
+        }
+    }
+    buf.unmap();
+    buf
+}
+
+/// Mean cross-entropy and accuracy of the model in `w`, `b` over all `n` rows.
+#[allow(clippy::too_many_arguments)]
+fn evaluate(
+    gpu: &Gpu,
+    x: &wgpu::Buffer,
+    w: &wgpu::Buffer,
+    b: &wgpu::Buffer,
+    y: &wgpu::Buffer,
+    n: usize,
+    f: usize,
+    k: usize,
+) -> Result<(f64, f64), JobError> {
+    let loss = gpu.zeros("eval_loss", n);
+    let correct = gpu.zeros("eval_correct", n);
+    let chunk = chunk_rows(gpu, k, n);
+    let logits = gpu.zeros("eval_logits", chunk * k);
+    for off in (0..n).step_by(chunk) {
+        let rows = chunk.min(n - off);
+        let mut enc = gpu.encoder();
+        let _keep = encode_forward(gpu, &mut enc, x, off * f, w, b, &logits, y, &loss, &correct, rows, f, k, off, SoftmaxMode::Evaluate);
+        gpu.submit(enc);
+    }
+    let loss = gpu.read(&loss, n).map_err(gpu_lost)?;
+    let correct = gpu.read(&correct, n).map_err(gpu_lost)?;
+    let mean = |v: &[f32]| v.iter().map(|&x| x as f64).sum::<f64>() / n as f64;
+    Ok((mean(&loss), mean(&correct)))
+}
+
+/// Rows per forward pass so that the logits stay within one binding.
+fn chunk_rows(gpu: &Gpu, k: usize, n: usize) -> usize {
+    let by_limit = (gpu.max_binding_bytes() as usize / (4 * k)).max(1);
+    n.min(by_limit).min(1 << 16).max(1)
+}
+
+/// Encodes `logits = X[off..off+rows] · Wᵀ + b` and the softmax in `mode`. Returns the
+/// uniform buffers, which must live until the encoder is submitted.
+#[allow(clippy::too_many_arguments)]
+fn encode_forward(
+    gpu: &Gpu,
+    enc: &mut wgpu::CommandEncoder,
+    x: &wgpu::Buffer,
+    x_off: usize,
+    w: &wgpu::Buffer,
+    b: &wgpu::Buffer,
+    logits: &wgpu::Buffer,
+    y: &wgpu::Buffer,
+    loss: &wgpu::Buffer,
+    correct: &wgpu::Buffer,
+    rows: usize,
+    f: usize,
+    k: usize,
+    label_off: usize,
+    mode: SoftmaxMode,
+) -> [wgpu::Buffer; 3] {
+    let fwd = GemmParams { a_off: x_off as u32, ..GemmParams::new(rows, k, f, false, true) };
+    let bias = BiasParams::new(rows, k, Activation::Identity);
+    let soft = SoftmaxParams::new(rows, k, label_off, mode);
+    let (u_fwd, u_bias, u_soft) = (gpu.uniform(&fwd), gpu.uniform(&bias), gpu.uniform(&soft));
+    let gemm = Kernel::gemm(gpu);
+    gemm.encode(enc, &gemm.bind(gpu, &[x, w, logits, &u_fwd]), fwd.groups());
+    let bias_act = Kernel::bias_act(gpu);
+    bias_act.encode(enc, &bias_act.bind(gpu, &[logits, b, &u_bias]), bias.bias_act_groups());
+    let softmax = Kernel::softmax(gpu);
+    softmax.encode(enc, &softmax.bind(gpu, &[logits, y, loss, correct, &u_soft]), soft.groups());
+    [u_fwd, u_bias, u_soft]
+}
+
+/// Rewrites a model trained on `(x - mean) / std` as one on raw `x`:
+/// `W' = W / std`, `b' = b - W' · mean`.
+fn fold_standardisation(
+    mut weight: Vec<f32>,
+    mut bias: Vec<f32>,
+    mean: &[f32],
+    std: &[f32],
+    classes: Vec<f64>,
+    feature_columns: Vec<String>,
+) -> LogregModel {
+    let f = mean.len();
+    for (c, row) in weight.chunks_mut(f).enumerate() {
+        let mut shift = 0f64;
+        for j in 0..f {
+            row[j] /= std[j];
+            shift += row[j] as f64 * mean[j] as f64;
+        }
+        bias[c] -= shift as f32;
+    }
+    LogregModel { weight, bias, classes, feature_columns }
+}
+
+/// A model's weights resident on the GPU, ready for repeated inference.
+pub struct GpuLogreg {
+    pub model: LogregModel,
+    w: wgpu::Buffer,
+    b: wgpu::Buffer,
+}
+
+impl GpuLogreg {
+    pub fn upload(gpu: &Gpu, model: LogregModel) -> Self {
+        let w = gpu.upload("weight", &model.weight);
+        let b = gpu.upload("bias", &model.bias);
+        Self { model, w, b }
+    }
+
+    /// Class probabilities, `rows × classes`, for raw feature rows.
+    pub fn predict(&self, gpu: &Gpu, x: &Matrix) -> Result<Vec<f32>, JobError> {
+        let (n, f, k) = (x.rows, self.model.n_features(), self.model.n_classes());
+        if x.cols != f {
+            return Err(JobError::fatal(
+                "shape_mismatch",
+                format!("input rows have {} features; the model takes {f}", x.cols),
+            ));
+        }
+        let limit = gpu.max_binding_bytes() as usize;
+        let chunk = chunk_rows(gpu, k, n).min((limit / (4 * f)).max(1));
+        let dummy_labels = gpu.upload::<u32>("labels", &[]);
+        let dummy = gpu.zeros("unused", 1);
+        let logits = gpu.zeros("logits", chunk * k);
+        let mut out = Vec::with_capacity(n * k);
+        for off in (0..n).step_by(chunk) {
+            let rows = chunk.min(n - off);
+            let x_buf = gpu.upload("features", &x.data[off * f..(off + rows) * f]);
+            let mut enc = gpu.encoder();
+            let _keep = encode_forward(
+                gpu, &mut enc, &x_buf, 0, &self.w, &self.b, &logits, &dummy_labels, &dummy, &dummy, rows, f, k, 0,
+                SoftmaxMode::Probabilities,
+            );
+            gpu.submit(enc);
+            out.extend(gpu.read(&logits, rows * k).map_err(gpu_lost)?);
+        }
+        Ok(out)
+    }
+}
