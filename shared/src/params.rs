@@ -20,9 +20,9 @@ fn err(field: &str, message: impl Into<String>) -> ParamError {
 #[derive(Debug, Clone, PartialEq)]
 pub struct LogregParams {
     pub epochs: u32,
-    pub learning_rate: f32,
+    pub learning_rate: f64,
     pub batch_size: u32,
-    pub l2: f32,
+    pub l2: f64,
     pub label_column: String,
     pub seed: u64,
 }
@@ -70,10 +70,10 @@ impl<'a> Fields<'a> {
         Ok(n as u32)
     }
 
-    fn float(&mut self, name: &'static str, default: f32, min: f32, max: f32) -> Result<f32, ParamError> {
+    fn float(&mut self, name: &'static str, default: f64, min: f64, max: f64) -> Result<f64, ParamError> {
         self.seen.push(name);
         let Some(v) = self.map.get(name) else { return Ok(default) };
-        let x = v.as_f64().ok_or_else(|| err(name, "must be a number"))? as f32;
+        let x = v.as_f64().ok_or_else(|| err(name, "must be a number"))?;
         if !x.is_finite() || x < min || x > max {
             return Err(err(name, format!("must be between {min} and {max}")));
         }

@@ -130,8 +130,8 @@ pub fn train(gpu: &Gpu, table: Table, p: &LogregParams, ctl: &Control) -> Result
     let u_bias = gpu.uniform(&BiasParams::default());
     let u_soft = gpu.uniform(&SoftmaxParams::default());
     let u_bwd = gpu.uniform(&GemmParams::default());
-    let u_sgd_w = gpu.uniform(&SgdParams { len: (k * f) as u32, lr: p.learning_rate, l2: p.l2, _pad: 0 });
-    let u_sgd_b = gpu.uniform(&SgdParams { len: k as u32, lr: p.learning_rate, l2: 0.0, _pad: 0 });
+    let u_sgd_w = gpu.uniform(&SgdParams { len: (k * f) as u32, lr: p.learning_rate as f32, l2: p.l2 as f32, _pad: 0 });
+    let u_sgd_b = gpu.uniform(&SgdParams { len: k as u32, lr: p.learning_rate as f32, l2: 0.0, _pad: 0 });
     let g_fwd = gemm.bind(gpu, &[&x_buf, &w, &logits, &u_fwd]);
     let g_bias = bias_act.bind(gpu, &[&logits, &b, &u_bias]);
     let g_soft = softmax.bind(gpu, &[&logits, &y_buf, &loss, &correct, &u_soft]);
