@@ -31,7 +31,10 @@ pub async fn run(ctx: Arc<WorkerContext>, concurrency: usize, drain: Duration, s
             }
         }
     }
-    let _ = tokio::time::timeout(drain, slots.acquire_many(concurrency as u32)).await;
+    if tokio::time::timeout(drain, slots.acquire_many(concurrency as u32)).await.is_err() {
+        tracing::warn!("drain deadline passed: stopping the jobs in hand (their leases will lapse)");
+        ctx.abort.cancel();
+    }
 }
 
 async fn consume(

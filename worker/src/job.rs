@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 /// Outputs up to this many rows are returned inline in the job's result.
 pub const INLINE_PREDICTIONS: usize = 100;
@@ -31,6 +32,8 @@ pub struct WorkerContext {
     pub gpu: Arc<Gpu>,
     pub settings: Settings,
     pub worker_id: String,
+    /// Stops the GPU work of every job in hand (shutdown past its drain deadline).
+    pub abort: CancellationToken,
     /// Models already on the GPU, by id (models never change once written).
     models: Mutex<HashMap<ModelId, Arc<GpuLogreg>>>,
 }
@@ -49,8 +52,9 @@ impl WorkerContext {
         gpu: Arc<Gpu>,
         settings: Settings,
         worker_id: String,
+        abort: CancellationToken,
     ) -> Self {
-        Self { pool, storage, publisher, gpu, settings, worker_id, models: Mutex::new(HashMap::new()) }
+        Self { pool, storage, publisher, gpu, settings, worker_id, abort, models: Mutex::new(HashMap::new()) }
     }
 
     /// Runs a job this worker has just claimed, through to its recorded outcome.
@@ -58,7 +62,7 @@ impl WorkerContext {
         let id = JobId(job.id);
         let attempt = job.attempt;
         tracing::info!(job = %id, attempt, kind = %job.job_type, algorithm = %job.algorithm, "running");
-        let ctl = Arc::new(Control::default());
+        let ctl = Arc::new(Control::new(self.abort.clone()));
         let heartbeat = tokio::spawn(heartbeat(self.pool.clone(), id, attempt, self.settings.lifecycle.lease, ctl.clone()));
         let outcome = self.execute(&job, &ctl).await;
         heartbeat.abort();

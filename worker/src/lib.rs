@@ -34,8 +34,18 @@ impl WorkerSettings {
     }
 }
 
-/// Connects everything, then consumes until `shutdown`.
+/// Connects everything, then consumes until `shutdown`; jobs in hand get `settings.drain` to
+/// finish.
 pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    run_with_abort(settings, shutdown, CancellationToken::new()).await
+}
+
+/// As [`run`], with an `abort` that stops the GPU work of jobs in hand at once when fired.
+pub async fn run_with_abort(
+    settings: WorkerSettings,
+    shutdown: CancellationToken,
+    abort: CancellationToken,
+) -> anyhow::Result<()> {
     let gpu = tokio::task::spawn_blocking(gpu::Gpu::new).await??;
     tracing::info!(adapter = %gpu.info.name, backend = ?gpu.info.backend, "GPU ready");
     let s = &settings.shared;
@@ -55,7 +65,7 @@ pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> anyho
             (pool.clone(), publisher.clone(), s.lifecycle.clone(), shutdown.clone());
         tokio::spawn(async move { reaper::run(pool, &publisher, lifecycle, stop).await })
     };
-    let ctx = Arc::new(job::WorkerContext::new(pool, storage, publisher, Arc::new(gpu), s.clone(), worker_id));
+    let ctx = Arc::new(job::WorkerContext::new(pool, storage, publisher, Arc::new(gpu), s.clone(), worker_id, abort));
     consumer::run(ctx, settings.concurrency, settings.drain, shutdown).await;
     let _ = reaper_task.await;
     Ok(())

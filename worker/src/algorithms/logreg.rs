@@ -144,9 +144,15 @@ pub fn train(gpu: &Gpu, table: Table, p: &LogregParams, ctl: &Control) -> Result
 
     let mut order: Vec<usize> = (0..n.div_ceil(batch)).collect();
     let mut last_loss = f64::NAN;
+    let mut last_report = std::time::Instant::now();
     for epoch in 0..p.epochs {
         order.shuffle(&mut rng);
-        for &bi in &order {
+        for (step, &bi) in order.iter().enumerate() {
+            // Submission is asynchronous: wait for the device now and then so the queue never
+            // runs far ahead of the GPU, and a cancel takes effect within a few batches.
+            if step % 16 == 15 {
+                gpu.wait();
+            }
             if ctl.should_stop() {
                 return Err(JobError::fatal("stopped", "the job was canceled or its lease lost"));
             }
@@ -172,8 +178,10 @@ pub fn train(gpu: &Gpu, table: Table, p: &LogregParams, ctl: &Control) -> Result
             sgd.encode(&mut enc, &g_sgd_b, sgd_b_groups);
             gpu.submit(enc);
         }
-        let report_every = (p.epochs / 20).max(1);
-        if (epoch + 1) % report_every == 0 || epoch + 1 == p.epochs {
+        gpu.wait();
+        let last = epoch + 1 == p.epochs;
+        if last || last_report.elapsed() >= std::time::Duration::from_millis(500) {
+            last_report = std::time::Instant::now();
             let losses = gpu.read(&loss, n).map_err(gpu_lost)?;
             last_loss = losses.iter().map(|&v| v as f64).sum::<f64>() / n as f64;
             if !last_loss.is_finite() {

@@ -3,17 +3,29 @@
 pub mod logreg;
 
 use std::sync::Mutex;
+use tokio_util::sync::CancellationToken;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Shared between a job's GPU thread and its heartbeat task: the progress to report and the
 /// request to stop (cancel, or the lease was lost).
-#[derive(Default)]
 pub struct Control {
     stop: AtomicBool,
+    /// The worker's abort: fired when it shuts down without waiting for jobs in hand.
+    abort: CancellationToken,
     progress: Mutex<Option<(f32, String)>>,
 }
 
+impl Default for Control {
+    fn default() -> Self {
+        Self::new(CancellationToken::new())
+    }
+}
+
 impl Control {
+    pub fn new(abort: CancellationToken) -> Self {
+        Self { stop: AtomicBool::new(false), abort, progress: Mutex::new(None) }
+    }
+
     pub fn report(&self, fraction: f32, message: String) {
         *self.progress.lock().expect("progress lock") = Some((fraction.clamp(0.0, 1.0), message));
     }
@@ -28,7 +40,7 @@ impl Control {
     }
 
     pub fn should_stop(&self) -> bool {
-        self.stop.load(Ordering::Relaxed)
+        self.stop.load(Ordering::Relaxed) || self.abort.is_cancelled()
     }
 }
 

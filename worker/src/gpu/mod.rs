@@ -160,6 +160,11 @@ impl Gpu {
         Ok(out)
     }
 
+    /// Blocks until the device has finished all submitted work.
+    pub fn wait(&self) {
+        let _ = self.device.poll(wgpu::PollType::wait_indefinitely());
+    }
+
     pub fn encoder(&self) -> wgpu::CommandEncoder {
         self.device.create_command_encoder(&Default::default())
     }
