@@ -11,7 +11,11 @@ pub enum ApiError {
     BadRequest { code: &'static str, message: String },
     /// A field of a well-formed request is wrong; `field` is its dotted path.
     #[error("{field}: {message}")]
-    Invalid { code: &'static str, field: String, message: String },
+    Invalid {
+        code: &'static str,
+        field: String,
+        message: String,
+    },
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -26,7 +30,11 @@ pub enum ApiError {
 
 impl ApiError {
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
-        ApiError::Invalid { code: "invalid_field", field: field.into(), message: message.into() }
+        ApiError::Invalid {
+            code: "invalid_field",
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 

@@ -62,10 +62,14 @@ pub struct Application {
 
 impl Application {
     /// Connects to Postgres (running the migrations) and RabbitMQ, and binds the port.
-    pub async fn build(settings: ApiSettings, shutdown: &CancellationToken) -> anyhow::Result<Self> {
+    pub async fn build(
+        settings: ApiSettings,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Self> {
         let pool = db::connect(&settings.shared.database_url, 16).await?;
         db::migrate(&pool).await?;
-        let publisher = Arc::new(Publisher::connect(&settings.shared.amqp_url, &settings.shared.queue).await?);
+        let publisher =
+            Arc::new(Publisher::connect(&settings.shared.amqp_url, &settings.shared.queue).await?);
         let listener = TcpListener::bind(&settings.addr).await?;
         let state = AppState {
             waiters: Waiters::start(pool.clone(), shutdown.clone()),
@@ -74,7 +78,11 @@ impl Application {
             max_body_bytes: settings.max_body_bytes,
             default_max_attempts: settings.shared.lifecycle.max_attempts,
         };
-        Ok(Self { listener, state, settings })
+        Ok(Self {
+            listener,
+            state,
+            settings,
+        })
     }
 
     pub fn port(&self) -> u16 {
@@ -99,7 +107,10 @@ impl Application {
 pub fn router(state: AppState) -> Router {
     let limit = state.max_body_bytes;
     Router::new()
-        .route("/v1/jobs", post(routes::jobs::submit).get(routes::jobs::list))
+        .route(
+            "/v1/jobs",
+            post(routes::jobs::submit).get(routes::jobs::list),
+        )
         .route("/v1/jobs/{id}", get(routes::jobs::get))
         .route("/v1/jobs/{id}/cancel", post(routes::jobs::cancel))
         .route("/v1/models", get(routes::models::list))
@@ -108,7 +119,10 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(routes::health::readyz))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async {
-            ApiError::BadRequest { code: "method_not_allowed", message: "method not allowed on this route".into() }
+            ApiError::BadRequest {
+                code: "method_not_allowed",
+                message: "method not allowed on this route".into(),
+            }
         })
         .layer(DefaultBodyLimit::max(limit))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(

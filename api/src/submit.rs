@@ -19,10 +19,21 @@ pub struct Submission {
     pub max_attempts: Option<i32>,
 }
 
-const FIELDS: [&str; 6] = ["type", "algorithm", "model_id", "input", "params", "max_attempts"];
+const FIELDS: [&str; 6] = [
+    "type",
+    "algorithm",
+    "model_id",
+    "input",
+    "params",
+    "max_attempts",
+];
 
 fn missing(field: &str) -> ApiError {
-    ApiError::Invalid { code: "missing_field", field: field.into(), message: "is required".into() }
+    ApiError::Invalid {
+        code: "missing_field",
+        field: field.into(),
+        message: "is required".into(),
+    }
 }
 
 impl From<ParamError> for ApiError {
@@ -43,22 +54,31 @@ pub fn parse(body: &[u8]) -> Result<Submission, ApiError> {
         });
     };
     if let Some(k) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-        return Err(ApiError::invalid(k.clone(), format!("unknown field (known: {})", FIELDS.join(", "))));
+        return Err(ApiError::invalid(
+            k.clone(),
+            format!("unknown field (known: {})", FIELDS.join(", ")),
+        ));
     }
     let job_type: JobType = match obj.get("type") {
         None | Some(Value::Null) => return Err(missing("type")),
-        Some(Value::String(s)) => s.parse().map_err(|m: String| ApiError::invalid("type", m))?,
+        Some(Value::String(s)) => s
+            .parse()
+            .map_err(|m: String| ApiError::invalid("type", m))?,
         Some(_) => return Err(ApiError::invalid("type", "must be a string")),
     };
     let algorithm = match obj.get("algorithm") {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s.parse().map_err(|m: String| ApiError::invalid("algorithm", m))?),
+        Some(Value::String(s)) => Some(
+            s.parse()
+                .map_err(|m: String| ApiError::invalid("algorithm", m))?,
+        ),
         Some(_) => return Err(ApiError::invalid("algorithm", "must be a string")),
     };
     let model_id = match obj.get("model_id") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(
-            s.parse::<ModelId>().map_err(|_| ApiError::invalid("model_id", "must be a UUID"))?,
+            s.parse::<ModelId>()
+                .map_err(|_| ApiError::invalid("model_id", "must be a UUID"))?,
         ),
         Some(_) => return Err(ApiError::invalid("model_id", "must be a string")),
     };
@@ -67,9 +87,15 @@ pub fn parse(body: &[u8]) -> Result<Submission, ApiError> {
         JobType::Train => {
             let algorithm = algorithm.ok_or_else(|| missing("algorithm"))?;
             if model_id.is_some() {
-                return Err(ApiError::invalid("model_id", "a train job makes a model; it takes none"));
+                return Err(ApiError::invalid(
+                    "model_id",
+                    "a train job makes a model; it takes none",
+                ));
             }
-            (Some(algorithm), params::normalize_train(algorithm, &params_in)?)
+            (
+                Some(algorithm),
+                params::normalize_train(algorithm, &params_in)?,
+            )
         }
         JobType::Infer => {
             if model_id.is_none() {
@@ -83,28 +109,64 @@ pub fn parse(body: &[u8]) -> Result<Submission, ApiError> {
         None | Some(Value::Null) => None,
         Some(v) => match v.as_u64() {
             Some(n @ 1..=20) => Some(n as i32),
-            _ => return Err(ApiError::invalid("max_attempts", "must be a whole number from 1 to 20")),
+            _ => {
+                return Err(ApiError::invalid(
+                    "max_attempts",
+                    "must be a whole number from 1 to 20",
+                ));
+            }
         },
     };
-    Ok(Submission { job_type, algorithm, model_id, input, inline_width, params, max_attempts })
+    Ok(Submission {
+        job_type,
+        algorithm,
+        model_id,
+        input,
+        inline_width,
+        params,
+        max_attempts,
+    })
 }
 
 /// `{"uri": "s3://…"}` or `{"rows": [[…], …], "labels": […]}`; returns the stored form.
-fn parse_input(input: Option<&Value>, job_type: JobType) -> Result<(Value, Option<usize>), ApiError> {
+fn parse_input(
+    input: Option<&Value>,
+    job_type: JobType,
+) -> Result<(Value, Option<usize>), ApiError> {
     let obj: &Map<String, Value> = match input {
         None | Some(Value::Null) => return Err(missing("input")),
         Some(Value::Object(o)) => o,
-        Some(_) => return Err(ApiError::invalid("input", "must be an object with `uri` or `rows`")),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "input",
+                "must be an object with `uri` or `rows`",
+            ));
+        }
     };
-    if let Some(k) = obj.keys().find(|k| !["uri", "rows", "labels"].contains(&k.as_str())) {
-        return Err(ApiError::invalid(format!("input.{k}"), "unknown field (known: uri, rows, labels)"));
+    if let Some(k) = obj
+        .keys()
+        .find(|k| !["uri", "rows", "labels"].contains(&k.as_str()))
+    {
+        return Err(ApiError::invalid(
+            format!("input.{k}"),
+            "unknown field (known: uri, rows, labels)",
+        ));
     }
     match (obj.get("uri"), obj.get("rows")) {
-        (Some(_), Some(_)) => Err(ApiError::invalid("input", "give either `uri` or `rows`, not both")),
-        (None, None) => Err(ApiError::invalid("input", "needs `uri` (s3://bucket/key) or inline `rows`")),
+        (Some(_), Some(_)) => Err(ApiError::invalid(
+            "input",
+            "give either `uri` or `rows`, not both",
+        )),
+        (None, None) => Err(ApiError::invalid(
+            "input",
+            "needs `uri` (s3://bucket/key) or inline `rows`",
+        )),
         (Some(uri), None) => {
             if obj.contains_key("labels") {
-                return Err(ApiError::invalid("input.labels", "only goes with inline `rows`"));
+                return Err(ApiError::invalid(
+                    "input.labels",
+                    "only goes with inline `rows`",
+                ));
             }
             let uri: S3Uri = uri
                 .as_str()
@@ -120,9 +182,9 @@ fn parse_input(input: Option<&Value>, job_type: JobType) -> Result<(Value, Optio
                 (None, JobType::Train) => Err(missing("input.labels")),
                 (None, JobType::Infer) => Ok((json!({ "rows": rows }), Some(width))),
                 (Some(labels), _) => {
-                    let labels = labels
-                        .as_array()
-                        .ok_or_else(|| ApiError::invalid("input.labels", "must be an array of numbers"))?;
+                    let labels = labels.as_array().ok_or_else(|| {
+                        ApiError::invalid("input.labels", "must be an array of numbers")
+                    })?;
                     if labels.len() != n {
                         return Err(ApiError::invalid(
                             "input.labels",
@@ -130,7 +192,10 @@ fn parse_input(input: Option<&Value>, job_type: JobType) -> Result<(Value, Optio
                         ));
                     }
                     if let Some(i) = labels.iter().position(|l| !l.is_number()) {
-                        return Err(ApiError::invalid(format!("input.labels[{i}]"), "must be a number"));
+                        return Err(ApiError::invalid(
+                            format!("input.labels[{i}]"),
+                            "must be a number",
+                        ));
                     }
                     Ok((json!({ "rows": rows, "labels": labels }), Some(width)))
                 }
@@ -147,12 +212,17 @@ fn check_rows(rows: &Value) -> Result<usize, ApiError> {
         .ok_or_else(|| ApiError::invalid("input.rows", "must be a non-empty array of rows"))?;
     let mut width = None;
     for (i, row) in rows.iter().enumerate() {
-        let cells = row
-            .as_array()
-            .filter(|c| !c.is_empty())
-            .ok_or_else(|| ApiError::invalid(format!("input.rows[{i}]"), "must be a non-empty array of numbers"))?;
+        let cells = row.as_array().filter(|c| !c.is_empty()).ok_or_else(|| {
+            ApiError::invalid(
+                format!("input.rows[{i}]"),
+                "must be a non-empty array of numbers",
+            )
+        })?;
         if let Some(j) = cells.iter().position(|c| !c.is_number()) {
-            return Err(ApiError::invalid(format!("input.rows[{i}][{j}]"), "must be a number"));
+            return Err(ApiError::invalid(
+                format!("input.rows[{i}][{j}]"),
+                "must be a number",
+            ));
         }
         match width {
             None => width = Some(cells.len()),
@@ -181,7 +251,10 @@ mod tests {
 
     #[test]
     fn a_train_job_with_inline_rows_parses_and_fills_default_params() {
-        let s = parse(br#"{"type":"train","algorithm":"logreg","input":{"rows":[[1,2]],"labels":[0]}}"#).unwrap();
+        let s = parse(
+            br#"{"type":"train","algorithm":"logreg","input":{"rows":[[1,2]],"labels":[0]}}"#,
+        )
+        .unwrap();
         assert_eq!(s.job_type, JobType::Train);
         assert_eq!(s.params["epochs"], 100);
         assert_eq!(s.inline_width, Some(2));
@@ -189,24 +262,49 @@ mod tests {
 
     #[test]
     fn each_mistake_names_its_field() {
-        assert_eq!(field_of(r#"{"type":"fly","input":{"uri":"s3://b-b/k"}}"#), "type");
-        assert_eq!(field_of(r#"{"type":"train","algorithm":"svm","input":{"uri":"s3://bbb/k"}}"#), "algorithm");
-        assert_eq!(field_of(r#"{"type":"train","algorithm":"logreg"}"#), "input");
-        assert_eq!(field_of(r#"{"type":"infer","input":{"uri":"s3://bbb/k"}}"#), "model_id");
         assert_eq!(
-            field_of(r#"{"type":"train","algorithm":"logreg","input":{"uri":"s3://bbb/k"},"params":{"epochs":0}}"#),
+            field_of(r#"{"type":"fly","input":{"uri":"s3://b-b/k"}}"#),
+            "type"
+        );
+        assert_eq!(
+            field_of(r#"{"type":"train","algorithm":"svm","input":{"uri":"s3://bbb/k"}}"#),
+            "algorithm"
+        );
+        assert_eq!(
+            field_of(r#"{"type":"train","algorithm":"logreg"}"#),
+            "input"
+        );
+        assert_eq!(
+            field_of(r#"{"type":"infer","input":{"uri":"s3://bbb/k"}}"#),
+            "model_id"
+        );
+        assert_eq!(
+            field_of(
+                r#"{"type":"train","algorithm":"logreg","input":{"uri":"s3://bbb/k"},"params":{"epochs":0}}"#
+            ),
             "params.epochs"
         );
         assert_eq!(
-            field_of(r#"{"type":"train","algorithm":"logreg","input":{"rows":[[1,2],[3]],"labels":[0,1]}}"#),
+            field_of(
+                r#"{"type":"train","algorithm":"logreg","input":{"rows":[[1,2],[3]],"labels":[0,1]}}"#
+            ),
             "input.rows[1]"
         );
-        assert_eq!(field_of(r#"{"type":"train","algorithm":"logreg","input":{"uri":"http://x/y"}}"#), "input.uri");
+        assert_eq!(
+            field_of(r#"{"type":"train","algorithm":"logreg","input":{"uri":"http://x/y"}}"#),
+            "input.uri"
+        );
     }
 
     #[test]
     fn malformed_json_is_a_bad_request() {
-        assert!(matches!(parse(b"{\"type\":"), Err(ApiError::BadRequest { code: "malformed_json", .. })));
+        assert!(matches!(
+            parse(b"{\"type\":"),
+            Err(ApiError::BadRequest {
+                code: "malformed_json",
+                ..
+            })
+        ));
         assert!(matches!(parse(b"[1]"), Err(ApiError::BadRequest { .. })));
     }
 }

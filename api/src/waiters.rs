@@ -58,10 +58,30 @@ impl Waiters {
         id: JobId,
         wait: Duration,
     ) -> Result<Option<JobRecord>, db::DbError> {
-        let mut rx = self.finished.subscribe();
+        self.wait_with(pool, id, wait, self.subscribe(), None).await
+    }
+
+    /// A receiver of finished job ids, to take before the state the caller then reads or writes.
+    pub fn subscribe(&self) -> broadcast::Receiver<Uuid> {
+        self.finished.subscribe()
+    }
+
+    /// As [`wait_for`](Self::wait_for) with a receiver taken earlier and a `known` state of the
+    /// job read (or written) after it was taken, which saves the first read.
+    pub async fn wait_with(
+        &self,
+        pool: &PgPool,
+        id: JobId,
+        wait: Duration,
+        mut rx: broadcast::Receiver<Uuid>,
+        mut known: Option<JobRecord>,
+    ) -> Result<Option<JobRecord>, db::DbError> {
         let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
         loop {
-            let job = db::job_get(pool, id).await?;
+            let job = match known.take() {
+                Some(j) => Some(j),
+                None => db::job_get(pool, id).await?,
+            };
             match &job {
                 Some(j) if !j.status().is_terminal() => {}
                 _ => return Ok(job),

@@ -57,7 +57,11 @@ impl Settings {
     /// The key for an object gpuq writes, under the configured prefix.
     pub fn object_key(&self, suffix: &str) -> String {
         let prefix = self.s3_prefix.trim_end_matches('/');
-        if prefix.is_empty() { suffix.to_string() } else { format!("{prefix}/{suffix}") }
+        if prefix.is_empty() {
+            suffix.to_string()
+        } else {
+            format!("{prefix}/{suffix}")
+        }
     }
 }
 
@@ -69,15 +73,19 @@ pub struct ConfigError {
 }
 
 pub fn var_or(name: &str, default: &str) -> String {
-    std::env::var(name).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| default.to_string())
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.to_string())
 }
 
 /// Reads and parses a variable, falling back to `default` when it is unset or empty.
 pub fn parse_var<T: FromStr>(name: &str, default: T) -> Result<T, ConfigError> {
     match std::env::var(name) {
-        Ok(v) if !v.is_empty() => {
-            v.parse().map_err(|_| ConfigError { name: name.into(), value: v })
-        }
+        Ok(v) if !v.is_empty() => v.parse().map_err(|_| ConfigError {
+            name: name.into(),
+            value: v,
+        }),
         _ => Ok(default),
     }
 }

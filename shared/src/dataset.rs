@@ -35,7 +35,9 @@ fn check_finite(v: f32, line: usize, column: &str) -> Result<f32, JobError> {
     if v.is_finite() {
         Ok(v)
     } else {
-        Err(invalid(format!("line {line}, column `{column}`: value {v} is not a finite number")))
+        Err(invalid(format!(
+            "line {line}, column `{column}`: value {v} is not a finite number"
+        )))
     }
 }
 
@@ -48,15 +50,22 @@ pub async fn read_csv<R: AsyncBufRead + Unpin>(
 ) -> Result<Table, JobError> {
     let mut line = Vec::new();
     let read_err = |e: std::io::Error| JobError::transient("input_read_failed", e.to_string());
-    if reader.read_until(b'\n', &mut line).await.map_err(read_err)? == 0 {
+    if reader
+        .read_until(b'\n', &mut line)
+        .await
+        .map_err(read_err)?
+        == 0
+    {
         return Err(invalid("the CSV input is empty (expected a header row)"));
     }
     let header = std::str::from_utf8(&line)
         .map_err(|_| invalid("line 1: the header row is not UTF-8"))?
         .trim_end_matches(['\n', '\r'])
         .trim_start_matches('\u{feff}');
-    let names: Vec<String> =
-        header.split(',').map(|c| c.trim().trim_matches('"').to_string()).collect();
+    let names: Vec<String> = header
+        .split(',')
+        .map(|c| c.trim().trim_matches('"').to_string())
+        .collect();
     if names.iter().any(|n| n.is_empty()) {
         return Err(invalid("line 1: the header row has an empty column name"));
     }
@@ -80,7 +89,12 @@ pub async fn read_csv<R: AsyncBufRead + Unpin>(
     let mut line_no = 1usize;
     loop {
         line.clear();
-        if reader.read_until(b'\n', &mut line).await.map_err(read_err)? == 0 {
+        if reader
+            .read_until(b'\n', &mut line)
+            .await
+            .map_err(read_err)?
+            == 0
+        {
             break;
         }
         line_no += 1;
@@ -94,7 +108,10 @@ pub async fn read_csv<R: AsyncBufRead + Unpin>(
         for (i, cell) in text.split(',').enumerate() {
             width += 1;
             let name = names.get(i).ok_or_else(|| {
-                invalid(format!("line {line_no}: more cells than the {} header columns", names.len()))
+                invalid(format!(
+                    "line {line_no}: more cells than the {} header columns",
+                    names.len()
+                ))
             })?;
             let cell = cell.trim().trim_matches('"');
             let v: f32 = cell.parse().map_err(|_| {
@@ -123,7 +140,15 @@ pub async fn read_csv<R: AsyncBufRead + Unpin>(
     if cols == 0 {
         return Err(invalid("the input has no feature columns"));
     }
-    Ok(Table { features: Matrix { rows, cols, data, columns }, labels })
+    Ok(Table {
+        features: Matrix {
+            rows,
+            cols,
+            data,
+            columns,
+        },
+        labels,
+    })
 }
 
 /// Reads a `.npy` stream (little-endian float32 or float64, C order, 2-D). Its columns are named
@@ -163,7 +188,9 @@ pub async fn read_npy<R: AsyncRead + Unpin>(
         )));
     }
     if rows == 0 || cols == 0 || (label_index.is_some() && cols == 1) {
-        return Err(invalid(format!("the .npy input has shape ({rows}, {cols}): no data")));
+        return Err(invalid(format!(
+            "the .npy input has shape ({rows}, {cols}): no data"
+        )));
     }
     let feature_cols = cols - usize::from(label_index.is_some());
     let mut data = Vec::with_capacity(rows.saturating_mul(feature_cols).min(1 << 28));
@@ -185,9 +212,20 @@ pub async fn read_npy<R: AsyncRead + Unpin>(
             }
         }
     }
-    let columns = names.into_iter().enumerate().filter(|(i, _)| Some(*i) != label_index);
+    let columns = names
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| Some(*i) != label_index);
     let columns = columns.map(|(_, n)| n).collect();
-    Ok(Table { features: Matrix { rows, cols: feature_cols, data, columns }, labels })
+    Ok(Table {
+        features: Matrix {
+            rows,
+            cols: feature_cols,
+            data,
+            columns,
+        },
+        labels,
+    })
 }
 
 /// Returns (bytes per value, rows, cols) from a header such as
@@ -198,10 +236,14 @@ fn parse_npy_header(h: &str) -> Result<(usize, usize, usize), JobError> {
     } else if h.contains("'<f8'") || h.contains("'f8'") {
         8
     } else {
-        return Err(invalid(format!(".npy dtype must be little-endian float32 or float64: {h}")));
+        return Err(invalid(format!(
+            ".npy dtype must be little-endian float32 or float64: {h}"
+        )));
     };
     if h.contains("'fortran_order': True") {
-        return Err(invalid(".npy input must be in C order (fortran_order is True)"));
+        return Err(invalid(
+            ".npy input must be in C order (fortran_order is True)",
+        ));
     }
     let shape = h
         .split("'shape':")
@@ -213,16 +255,25 @@ fn parse_npy_header(h: &str) -> Result<(usize, usize, usize), JobError> {
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| s.parse().map_err(|_| invalid(format!(".npy shape `{shape}` is not numeric"))))
+        .map(|s| {
+            s.parse()
+                .map_err(|_| invalid(format!(".npy shape `{shape}` is not numeric")))
+        })
         .collect::<Result<_, _>>()?;
     match dims[..] {
         [rows, cols] => {
-            if rows.checked_mul(cols).and_then(|n| n.checked_mul(width)).is_none() {
+            if rows
+                .checked_mul(cols)
+                .and_then(|n| n.checked_mul(width))
+                .is_none()
+            {
                 return Err(invalid(format!(".npy shape ({rows}, {cols}) is too large")));
             }
             Ok((width, rows, cols))
         }
-        _ => Err(invalid(format!(".npy input must be 2-D, not shape ({shape})"))),
+        _ => Err(invalid(format!(
+            ".npy input must be 2-D, not shape ({shape})"
+        ))),
     }
 }
 
@@ -235,7 +286,10 @@ pub fn from_rows(rows: &[Vec<f64>], labels: Option<&[f64]>) -> Result<Table, Job
     let mut data = Vec::with_capacity(rows.len() * cols);
     for (r, row) in rows.iter().enumerate() {
         if row.len() != cols {
-            return Err(invalid(format!("row {r} has {} values, row 0 has {cols}", row.len())));
+            return Err(invalid(format!(
+                "row {r} has {} values, row 0 has {cols}",
+                row.len()
+            )));
         }
         for (c, v) in row.iter().enumerate() {
             data.push(check_finite(*v as f32, r + 1, &c.to_string())?);
@@ -244,14 +298,28 @@ pub fn from_rows(rows: &[Vec<f64>], labels: Option<&[f64]>) -> Result<Table, Job
     let labels = labels.map(|l| l.iter().map(|&v| v as f32).collect::<Vec<_>>());
     if let Some(l) = &labels {
         if l.len() != rows.len() {
-            return Err(invalid(format!("{} labels for {} rows", l.len(), rows.len())));
+            return Err(invalid(format!(
+                "{} labels for {} rows",
+                l.len(),
+                rows.len()
+            )));
         }
         if l.iter().any(|v| !v.is_finite()) {
-            return Err(invalid("`labels` holds a value that is not a finite number"));
+            return Err(invalid(
+                "`labels` holds a value that is not a finite number",
+            ));
         }
     }
     let columns = (0..cols).map(|c| c.to_string()).collect();
-    Ok(Table { features: Matrix { rows: rows.len(), cols, data, columns }, labels })
+    Ok(Table {
+        features: Matrix {
+            rows: rows.len(),
+            cols,
+            data,
+            columns,
+        },
+        labels,
+    })
 }
 
 #[cfg(test)]
@@ -274,13 +342,21 @@ mod tests {
     async fn csv_non_numeric_cell_names_line_and_column() {
         let e = csv("a,b,label\n1,2,0\n3,x,1\n", true).await.unwrap_err();
         assert_eq!(e.code, "invalid_input");
-        assert!(e.message.contains("line 3") && e.message.contains("`b`"), "{}", e.message);
+        assert!(
+            e.message.contains("line 3") && e.message.contains("`b`"),
+            "{}",
+            e.message
+        );
     }
 
     #[tokio::test]
     async fn csv_missing_label_column_is_named() {
         let e = csv("a,b\n1,2\n", true).await.unwrap_err();
-        assert!(e.message.contains("missing label column `label`"), "{}", e.message);
+        assert!(
+            e.message.contains("missing label column `label`"),
+            "{}",
+            e.message
+        );
         assert!(csv("a,b\n1,2\n", false).await.unwrap().labels.is_none());
     }
 
@@ -301,7 +377,8 @@ mod tests {
     }
 
     fn npy(descr: &str, shape: &str, payload: &[u8]) -> Vec<u8> {
-        let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+        let mut header =
+            format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
         while (10 + header.len() + 1) % 64 != 0 {
             header.push(' ');
         }
@@ -315,7 +392,10 @@ mod tests {
 
     #[tokio::test]
     async fn npy_float64_reads_and_names_columns_by_index() {
-        let vals: Vec<u8> = [1.0f64, 2.0, 0.0, 3.0, 4.0, 1.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let vals: Vec<u8> = [1.0f64, 2.0, 0.0, 3.0, 4.0, 1.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
         let bytes = npy("<f8", "(2, 3)", &vals);
         let t = read_npy(&bytes[..], "2", true).await.unwrap();
         assert_eq!(t.features.data, vec![1.0, 2.0, 3.0, 4.0]);
@@ -325,11 +405,17 @@ mod tests {
     #[tokio::test]
     async fn npy_truncated_or_wrong_dtype_is_invalid_input() {
         let vals: Vec<u8> = [1.0f32, 2.0].iter().flat_map(|v| v.to_le_bytes()).collect();
-        let e = read_npy(&npy("<f4", "(2, 2)", &vals)[..], "label", false).await.unwrap_err();
+        let e = read_npy(&npy("<f4", "(2, 2)", &vals)[..], "label", false)
+            .await
+            .unwrap_err();
         assert_eq!(e.code, "invalid_input");
-        let e = read_npy(&npy("<i8", "(1, 1)", &[0; 8])[..], "label", false).await.unwrap_err();
+        let e = read_npy(&npy("<i8", "(1, 1)", &[0; 8])[..], "label", false)
+            .await
+            .unwrap_err();
         assert!(e.message.contains("float32 or float64"), "{}", e.message);
-        let e = read_npy(&npy("<f4", "(2,)", &vals)[..], "label", false).await.unwrap_err();
+        let e = read_npy(&npy("<f4", "(2,)", &vals)[..], "label", false)
+            .await
+            .unwrap_err();
         assert!(e.message.contains("2-D"), "{}", e.message);
     }
 }

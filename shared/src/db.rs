@@ -51,7 +51,9 @@ pub struct JobRecord {
 
 impl JobRecord {
     pub fn status(&self) -> JobStatus {
-        self.status.parse().expect("status is constrained by the schema")
+        self.status
+            .parse()
+            .expect("status is constrained by the schema")
     }
 }
 
@@ -75,15 +77,13 @@ pub struct NewJob<'a> {
 }
 
 pub async fn job_insert(pool: &PgPool, job: &NewJob<'_>) -> Result<JobRecord, DbError> {
-    sqlx::query_as(
-        concat!(
+    sqlx::query_as(concat!(
         "INSERT INTO jobs (id, type, algorithm, model_id, max_attempts, params, input)
          VALUES ($1, $2, $3, $4, $5, $6, $7)
          RETURNING ",
         job_columns!(),
         ""
-    ),
-    )
+    ))
     .bind(job.id.0)
     .bind(job.job_type)
     .bind(job.algorithm)
@@ -96,14 +96,12 @@ pub async fn job_insert(pool: &PgPool, job: &NewJob<'_>) -> Result<JobRecord, Db
 }
 
 pub async fn job_get(pool: &PgPool, id: JobId) -> Result<Option<JobRecord>, DbError> {
-    sqlx::query_as(
-        concat!(
+    sqlx::query_as(concat!(
         "SELECT ",
         job_columns!(),
         "
          FROM jobs WHERE id = $1"
-    ),
-    )
+    ))
     .bind(id.0)
     .fetch_optional(pool)
     .await
@@ -121,8 +119,7 @@ pub struct JobFilter {
 
 /// Newest first.
 pub async fn job_list(pool: &PgPool, f: &JobFilter) -> Result<Vec<JobRecord>, DbError> {
-    sqlx::query_as(
-        concat!(
+    sqlx::query_as(concat!(
         "SELECT ",
         job_columns!(),
         "
@@ -132,8 +129,7 @@ pub async fn job_list(pool: &PgPool, f: &JobFilter) -> Result<Vec<JobRecord>, Db
            AND ($3::uuid IS NULL OR id < $3)
          ORDER BY id DESC
          LIMIT $4"
-    ),
-    )
+    ))
     .bind(f.status.map(|s| s.as_str()))
     .bind(f.job_type.as_deref())
     .bind(f.after.map(|a| a.0))
@@ -148,15 +144,13 @@ pub async fn job_set_canceled(
     pool: &PgPool,
     id: JobId,
 ) -> Result<Option<(JobRecord, bool)>, DbError> {
-    let canceled: Option<JobRecord> = sqlx::query_as(
-        concat!(
+    let canceled: Option<JobRecord> = sqlx::query_as(concat!(
         "UPDATE jobs SET status = 'canceled', finished_at = now(), lease_expires_at = NULL
          WHERE id = $1 AND status IN ('queued', 'running')
          RETURNING ",
         job_columns!(),
         ""
-    ),
-    )
+    ))
     .bind(id.0)
     .fetch_optional(pool)
     .await?;
@@ -174,8 +168,7 @@ pub async fn job_set_running(
     worker_id: &str,
     lease: Duration,
 ) -> Result<Option<JobRecord>, DbError> {
-    sqlx::query_as(
-        concat!(
+    sqlx::query_as(concat!(
         "UPDATE jobs SET status = 'running', attempt = attempt + 1, worker_id = $2,
                 lease_expires_at = now() + $3 * interval '1 millisecond',
                 started_at = COALESCE(started_at, now()), progress = NULL
@@ -183,8 +176,7 @@ pub async fn job_set_running(
          RETURNING ",
         job_columns!(),
         ""
-    ),
-    )
+    ))
     .bind(id.0)
     .bind(worker_id)
     .bind(lease.as_millis() as f64)
@@ -348,7 +340,11 @@ pub async fn jobs_requeue_expired(pool: &PgPool) -> Result<Vec<JobId>, DbError> 
     )
     .fetch_all(pool)
     .await?;
-    Ok(ids.into_iter().filter(|(_, s)| s == "queued").map(|(id, _)| JobId(id)).collect())
+    Ok(ids
+        .into_iter()
+        .filter(|(_, s)| s == "queued")
+        .map(|(id, _)| JobId(id))
+        .collect())
 }
 
 /// Reaper, part two: `queued` jobs whose message never went out (the API died between insert and
@@ -431,4 +427,3 @@ pub async fn models_for_job(pool: &PgPool, job: JobId) -> Result<i64, DbError> {
 pub async fn ping(pool: &PgPool) -> Result<(), DbError> {
     sqlx::query("SELECT 1").execute(pool).await.map(|_| ())
 }
-

@@ -8,7 +8,9 @@ use uuid::Uuid;
 macro_rules! id_type {
     ($name:ident, $what:literal) => {
         #[doc = concat!("The id of a ", $what, " (a UUIDv7, so ids sort by creation time).")]
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[derive(
+            Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+        )]
         #[serde(transparent)]
         pub struct $name(pub Uuid);
 
@@ -65,7 +67,9 @@ impl FromStr for JobType {
         match s {
             "train" => Ok(JobType::Train),
             "infer" => Ok(JobType::Infer),
-            other => Err(format!("unknown job type `{other}` (expected `train` or `infer`)")),
+            other => Err(format!(
+                "unknown job type `{other}` (expected `train` or `infer`)"
+            )),
         }
     }
 }
@@ -93,7 +97,10 @@ impl JobStatus {
     }
 
     pub fn is_terminal(self) -> bool {
-        matches!(self, JobStatus::Succeeded | JobStatus::Failed | JobStatus::Canceled)
+        matches!(
+            self,
+            JobStatus::Succeeded | JobStatus::Failed | JobStatus::Canceled
+        )
     }
 }
 
@@ -154,7 +161,10 @@ pub struct S3Uri {
 
 impl S3Uri {
     pub fn new(bucket: impl Into<String>, key: impl Into<String>) -> Self {
-        Self { bucket: bucket.into(), key: key.into() }
+        Self {
+            bucket: bucket.into(),
+            key: key.into(),
+        }
     }
 }
 
@@ -213,11 +223,19 @@ pub struct JobError {
 
 impl JobError {
     pub fn fatal(code: &str, message: impl Into<String>) -> Self {
-        Self { code: code.into(), message: message.into(), retryable: false }
+        Self {
+            code: code.into(),
+            message: message.into(),
+            retryable: false,
+        }
     }
 
     pub fn transient(code: &str, message: impl Into<String>) -> Self {
-        Self { code: code.into(), message: message.into(), retryable: true }
+        Self {
+            code: code.into(),
+            message: message.into(),
+            retryable: true,
+        }
     }
 
     pub fn invalid_input(message: impl Into<String>) -> Self {

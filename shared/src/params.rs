@@ -13,7 +13,10 @@ pub struct ParamError {
 }
 
 fn err(field: &str, message: impl Into<String>) -> ParamError {
-    ParamError { field: format!("params.{field}"), message: message.into() }
+    ParamError {
+        field: format!("params.{field}"),
+        message: message.into(),
+    }
 }
 
 /// Multinomial logistic regression, trained by mini-batch SGD on standardised features.
@@ -54,25 +57,51 @@ impl<'a> Fields<'a> {
             Value::Null => EMPTY.get_or_init(Map::new),
             Value::Object(m) => m,
             _ => {
-                return Err(ParamError { field: "params".into(), message: "must be an object".into() });
+                return Err(ParamError {
+                    field: "params".into(),
+                    message: "must be an object".into(),
+                });
             }
         };
-        Ok(Self { map, seen: Vec::new() })
+        Ok(Self {
+            map,
+            seen: Vec::new(),
+        })
     }
 
-    fn uint(&mut self, name: &'static str, default: u32, range: (u32, u32)) -> Result<u32, ParamError> {
+    fn uint(
+        &mut self,
+        name: &'static str,
+        default: u32,
+        range: (u32, u32),
+    ) -> Result<u32, ParamError> {
         self.seen.push(name);
-        let Some(v) = self.map.get(name) else { return Ok(default) };
-        let n = v.as_u64().ok_or_else(|| err(name, "must be a whole number"))?;
+        let Some(v) = self.map.get(name) else {
+            return Ok(default);
+        };
+        let n = v
+            .as_u64()
+            .ok_or_else(|| err(name, "must be a whole number"))?;
         if n < range.0 as u64 || n > range.1 as u64 {
-            return Err(err(name, format!("must be between {} and {}", range.0, range.1)));
+            return Err(err(
+                name,
+                format!("must be between {} and {}", range.0, range.1),
+            ));
         }
         Ok(n as u32)
     }
 
-    fn float(&mut self, name: &'static str, default: f64, min: f64, max: f64) -> Result<f64, ParamError> {
+    fn float(
+        &mut self,
+        name: &'static str,
+        default: f64,
+        min: f64,
+        max: f64,
+    ) -> Result<f64, ParamError> {
         self.seen.push(name);
-        let Some(v) = self.map.get(name) else { return Ok(default) };
+        let Some(v) = self.map.get(name) else {
+            return Ok(default);
+        };
         let x = v.as_f64().ok_or_else(|| err(name, "must be a number"))?;
         if !x.is_finite() || x < min || x > max {
             return Err(err(name, format!("must be between {min} and {max}")));
@@ -82,7 +111,9 @@ impl<'a> Fields<'a> {
 
     fn string(&mut self, name: &'static str, default: &str) -> Result<String, ParamError> {
         self.seen.push(name);
-        let Some(v) = self.map.get(name) else { return Ok(default.into()) };
+        let Some(v) = self.map.get(name) else {
+            return Ok(default.into());
+        };
         let s = v.as_str().ok_or_else(|| err(name, "must be a string"))?;
         if s.is_empty() || s.len() > 256 {
             return Err(err(name, "must be 1 to 256 characters"));
@@ -92,7 +123,10 @@ impl<'a> Fields<'a> {
 
     fn finish(self) -> Result<(), ParamError> {
         match self.map.keys().find(|k| !self.seen.contains(&k.as_str())) {
-            Some(k) => Err(err(k, format!("unknown parameter (known: {})", self.seen.join(", ")))),
+            Some(k) => Err(err(
+                k,
+                format!("unknown parameter (known: {})", self.seen.join(", ")),
+            )),
             None => Ok(()),
         }
     }
@@ -135,7 +169,11 @@ pub fn normalize_infer(params: &Value) -> Result<Value, ParamError> {
     let mut f = Fields::new(params)?;
     let label = f.string("label_column", "")?;
     f.finish()?;
-    Ok(if label.is_empty() { json!({}) } else { json!({ "label_column": label }) })
+    Ok(if label.is_empty() {
+        json!({})
+    } else {
+        json!({ "label_column": label })
+    })
 }
 
 #[cfg(test)]

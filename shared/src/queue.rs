@@ -40,13 +40,19 @@ pub async fn connect(url: &str) -> Result<Connection, QueueError> {
 /// Declares the topology on `channel`: the durable job queue.
 pub async fn declare(channel: &Channel, queue: &str) -> Result<(), QueueError> {
     channel
-        .queue_declare(queue.into(), QueueDeclareOptions::durable(), FieldTable::default())
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions::durable(),
+            FieldTable::default(),
+        )
         .await?;
     Ok(())
 }
 
 async fn with_timeout<F: Future>(f: F) -> Result<F::Output, QueueError> {
-    tokio::time::timeout(BROKER_TIMEOUT, f).await.map_err(|_| QueueError::Timeout(BROKER_TIMEOUT))
+    tokio::time::timeout(BROKER_TIMEOUT, f)
+        .await
+        .map_err(|_| QueueError::Timeout(BROKER_TIMEOUT))
 }
 
 /// Publishes job ids with publisher confirms, over a connection it re-opens when it is lost.
@@ -59,8 +65,11 @@ pub struct Publisher {
 impl Publisher {
     /// Connects and declares the queue; fails if the broker is unreachable.
     pub async fn connect(url: &str, queue: &str) -> Result<Self, QueueError> {
-        let publisher =
-            Self { url: url.to_string(), queue: queue.to_string(), link: Mutex::new(None) };
+        let publisher = Self {
+            url: url.to_string(),
+            queue: queue.to_string(),
+            link: Mutex::new(None),
+        };
         publisher.channel().await?;
         Ok(publisher)
     }
@@ -71,10 +80,11 @@ impl Publisher {
 
     async fn channel(&self) -> Result<Channel, QueueError> {
         let mut link = self.link.lock().await;
-        if let Some((conn, channel)) = link.as_ref() {
-            if conn.status().connected() && channel.status().connected() {
-                return Ok(channel.clone());
-            }
+        if let Some((conn, channel)) = link.as_ref()
+            && conn.status().connected()
+            && channel.status().connected()
+        {
+            return Ok(channel.clone());
         }
         *link = None;
         let conn = connect(&self.url).await?;
@@ -118,6 +128,10 @@ impl Publisher {
         ))
         .await??;
         let confirmation = with_timeout(confirm).await??;
-        if confirmation.is_ack() { Ok(()) } else { Err(QueueError::Nacked) }
+        if confirmation.is_ack() {
+            Ok(())
+        } else {
+            Err(QueueError::Nacked)
+        }
     }
 }

@@ -9,7 +9,12 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 /// Runs until `shutdown` fires, one sweep every `lifecycle.reaper_interval`.
-pub async fn run(pool: PgPool, publisher: &Publisher, lifecycle: Lifecycle, shutdown: CancellationToken) {
+pub async fn run(
+    pool: PgPool,
+    publisher: &Publisher,
+    lifecycle: Lifecycle,
+    shutdown: CancellationToken,
+) {
     let mut tick = tokio::time::interval(lifecycle.reaper_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -35,7 +40,10 @@ pub async fn sweep(
     }
     let stale = db::jobs_due_for_publish(pool, lifecycle.republish_after, 1000).await?;
     if !stale.is_empty() {
-        tracing::info!(count = stale.len(), "publishing queued jobs with no live message");
+        tracing::info!(
+            count = stale.len(),
+            "publishing queued jobs with no live message"
+        );
     }
     ids.extend(stale);
     for id in &ids {

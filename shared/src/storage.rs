@@ -16,8 +16,12 @@ impl Storage {
     /// A client configured from the environment (`AWS_*` variables, profiles, instance roles).
     pub async fn from_env() -> Self {
         let conf = aws_config::load_from_env().await;
-        let s3 = aws_sdk_s3::config::Builder::from(&conf).force_path_style(true).build();
-        Self { client: Client::from_conf(s3) }
+        let s3 = aws_sdk_s3::config::Builder::from(&conf)
+            .force_path_style(true)
+            .build();
+        Self {
+            client: Client::from_conf(s3),
+        }
     }
 
     pub fn client(&self) -> &Client {
@@ -26,12 +30,26 @@ impl Storage {
 
     /// Creates the bucket unless it exists (development and tests).
     pub async fn ensure_bucket(&self, bucket: &str) -> Result<(), JobError> {
-        if self.client.head_bucket().bucket(bucket).send().await.is_ok() {
+        if self
+            .client
+            .head_bucket()
+            .bucket(bucket)
+            .send()
+            .await
+            .is_ok()
+        {
             return Ok(());
         }
         match self.client.create_bucket().bucket(bucket).send().await {
             Ok(_) => Ok(()),
-            Err(e) if matches!(e.code(), Some("BucketAlreadyOwnedByYou" | "BucketAlreadyExists")) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.code(),
+                    Some("BucketAlreadyOwnedByYou" | "BucketAlreadyExists")
+                ) =>
+            {
+                Ok(())
+            }
             Err(e) => Err(storage_error(&format!("s3://{bucket}"), e)),
         }
     }
@@ -55,10 +73,9 @@ impl Storage {
     /// The whole object in memory (model artifacts, which are small).
     pub async fn get_bytes(&self, uri: &S3Uri) -> Result<Vec<u8>, JobError> {
         let body = self.get(uri).await?;
-        let bytes = body
-            .collect()
-            .await
-            .map_err(|e| JobError::transient("storage_unavailable", format!("reading {uri}: {e}")))?;
+        let bytes = body.collect().await.map_err(|e| {
+            JobError::transient("storage_unavailable", format!("reading {uri}: {e}"))
+        })?;
         Ok(bytes.to_vec())
     }
 
@@ -74,7 +91,12 @@ impl Storage {
         Ok(out.body)
     }
 
-    pub async fn put(&self, uri: &S3Uri, bytes: Vec<u8>, content_type: &str) -> Result<(), JobError> {
+    pub async fn put(
+        &self,
+        uri: &S3Uri,
+        bytes: Vec<u8>,
+        content_type: &str,
+    ) -> Result<(), JobError> {
         self.client
             .put_object()
             .bucket(&uri.bucket)
@@ -99,9 +121,10 @@ fn storage_error<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'st
         Some("NoSuchKey" | "NoSuchBucket" | "NotFound") => {
             JobError::fatal("input_not_found", format!("{what} does not exist"))
         }
-        Some("AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch") => {
-            JobError::fatal("input_forbidden", format!("{what}: access denied ({})", code.unwrap_or_default()))
-        }
+        Some("AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch") => JobError::fatal(
+            "input_forbidden",
+            format!("{what}: access denied ({})", code.unwrap_or_default()),
+        ),
         _ => {
             let detail = match &err {
                 SdkError::ServiceError(s) => format!("{}", s.err()),

@@ -63,10 +63,18 @@ impl TestApp {
     pub async fn spawn_with(opts: Options) -> Self {
         gpuq_shared::telemetry::init();
         let tag = Uuid::new_v4().simple().to_string()[..12].to_string();
-        let base = env_or("GPUQ_TEST_DATABASE_URL", "postgres://postgres:postgres@127.0.0.1:5432");
-        let admin = gpuq_shared::db::connect(&format!("{base}/postgres"), 1).await.expect("Postgres is running");
+        let base = env_or(
+            "GPUQ_TEST_DATABASE_URL",
+            "postgres://postgres:postgres@127.0.0.1:5432",
+        );
+        let admin = gpuq_shared::db::connect(&format!("{base}/postgres"), 1)
+            .await
+            .expect("Postgres is running");
         let db_name = format!("gpuq_t_{tag}");
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db_name}"))).execute(&admin).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db_name}")))
+            .execute(&admin)
+            .await
+            .unwrap();
         admin.close().await;
         let settings = Settings {
             database_url: format!("{base}/{db_name}"),
@@ -83,12 +91,19 @@ impl TestApp {
             max_body_bytes: 1024 * 1024,
             reaper: true,
         };
-        let app = gpuq_api::Application::build(api_settings, &shutdown).await.expect("API starts");
+        let app = gpuq_api::Application::build(api_settings, &shutdown)
+            .await
+            .expect("API starts");
         let url = format!("http://127.0.0.1:{}", app.port());
         tokio::spawn(app.run_until_stopped(shutdown.clone()));
-        let pool = gpuq_shared::db::connect(&settings.database_url, 4).await.unwrap();
+        let pool = gpuq_shared::db::connect(&settings.database_url, 4)
+            .await
+            .unwrap();
         let storage = Storage::from_env().await;
-        storage.ensure_bucket(&settings.bucket).await.expect("S3 server is running");
+        storage
+            .ensure_bucket(&settings.bucket)
+            .await
+            .expect("S3 server is running");
         let mut me = Self {
             url,
             client: reqwest::Client::new(),
@@ -129,9 +144,18 @@ impl TestApp {
             .env("GPUQ_QUEUE", &s.queue)
             .env("GPUQ_BUCKET", &s.bucket)
             .env("GPUQ_S3_PREFIX", &s.s3_prefix)
-            .env("GPUQ_LEASE_SECONDS", s.lifecycle.lease.as_secs_f64().to_string())
-            .env("GPUQ_REPUBLISH_AFTER_SECONDS", s.lifecycle.republish_after.as_secs_f64().to_string())
-            .env("GPUQ_REAPER_INTERVAL_SECONDS", s.lifecycle.reaper_interval.as_secs_f64().to_string())
+            .env(
+                "GPUQ_LEASE_SECONDS",
+                s.lifecycle.lease.as_secs_f64().to_string(),
+            )
+            .env(
+                "GPUQ_REPUBLISH_AFTER_SECONDS",
+                s.lifecycle.republish_after.as_secs_f64().to_string(),
+            )
+            .env(
+                "GPUQ_REAPER_INTERVAL_SECONDS",
+                s.lifecycle.reaper_interval.as_secs_f64().to_string(),
+            )
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -154,7 +178,13 @@ impl TestApp {
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
-        let r = self.client.post(format!("{}{path}", self.url)).json(body).send().await.unwrap();
+        let r = self
+            .client
+            .post(format!("{}{path}", self.url))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
         let status = r.status();
         (status, r.json().await.unwrap_or(Value::Null))
     }
@@ -173,7 +203,12 @@ impl TestApp {
     }
 
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {
-        let r = self.client.get(format!("{}{path}", self.url)).send().await.unwrap();
+        let r = self
+            .client
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap();
         let status = r.status();
         (status, r.json().await.unwrap_or(Value::Null))
     }
@@ -201,12 +236,18 @@ impl TestApp {
             if ["succeeded", "failed", "canceled"].contains(&job["status"].as_str().unwrap()) {
                 return job;
             }
-            assert!(tokio::time::Instant::now() < deadline, "job {id} still {} after {limit:?}", job["status"]);
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "job {id} still {} after {limit:?}",
+                job["status"]
+            );
         }
     }
 
     pub async fn model_rows_for(&self, job_id: &str) -> i64 {
-        gpuq_shared::db::models_for_job(&self.pool, job_id.parse().unwrap()).await.unwrap()
+        gpuq_shared::db::models_for_job(&self.pool, job_id.parse().unwrap())
+            .await
+            .unwrap()
     }
 }
 
@@ -228,10 +269,16 @@ pub fn worker_binary() -> PathBuf {
         return p.into();
     }
     let exe = std::env::current_exe().unwrap();
-    exe.parent().and_then(|d| d.parent()).unwrap().join("gpuq-worker")
+    exe.parent()
+        .and_then(|d| d.parent())
+        .unwrap()
+        .join("gpuq-worker")
 }
 
 /// The digits data set (scikit-learn's `load_digits`, 75/25 split) shipped in `tests/data`.
 pub fn digits(split: &str) -> Vec<u8> {
-    std::fs::read(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("data/digits_{split}.csv"))).unwrap()
+    std::fs::read(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("data/digits_{split}.csv")),
+    )
+    .unwrap()
 }

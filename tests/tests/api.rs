@@ -5,14 +5,23 @@ use gpuq_tests::{Options, StatusCode, TestApp};
 use serde_json::{Value, json};
 
 async fn app() -> TestApp {
-    TestApp::spawn_with(Options { workers: 0, ..Options::default() }).await
+    TestApp::spawn_with(Options {
+        workers: 0,
+        ..Options::default()
+    })
+    .await
 }
 
 fn assert_error(status: StatusCode, body: &Value, want_status: u16, want_code: &str) {
     let shown: String = body.to_string().chars().take(300).collect();
     assert_eq!(status.as_u16(), want_status, "{shown}");
     assert_eq!(body["error"]["code"], want_code, "{body}");
-    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
 }
 
 fn train_body() -> Value {
@@ -26,15 +35,39 @@ async fn every_bad_request_gets_a_json_error_and_the_service_stays_ready() {
     assert_error(s, &b, 400, "malformed_json");
 
     let cases = [
-        (json!({"type": "fly", "input": {"uri": "s3://bkt/x.csv"}}), "type"),
-        (json!({"type": "train", "algorithm": "svm", "input": {"uri": "s3://bkt/x.csv"}}), "algorithm"),
+        (
+            json!({"type": "fly", "input": {"uri": "s3://bkt/x.csv"}}),
+            "type",
+        ),
+        (
+            json!({"type": "train", "algorithm": "svm", "input": {"uri": "s3://bkt/x.csv"}}),
+            "algorithm",
+        ),
         (json!({"type": "train", "algorithm": "logreg"}), "input"),
-        (json!({"type": "train", "algorithm": "logreg", "input": {"uri": "s3://bkt/x.csv"}, "params": {"epochs": -1}}), "params.epochs"),
-        (json!({"type": "train", "algorithm": "logreg", "input": {"uri": "s3://bkt/x.csv"}, "params": {"learning_rate": "fast"}}), "params.learning_rate"),
-        (json!({"type": "train", "algorithm": "logreg", "input": {"uri": "s3://bkt/x.csv"}, "params": {"epochz": 3}}), "params.epochz"),
-        (json!({"type": "train", "algorithm": "logreg", "input": {"uri": "ftp://x/y"}}), "input.uri"),
-        (json!({"type": "train", "algorithm": "logreg", "input": {"rows": [[1, 2]]}}), "input.labels"),
-        (json!({"type": "infer", "input": {"rows": [[1, 2]]}}), "model_id"),
+        (
+            json!({"type": "train", "algorithm": "logreg", "input": {"uri": "s3://bkt/x.csv"}, "params": {"epochs": -1}}),
+            "params.epochs",
+        ),
+        (
+            json!({"type": "train", "algorithm": "logreg", "input": {"uri": "s3://bkt/x.csv"}, "params": {"learning_rate": "fast"}}),
+            "params.learning_rate",
+        ),
+        (
+            json!({"type": "train", "algorithm": "logreg", "input": {"uri": "s3://bkt/x.csv"}, "params": {"epochz": 3}}),
+            "params.epochz",
+        ),
+        (
+            json!({"type": "train", "algorithm": "logreg", "input": {"uri": "ftp://x/y"}}),
+            "input.uri",
+        ),
+        (
+            json!({"type": "train", "algorithm": "logreg", "input": {"rows": [[1, 2]]}}),
+            "input.labels",
+        ),
+        (
+            json!({"type": "infer", "input": {"rows": [[1, 2]]}}),
+            "model_id",
+        ),
     ];
     for (body, field) in cases {
         let (s, b) = app.post("/v1/jobs", &body).await;
@@ -46,10 +79,15 @@ async fn every_bad_request_gets_a_json_error_and_the_service_stays_ready() {
     assert_error(s, &b, 404, "not_found");
     let (s, b) = app.get("/v1/jobs/not-a-uuid").await;
     assert_error(s, &b, 400, "invalid_id");
-    let (s, b) = app.get(&format!("/v1/models/{}", uuid::Uuid::now_v7())).await;
+    let (s, b) = app
+        .get(&format!("/v1/models/{}", uuid::Uuid::now_v7()))
+        .await;
     assert_error(s, &b, 404, "not_found");
     let (s, b) = app
-        .post("/v1/jobs", &json!({"type": "infer", "model_id": uuid::Uuid::now_v7(), "input": {"rows": [[1]]}}))
+        .post(
+            "/v1/jobs",
+            &json!({"type": "infer", "model_id": uuid::Uuid::now_v7(), "input": {"rows": [[1]]}}),
+        )
         .await;
     assert_error(s, &b, 404, "not_found");
     let (s, b) = app.get("/v1/nothing-here").await;
@@ -62,7 +100,9 @@ async fn every_bad_request_gets_a_json_error_and_the_service_stays_ready() {
     // Over the 1 MiB limit the test app runs with.
     let huge = json!({"type": "train", "algorithm": "logreg",
         "input": {"rows": vec![vec![1.0; 1000]; 400], "labels": vec![0; 400]}});
-    let (s, b) = app.post_raw("/v1/jobs", serde_json::to_vec(&huge).unwrap()).await;
+    let (s, b) = app
+        .post_raw("/v1/jobs", serde_json::to_vec(&huge).unwrap())
+        .await;
     assert_error(s, &b, 413, "body_too_large");
 
     let (s, b) = app.get("/readyz").await;
@@ -73,11 +113,20 @@ async fn every_bad_request_gets_a_json_error_and_the_service_stays_ready() {
 #[tokio::test(flavor = "multi_thread")]
 async fn submit_answers_202_with_location_and_the_effective_params() {
     let app = app().await;
-    let r = app.client.post(format!("{}/v1/jobs", app.url)).json(&train_body()).send().await.unwrap();
+    let r = app
+        .client
+        .post(format!("{}/v1/jobs", app.url))
+        .json(&train_body())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 202);
     let location = r.headers()["location"].to_str().unwrap().to_string();
     let job: Value = r.json().await.unwrap();
-    assert_eq!(location, format!("/v1/jobs/{}", job["id"].as_str().unwrap()));
+    assert_eq!(
+        location,
+        format!("/v1/jobs/{}", job["id"].as_str().unwrap())
+    );
     assert_eq!(job["status"], "queued");
     assert_eq!(job["attempt"], 0);
     assert_eq!(job["params"]["epochs"], 100, "defaults are recorded: {job}");
@@ -91,15 +140,30 @@ async fn list_is_newest_first_filters_and_pages_with_a_cursor() {
     let app = app().await;
     let mut ids = Vec::new();
     for _ in 0..5 {
-        ids.push(app.submit(train_body()).await["id"].as_str().unwrap().to_string());
+        ids.push(
+            app.submit(train_body()).await["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
     }
     ids.reverse();
     let (_, page1) = app.get("/v1/jobs?limit=3").await;
-    let got: Vec<&str> = page1["jobs"].as_array().unwrap().iter().map(|j| j["id"].as_str().unwrap()).collect();
+    let got: Vec<&str> = page1["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap())
+        .collect();
     assert_eq!(got, ids[..3]);
     let cursor = page1["next"].as_str().unwrap();
     let (_, page2) = app.get(&format!("/v1/jobs?limit=3&after={cursor}")).await;
-    let got: Vec<&str> = page2["jobs"].as_array().unwrap().iter().map(|j| j["id"].as_str().unwrap()).collect();
+    let got: Vec<&str> = page2["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap())
+        .collect();
     assert_eq!(got, ids[3..]);
     assert_eq!(page2["next"], Value::Null);
 
@@ -121,6 +185,11 @@ async fn cancel_of_a_queued_job_cancels_it_and_a_second_cancel_returns_409() {
     assert_eq!(b["status"], "canceled");
     let (s, b) = app.post(&path, &json!({})).await;
     assert_error(s, &b, 409, "conflict");
-    let (s, b) = app.post(&format!("/v1/jobs/{}/cancel", uuid::Uuid::now_v7()), &json!({})).await;
+    let (s, b) = app
+        .post(
+            &format!("/v1/jobs/{}/cancel", uuid::Uuid::now_v7()),
+            &json!({}),
+        )
+        .await;
     assert_error(s, &b, 404, "not_found");
 }

@@ -12,36 +12,63 @@ async fn logreg_trained_on_digits_through_the_api_scores_over_95_percent_on_the_
     let train = app.put("digits/train.csv", digits("train")).await;
     let test = app.put("digits/test.csv", digits("test")).await;
 
-    let job = app.submit(json!({"type": "train", "algorithm": "logreg", "input": {"uri": train}})).await;
+    let job = app
+        .submit(json!({"type": "train", "algorithm": "logreg", "input": {"uri": train}}))
+        .await;
     let job = app.wait(&job, LIMIT).await;
     assert_eq!(job["status"], "succeeded", "{job}");
     assert_eq!(job["progress"]["fraction"], 1.0);
     let metrics = &job["result"]["metrics"];
-    assert!(metrics["train_accuracy"].as_f64().unwrap() > 0.97, "{metrics}");
+    assert!(
+        metrics["train_accuracy"].as_f64().unwrap() > 0.97,
+        "{metrics}"
+    );
     assert!(metrics["final_loss"].as_f64().unwrap() < 0.2, "{metrics}");
     let model_id = job["result"]["model_id"].as_str().unwrap();
 
     let (s, model) = app.get(&format!("/v1/models/{model_id}")).await;
     assert_eq!(s, 200);
-    assert_eq!((model["n_features"].as_i64(), model["n_classes"].as_i64()), (Some(64), Some(10)));
+    assert_eq!(
+        (model["n_features"].as_i64(), model["n_classes"].as_i64()),
+        (Some(64), Some(10))
+    );
     assert_eq!(model["job_id"], job["id"]);
-    let artifact = app.get_object(model["artifact_uri"].as_str().unwrap()).await;
-    assert!(artifact.len() > 10 * 64 * 4, "safetensors holds the 10×64 weights");
+    let artifact = app
+        .get_object(model["artifact_uri"].as_str().unwrap())
+        .await;
+    assert!(
+        artifact.len() > 10 * 64 * 4,
+        "safetensors holds the 10×64 weights"
+    );
 
-    let infer = app.submit(json!({"type": "infer", "model_id": model_id, "input": {"uri": test}})).await;
+    let infer = app
+        .submit(json!({"type": "infer", "model_id": model_id, "input": {"uri": test}}))
+        .await;
     let infer = app.wait(&infer, LIMIT).await;
     assert_eq!(infer["status"], "succeeded", "{infer}");
     assert_eq!(infer["result"]["rows"], 450);
-    let csv = String::from_utf8(app.get_object(infer["result"]["output_uri"].as_str().unwrap()).await).unwrap();
+    let csv = String::from_utf8(
+        app.get_object(infer["result"]["output_uri"].as_str().unwrap())
+            .await,
+    )
+    .unwrap();
     let mut lines = csv.lines();
     assert_eq!(lines.next().unwrap(), "label,p0,p1,p2,p3,p4,p5,p6,p7,p8,p9");
-    let truth: Vec<String> = String::from_utf8(digits("test")).unwrap().lines().skip(1)
-        .map(|l| l.rsplit(',').next().unwrap().to_string()).collect();
-    let predicted: Vec<String> = lines.map(|l| l.split(',').next().unwrap().to_string()).collect();
+    let truth: Vec<String> = String::from_utf8(digits("test"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.rsplit(',').next().unwrap().to_string())
+        .collect();
+    let predicted: Vec<String> = lines
+        .map(|l| l.split(',').next().unwrap().to_string())
+        .collect();
     assert_eq!(predicted.len(), truth.len());
     let right = predicted.iter().zip(&truth).filter(|(p, t)| p == t).count();
     let accuracy = right as f64 / truth.len() as f64;
-    println!("digits test accuracy: {accuracy:.4} (scikit-learn LogisticRegression on this split: 0.9600)");
+    println!(
+        "digits test accuracy: {accuracy:.4} (scikit-learn LogisticRegression on this split: 0.9600)"
+    );
     assert!(accuracy >= 0.95, "test accuracy {accuracy}");
 }
 
@@ -49,13 +76,20 @@ async fn logreg_trained_on_digits_through_the_api_scores_over_95_percent_on_the_
 async fn inline_rows_train_and_infer_with_predictions_in_the_result() {
     let app = TestApp::spawn().await;
     // Two separable blobs.
-    let rows: Vec<Vec<f64>> = (0..40).map(|i| {
-        let c = (i % 2) as f64;
-        vec![c * 4.0 + (i as f64 * 0.37).sin(), -c * 3.0 + (i as f64 * 0.71).cos()]
-    }).collect();
+    let rows: Vec<Vec<f64>> = (0..40)
+        .map(|i| {
+            let c = (i % 2) as f64;
+            vec![
+                c * 4.0 + (i as f64 * 0.37).sin(),
+                -c * 3.0 + (i as f64 * 0.71).cos(),
+            ]
+        })
+        .collect();
     let labels: Vec<i32> = (0..40).map(|i| (i % 2) * 5).collect();
-    let job = app.submit(json!({"type": "train", "algorithm": "logreg",
-        "input": {"rows": rows, "labels": labels}, "params": {"epochs": 30, "batch_size": 8}})).await;
+    let job = app
+        .submit(json!({"type": "train", "algorithm": "logreg",
+        "input": {"rows": rows, "labels": labels}, "params": {"epochs": 30, "batch_size": 8}}))
+        .await;
     let job = app.wait(&job, LIMIT).await;
     assert_eq!(job["status"], "succeeded", "{job}");
     let model_id = job["result"]["model_id"].as_str().unwrap();
@@ -65,12 +99,26 @@ async fn inline_rows_train_and_infer_with_predictions_in_the_result() {
         .send().await.unwrap();
     assert_eq!(r.status(), 202);
     let infer: Value = r.json().await.unwrap();
-    assert_eq!(infer["status"], "succeeded", "Prefer: wait returns the finished job: {infer}");
+    assert_eq!(
+        infer["status"], "succeeded",
+        "Prefer: wait returns the finished job: {infer}"
+    );
     let preds = infer["result"]["predictions"].as_array().unwrap();
     assert_eq!(preds[0]["label"], 0.0);
-    assert_eq!(preds[1]["label"], 5.0, "labels come back as given, not as class indices");
-    let p: Vec<f64> = preds[1]["p"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
-    assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-5 && p[1] > 0.9, "{p:?}");
+    assert_eq!(
+        preds[1]["label"], 5.0,
+        "labels come back as given, not as class indices"
+    );
+    let p: Vec<f64> = preds[1]["p"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert!(
+        (p.iter().sum::<f64>() - 1.0).abs() < 1e-5 && p[1] > 0.9,
+        "{p:?}"
+    );
     assert_eq!(infer["result"]["output_uri"], Value::Null);
 }
 
@@ -78,37 +126,80 @@ async fn inline_rows_train_and_infer_with_predictions_in_the_result() {
 async fn bad_inputs_fail_the_job_with_a_code_and_the_worker_keeps_serving() {
     let app = TestApp::spawn().await;
 
-    let missing = format!("s3://{}/{}", app.settings.bucket, app.settings.object_key("nope.csv"));
-    let job = app.run(json!({"type": "train", "algorithm": "logreg", "input": {"uri": missing}})).await;
-    assert_eq!((job["status"].as_str(), job["error"]["code"].as_str()), (Some("failed"), Some("input_not_found")), "{job}");
+    let missing = format!(
+        "s3://{}/{}",
+        app.settings.bucket,
+        app.settings.object_key("nope.csv")
+    );
+    let job = app
+        .run(json!({"type": "train", "algorithm": "logreg", "input": {"uri": missing}}))
+        .await;
+    assert_eq!(
+        (job["status"].as_str(), job["error"]["code"].as_str()),
+        (Some("failed"), Some("input_not_found")),
+        "{job}"
+    );
     assert_eq!(job["attempt"], 1, "input errors are not retried");
 
-    let bad_cell = app.put("bad.csv", b"a,b,label\n1,2,0\n3,x,1\n".to_vec()).await;
-    let job = app.run(json!({"type": "train", "algorithm": "logreg", "input": {"uri": bad_cell}})).await;
+    let bad_cell = app
+        .put("bad.csv", b"a,b,label\n1,2,0\n3,x,1\n".to_vec())
+        .await;
+    let job = app
+        .run(json!({"type": "train", "algorithm": "logreg", "input": {"uri": bad_cell}}))
+        .await;
     assert_eq!(job["error"]["code"], "invalid_input", "{job}");
     let msg = job["error"]["message"].as_str().unwrap();
     assert!(msg.contains("line 3") && msg.contains("`b`"), "{msg}");
 
     let no_label = app.put("nolabel.csv", b"a,b\n1,2\n3,4\n".to_vec()).await;
-    let job = app.run(json!({"type": "train", "algorithm": "logreg", "input": {"uri": no_label}})).await;
+    let job = app
+        .run(json!({"type": "train", "algorithm": "logreg", "input": {"uri": no_label}}))
+        .await;
     assert_eq!(job["error"]["code"], "invalid_input");
-    assert!(job["error"]["message"].as_str().unwrap().contains("label"), "{job}");
+    assert!(
+        job["error"]["message"].as_str().unwrap().contains("label"),
+        "{job}"
+    );
 
-    let nan = app.put("nan.csv", b"a,b,label\n1,NaN,0\n3,4,1\n".to_vec()).await;
-    let job = app.run(json!({"type": "train", "algorithm": "logreg", "input": {"uri": nan}})).await;
+    let nan = app
+        .put("nan.csv", b"a,b,label\n1,NaN,0\n3,4,1\n".to_vec())
+        .await;
+    let job = app
+        .run(json!({"type": "train", "algorithm": "logreg", "input": {"uri": nan}}))
+        .await;
     assert_eq!(job["error"]["code"], "invalid_input", "{job}");
 
     // A good model, then inference rows of the wrong width.
-    let good = app.put("good.csv", b"a,b,label\n0,0,0\n1,1,1\n0,1,0\n1,0,1\n".to_vec()).await;
-    let job = app.run(json!({"type": "train", "algorithm": "logreg", "input": {"uri": good},
-        "params": {"epochs": 5}})).await;
+    let good = app
+        .put(
+            "good.csv",
+            b"a,b,label\n0,0,0\n1,1,1\n0,1,0\n1,0,1\n".to_vec(),
+        )
+        .await;
+    let job = app
+        .run(
+            json!({"type": "train", "algorithm": "logreg", "input": {"uri": good},
+        "params": {"epochs": 5}}),
+        )
+        .await;
     assert_eq!(job["status"], "succeeded", "{job}");
     let model_id = job["result"]["model_id"].as_str().unwrap();
     let wide = app.put("wide.csv", b"a,b,c\n1,2,3\n".to_vec()).await;
-    let job = app.run(json!({"type": "infer", "model_id": model_id, "input": {"uri": wide}})).await;
+    let job = app
+        .run(json!({"type": "infer", "model_id": model_id, "input": {"uri": wide}}))
+        .await;
     assert_eq!(job["error"]["code"], "shape_mismatch", "{job}");
-    let (s, b) = app.post("/v1/jobs", &json!({"type": "infer", "model_id": model_id, "input": {"rows": [[1, 2, 3]]}})).await;
-    assert_eq!((s.as_u16(), b["error"]["code"].as_str()), (422, Some("shape_mismatch")), "{b}");
+    let (s, b) = app
+        .post(
+            "/v1/jobs",
+            &json!({"type": "infer", "model_id": model_id, "input": {"rows": [[1, 2, 3]]}}),
+        )
+        .await;
+    assert_eq!(
+        (s.as_u16(), b["error"]["code"].as_str()),
+        (422, Some("shape_mismatch")),
+        "{b}"
+    );
 
     let (s, _) = app.get("/readyz").await;
     assert_eq!(s, 200);
@@ -117,15 +208,26 @@ async fn bad_inputs_fail_the_job_with_a_code_and_the_worker_keeps_serving() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_running_job_reports_progress_and_stops_when_canceled() {
     // One job at a time: the next job can only run once the canceled one has let go.
-    let app = TestApp::spawn_with(gpuq_tests::Options { concurrency: 1, ..Default::default() }).await;
+    let app = TestApp::spawn_with(gpuq_tests::Options {
+        concurrency: 1,
+        ..Default::default()
+    })
+    .await;
     let train = app.put("digits/train.csv", digits("train")).await;
-    let job = app.submit(json!({"type": "train", "algorithm": "logreg", "input": {"uri": train},
-        "params": {"epochs": 20000}})).await;
+    let job = app
+        .submit(
+            json!({"type": "train", "algorithm": "logreg", "input": {"uri": train},
+        "params": {"epochs": 20000}}),
+        )
+        .await;
     let id = job["id"].as_str().unwrap();
     let deadline = tokio::time::Instant::now() + LIMIT;
     loop {
         let (_, j) = app.get(&format!("/v1/jobs/{id}")).await;
-        if j["progress"]["message"].as_str().is_some_and(|m| m.starts_with("epoch")) {
+        if j["progress"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("epoch"))
+        {
             assert_eq!(j["status"], "running");
             assert!(j["progress"]["fraction"].as_f64().unwrap() > 0.0, "{j}");
             break;
@@ -137,13 +239,18 @@ async fn a_running_job_reports_progress_and_stops_when_canceled() {
     assert_eq!((s.as_u16(), j["status"].as_str()), (200, Some("canceled")));
     // The worker notices within its heartbeat, stops, and takes the next job.
     let canceled_at = std::time::Instant::now();
-    let quick = app.submit(json!({"type": "train", "algorithm": "logreg",
-        "input": {"rows": [[0], [1]], "labels": [0, 1]}, "params": {"epochs": 1}})).await;
+    let quick = app
+        .submit(json!({"type": "train", "algorithm": "logreg",
+        "input": {"rows": [[0], [1]], "labels": [0, 1]}, "params": {"epochs": 1}}))
+        .await;
     assert_eq!(app.wait(&quick, LIMIT).await["status"], "succeeded");
     let freed_after = canceled_at.elapsed();
     println!("worker freed {freed_after:?} after the cancel");
     assert!(freed_after < Duration::from_secs(10), "{freed_after:?}");
     let (_, j) = app.get(&format!("/v1/jobs/{id}")).await;
-    assert_eq!(j["status"], "canceled", "a canceled job stays canceled: {j}");
+    assert_eq!(
+        j["status"], "canceled",
+        "a canceled job stays canceled: {j}"
+    );
     assert_eq!(app.model_rows_for(id).await, 0);
 }

@@ -10,24 +10,38 @@ const LIMIT: Duration = Duration::from_secs(240);
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_worker_killed_mid_training_leaves_the_job_to_the_next_worker_which_finishes_it_once() {
-    let mut app = TestApp::spawn_with(Options { workers: 0, ..Options::default() }).await;
+    let mut app = TestApp::spawn_with(Options {
+        workers: 0,
+        ..Options::default()
+    })
+    .await;
     let train = app.put("digits/train.csv", digits("train")).await;
     let pid = app.spawn_worker_process();
-    let job = app.submit(json!({"type": "train", "algorithm": "logreg", "input": {"uri": train},
-        "params": {"epochs": 400}})).await;
+    let job = app
+        .submit(
+            json!({"type": "train", "algorithm": "logreg", "input": {"uri": train},
+        "params": {"epochs": 400}}),
+        )
+        .await;
     let id = job["id"].as_str().unwrap().to_string();
 
     // Wait until it is training (progress reported), then kill -9.
     let deadline = tokio::time::Instant::now() + LIMIT;
     loop {
         let (_, j) = app.get(&format!("/v1/jobs/{id}")).await;
-        if j["progress"]["message"].as_str().is_some_and(|m| m.starts_with("epoch")) {
+        if j["progress"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("epoch"))
+        {
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "never started: {j}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let killed = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
     assert!(killed.success());
     let (_, j) = app.get(&format!("/v1/jobs/{id}")).await;
     assert_eq!(j["status"], "running", "killed mid-job: {j}");
@@ -38,7 +52,11 @@ async fn a_worker_killed_mid_training_leaves_the_job_to_the_next_worker_which_fi
     assert_eq!(done["status"], "succeeded", "{done}");
     assert!(done["attempt"].as_i64().unwrap() >= 2, "{done}");
     assert_eq!(done["attempt_errors"][0]["code"], "lease_expired", "{done}");
-    assert_eq!(app.model_rows_for(&id).await, 1, "exactly one model for the job");
+    assert_eq!(
+        app.model_rows_for(&id).await,
+        1,
+        "exactly one model for the job"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -48,10 +66,20 @@ async fn a_job_recorded_but_never_published_is_published_by_the_reaper() {
     let id = gpuq_shared::JobId::new();
     let input = json!({"rows": [[0.0], [1.0]], "labels": [0, 1]});
     let params = json!({"epochs": 2});
-    gpuq_shared::db::job_insert(&app.pool, &gpuq_shared::db::NewJob {
-        id, job_type: "train", algorithm: "logreg", model_id: None, max_attempts: 3,
-        params: &params, input: &input,
-    }).await.unwrap();
+    gpuq_shared::db::job_insert(
+        &app.pool,
+        &gpuq_shared::db::NewJob {
+            id,
+            job_type: "train",
+            algorithm: "logreg",
+            model_id: None,
+            max_attempts: 3,
+            params: &params,
+            input: &input,
+        },
+    )
+    .await
+    .unwrap();
     let done = app.wait(&json!({"id": id.to_string()}), LIMIT).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(done["attempt"], 1);
@@ -59,10 +87,16 @@ async fn a_job_recorded_but_never_published_is_published_by_the_reaper() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_duplicate_delivery_runs_the_job_once() {
-    let app = TestApp::spawn_with(Options { workers: 2, ..Options::default() }).await;
+    let app = TestApp::spawn_with(Options {
+        workers: 2,
+        ..Options::default()
+    })
+    .await;
     let job = app.submit(json!({"type": "train", "algorithm": "logreg",
         "input": {"rows": [[0.0], [1.0], [0.2], [0.9]], "labels": [0, 1, 0, 1]}, "params": {"epochs": 50}})).await;
-    let publisher = Publisher::connect(&app.settings.amqp_url, &app.settings.queue).await.unwrap();
+    let publisher = Publisher::connect(&app.settings.amqp_url, &app.settings.queue)
+        .await
+        .unwrap();
     let id: gpuq_shared::JobId = job["id"].as_str().unwrap().parse().unwrap();
     for _ in 0..3 {
         publisher.publish(id).await.unwrap();

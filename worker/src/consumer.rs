@@ -15,7 +15,12 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 /// Consumes until `shutdown`, then waits up to `drain` for the jobs in hand.
-pub async fn run(ctx: Arc<WorkerContext>, concurrency: usize, drain: Duration, shutdown: CancellationToken) {
+pub async fn run(
+    ctx: Arc<WorkerContext>,
+    concurrency: usize,
+    drain: Duration,
+    shutdown: CancellationToken,
+) {
     let slots = Arc::new(Semaphore::new(concurrency));
     let mut backoff = Duration::from_millis(200);
     while !shutdown.is_cancelled() {
@@ -31,8 +36,13 @@ pub async fn run(ctx: Arc<WorkerContext>, concurrency: usize, drain: Duration, s
             }
         }
     }
-    if tokio::time::timeout(drain, slots.acquire_many(concurrency as u32)).await.is_err() {
-        tracing::warn!("drain deadline passed: stopping the jobs in hand (their leases will lapse)");
+    if tokio::time::timeout(drain, slots.acquire_many(concurrency as u32))
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "drain deadline passed: stopping the jobs in hand (their leases will lapse)"
+        );
         ctx.abort.cancel();
     }
 }
@@ -46,7 +56,9 @@ async fn consume(
     let conn = queue::connect(&ctx.settings.amqp_url).await?;
     let channel = conn.create_channel().await?;
     queue::declare(&channel, &ctx.settings.queue).await?;
-    channel.basic_qos(concurrency as u16, BasicQosOptions::default()).await?;
+    channel
+        .basic_qos(concurrency as u16, BasicQosOptions::default())
+        .await?;
     let mut deliveries = channel
         .basic_consume(
             ctx.settings.queue.as_str().into(),
@@ -87,7 +99,13 @@ async fn consume(
                 Err(e) => {
                     tracing::warn!(job = %job_id, error = %e, "claim failed; requeueing the message");
                     tokio::time::sleep(Duration::from_millis(500)).await;
-                    let _ = delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+                    let _ = delivery
+                        .acker
+                        .nack(BasicNackOptions {
+                            requeue: true,
+                            ..Default::default()
+                        })
+                        .await;
                 }
             }
         });
@@ -100,7 +118,8 @@ async fn claim(
     id: gpuq_shared::JobId,
 ) -> Result<Option<impl Future<Output = ()> + use<>>, gpuq_shared::db::DbError> {
     let lease = ctx.settings.lifecycle.lease;
-    let Some(job) = gpuq_shared::db::job_set_running(&ctx.pool, id, &ctx.worker_id, lease).await? else {
+    let Some(job) = gpuq_shared::db::job_set_running(&ctx.pool, id, &ctx.worker_id, lease).await?
+    else {
         return Ok(None);
     };
     let ctx = ctx.clone();

@@ -40,8 +40,15 @@ pub struct WorkerContext {
 
 /// How a job ended well.
 enum Completion {
-    Trained { model_id: ModelId, model: logreg::LogregModel, metrics: Value, artifact_uri: String },
-    Inferred { result: Value },
+    Trained {
+        model_id: ModelId,
+        model: logreg::LogregModel,
+        metrics: Value,
+        artifact_uri: String,
+    },
+    Inferred {
+        result: Value,
+    },
 }
 
 impl WorkerContext {
@@ -54,7 +61,16 @@ impl WorkerContext {
         worker_id: String,
         abort: CancellationToken,
     ) -> Self {
-        Self { pool, storage, publisher, gpu, settings, worker_id, abort, models: Mutex::new(HashMap::new()) }
+        Self {
+            pool,
+            storage,
+            publisher,
+            gpu,
+            settings,
+            worker_id,
+            abort,
+            models: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Runs a job this worker has just claimed, through to its recorded outcome.
@@ -63,7 +79,13 @@ impl WorkerContext {
         let attempt = job.attempt;
         tracing::info!(job = %id, attempt, kind = %job.job_type, algorithm = %job.algorithm, "running");
         let ctl = Arc::new(Control::new(self.abort.clone()));
-        let heartbeat = tokio::spawn(heartbeat(self.pool.clone(), id, attempt, self.settings.lifecycle.lease, ctl.clone()));
+        let heartbeat = tokio::spawn(heartbeat(
+            self.pool.clone(),
+            id,
+            attempt,
+            self.settings.lifecycle.lease,
+            ctl.clone(),
+        ));
         let outcome = self.execute(&job, &ctl).await;
         heartbeat.abort();
         if ctl.should_stop() {
@@ -80,9 +102,20 @@ impl WorkerContext {
         }
     }
 
-    async fn write_success(&self, id: JobId, attempt: i32, job: &JobRecord, done: Completion) -> Result<(), db::DbError> {
+    async fn write_success(
+        &self,
+        id: JobId,
+        attempt: i32,
+        job: &JobRecord,
+        done: Completion,
+    ) -> Result<(), db::DbError> {
         let fenced = match done {
-            Completion::Trained { model_id, model, metrics, artifact_uri } => {
+            Completion::Trained {
+                model_id,
+                model,
+                metrics,
+                artifact_uri,
+            } => {
                 let result = json!({ "model_id": model_id, "metrics": metrics });
                 let new_model = NewModel {
                     id: model_id,
@@ -93,9 +126,14 @@ impl WorkerContext {
                     metrics: &metrics,
                     artifact_uri: &artifact_uri,
                 };
-                retry_db(|| db::job_set_succeeded_with_model(&self.pool, id, attempt, &result, &new_model)).await?
+                retry_db(|| {
+                    db::job_set_succeeded_with_model(&self.pool, id, attempt, &result, &new_model)
+                })
+                .await?
             }
-            Completion::Inferred { result } => retry_db(|| db::job_set_succeeded(&self.pool, id, attempt, &result)).await?,
+            Completion::Inferred { result } => {
+                retry_db(|| db::job_set_succeeded(&self.pool, id, attempt, &result)).await?
+            }
         };
         if fenced {
             tracing::info!(job = %id, attempt, "succeeded");
@@ -105,13 +143,18 @@ impl WorkerContext {
         Ok(())
     }
 
-    async fn write_failure(&self, id: JobId, attempt: i32, e: &JobError) -> Result<(), db::DbError> {
+    async fn write_failure(
+        &self,
+        id: JobId,
+        attempt: i32,
+        e: &JobError,
+    ) -> Result<(), db::DbError> {
         tracing::warn!(job = %id, attempt, code = %e.code, message = %e.message, "attempt failed");
         let status = retry_db(|| db::job_set_failed_or_retry(&self.pool, id, attempt, e)).await?;
-        if status == Some(JobStatus::Queued) {
-            if let Err(err) = self.publisher.publish(id).await {
-                tracing::warn!(job = %id, error = %err, "republish failed; the reaper will do it");
-            }
+        if status == Some(JobStatus::Queued)
+            && let Err(err) = self.publisher.publish(id).await
+        {
+            tracing::warn!(job = %id, error = %err, "republish failed; the reaper will do it");
         }
         Ok(())
     }
@@ -123,46 +166,81 @@ impl WorkerContext {
         }
     }
 
-    async fn load_input(&self, input: &Value, label_column: &str, require_label: bool) -> Result<Table, JobError> {
+    async fn load_input(
+        &self,
+        input: &Value,
+        label_column: &str,
+        require_label: bool,
+    ) -> Result<Table, JobError> {
         if let Some(uri) = input.get("uri").and_then(Value::as_str) {
             let uri: S3Uri = uri.parse().map_err(JobError::invalid_input)?;
-            return self.storage.read_table(&uri, label_column, require_label).await;
+            return self
+                .storage
+                .read_table(&uri, label_column, require_label)
+                .await;
         }
-        let rows: Vec<Vec<f64>> = serde_json::from_value(input.get("rows").cloned().unwrap_or(Value::Null))
-            .map_err(|e| JobError::invalid_input(format!("input.rows: {e}")))?;
-        let labels: Option<Vec<f64>> = serde_json::from_value(input.get("labels").cloned().unwrap_or(Value::Null))
-            .map_err(|e| JobError::invalid_input(format!("input.labels: {e}")))?;
+        let rows: Vec<Vec<f64>> =
+            serde_json::from_value(input.get("rows").cloned().unwrap_or(Value::Null))
+                .map_err(|e| JobError::invalid_input(format!("input.rows: {e}")))?;
+        let labels: Option<Vec<f64>> =
+            serde_json::from_value(input.get("labels").cloned().unwrap_or(Value::Null))
+                .map_err(|e| JobError::invalid_input(format!("input.labels: {e}")))?;
         if require_label && labels.is_none() {
-            return Err(JobError::invalid_input("training needs `labels` beside the inline rows"));
+            return Err(JobError::invalid_input(
+                "training needs `labels` beside the inline rows",
+            ));
         }
         dataset::from_rows(&rows, labels.as_deref())
     }
 
     async fn train(&self, job: &JobRecord, ctl: &Arc<Control>) -> Result<Completion, JobError> {
-        let params = LogregParams::parse(&job.params).map_err(|e| JobError::fatal("invalid_params", e.to_string()))?;
+        let params = LogregParams::parse(&job.params)
+            .map_err(|e| JobError::fatal("invalid_params", e.to_string()))?;
         ctl.report(0.0, "reading input".into());
-        let table = self.load_input(&job.input, &params.label_column, true).await?;
-        ctl.report(0.0, format!("training on {} rows × {} features", table.features.rows, table.features.cols));
+        let table = self
+            .load_input(&job.input, &params.label_column, true)
+            .await?;
+        ctl.report(
+            0.0,
+            format!(
+                "training on {} rows × {} features",
+                table.features.rows, table.features.cols
+            ),
+        );
         let (gpu, c) = (self.gpu.clone(), ctl.clone());
         let trained = blocking(move || logreg::train(&gpu, table, &params, &c)).await?;
         let model_id = ModelId::new();
         // A fresh key per attempt: a late attempt can never overwrite the winner's artifact.
-        let uri = S3Uri::new(&self.settings.bucket, self.settings.object_key(&format!("models/{model_id}.safetensors")));
-        self.storage.put(&uri, artifact::logreg_to_bytes(&trained.model), "application/octet-stream").await?;
-        Ok(Completion::Trained { model_id, model: trained.model, metrics: trained.metrics, artifact_uri: uri.to_string() })
+        let uri = S3Uri::new(
+            &self.settings.bucket,
+            self.settings
+                .object_key(&format!("models/{model_id}.safetensors")),
+        );
+        self.storage
+            .put(
+                &uri,
+                artifact::logreg_to_bytes(&trained.model),
+                "application/octet-stream",
+            )
+            .await?;
+        Ok(Completion::Trained {
+            model_id,
+            model: trained.model,
+            metrics: trained.metrics,
+            artifact_uri: uri.to_string(),
+        })
     }
 
     async fn infer(&self, job: &JobRecord) -> Result<Completion, JobError> {
-        let model_id = ModelId(job.model_id.ok_or_else(|| JobError::invalid_input("infer job without model_id"))?);
-        let record = db::model_get(&self.pool, model_id)
-            .await
-            .map_err(|e| JobError::transient("database_error", e.to_string()))?
-            .ok_or_else(|| JobError::fatal("model_not_found", format!("model {model_id} does not exist")))?;
-        let model = self.model(model_id, &record.artifact_uri).await?;
+        let model_id = ModelId(
+            job.model_id
+                .ok_or_else(|| JobError::invalid_input("infer job without model_id"))?,
+        );
+        let model = self.model(model_id).await?;
         let label_column = job
             .params
             .get("label_column")
-            .or_else(|| record.params.get("label_column"))
+            .or_else(|| model.params.get("label_column"))
             .and_then(Value::as_str)
             .unwrap_or("label")
             .to_string();
@@ -181,9 +259,16 @@ impl WorkerContext {
         } else {
             let uri = S3Uri::new(
                 &self.settings.bucket,
-                self.settings.object_key(&format!("outputs/{}/predictions.csv", job.id)),
+                self.settings
+                    .object_key(&format!("outputs/{}/predictions.csv", job.id)),
             );
-            self.storage.put(&uri, predictions_csv(&labels, &probs, k).into_bytes(), "text/csv").await?;
+            self.storage
+                .put(
+                    &uri,
+                    predictions_csv(&labels, &probs, k).into_bytes(),
+                    "text/csv",
+                )
+                .await?;
             Some(uri.to_string())
         };
         let mut result = json!({ "output_uri": output_uri, "rows": n, "classes": classes });
@@ -198,19 +283,35 @@ impl WorkerContext {
         Ok(Completion::Inferred { result })
     }
 
-    /// The model on the GPU, loading it from its artifact on first use.
-    async fn model(&self, id: ModelId, artifact_uri: &str) -> Result<Arc<GpuLogreg>, JobError> {
+    /// The model on the GPU, loading its record and artifact on first use.
+    async fn model(&self, id: ModelId) -> Result<Arc<GpuLogreg>, JobError> {
         if let Some(m) = self.models.lock().expect("model cache").get(&id) {
             return Ok(m.clone());
         }
-        let uri: S3Uri = artifact_uri.parse().map_err(|e: String| JobError::fatal("model_corrupt", e))?;
-        let bytes = self.storage.get_bytes(&uri).await.map_err(|e| match e.code.as_str() {
-            "input_not_found" => JobError::fatal("model_not_found", format!("the artifact {uri} is gone")),
-            _ => e,
-        })?;
+        let record = db::model_get(&self.pool, id)
+            .await
+            .map_err(|e| JobError::transient("database_error", e.to_string()))?
+            .ok_or_else(|| {
+                JobError::fatal("model_not_found", format!("model {id} does not exist"))
+            })?;
+        let uri: S3Uri = record
+            .artifact_uri
+            .parse()
+            .map_err(|e: String| JobError::fatal("model_corrupt", e))?;
+        let bytes = self
+            .storage
+            .get_bytes(&uri)
+            .await
+            .map_err(|e| match e.code.as_str() {
+                "input_not_found" => {
+                    JobError::fatal("model_not_found", format!("the artifact {uri} is gone"))
+                }
+                _ => e,
+            })?;
         let model = artifact::logreg_from_bytes(&bytes)?;
         let gpu = self.gpu.clone();
-        let loaded = Arc::new(blocking(move || Ok(GpuLogreg::upload(&gpu, model))).await?);
+        let params = record.params;
+        let loaded = Arc::new(blocking(move || Ok(GpuLogreg::upload(&gpu, model, params))).await?);
         let mut cache = self.models.lock().expect("model cache");
         if cache.len() >= 256 {
             cache.clear();
@@ -221,7 +322,9 @@ impl WorkerContext {
 }
 
 fn argmax(p: &[f32]) -> usize {
-    p.iter().enumerate().fold(0, |best, (i, &v)| if v > p[best] { i } else { best })
+    p.iter()
+        .enumerate()
+        .fold(0, |best, (i, &v)| if v > p[best] { i } else { best })
 }
 
 /// `label,p0..p{k-1}`, one row per input row.
@@ -244,10 +347,15 @@ pub fn predictions_csv(labels: &[f64], probs: &[f32], k: usize) -> String {
 
 /// Runs GPU work on a blocking thread; a panic there fails the attempt (retryably) instead of
 /// taking the worker down.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, JobError> + Send + 'static) -> Result<T, JobError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or_else(|e| Err(JobError::transient("internal_error", format!("the GPU task panicked: {e}"))))
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, JobError> + Send + 'static,
+) -> Result<T, JobError> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(JobError::transient(
+            "internal_error",
+            format!("the GPU task panicked: {e}"),
+        ))
+    })
 }
 
 /// Retries a database write a few times across a brief outage.
@@ -272,12 +380,20 @@ where
 
 /// Renews the lease every third of it (at least every second, to pass progress and notice a
 /// cancel promptly); tells the job to stop when the attempt no longer holds the job.
-async fn heartbeat(pool: sqlx::PgPool, id: JobId, attempt: i32, lease: Duration, ctl: Arc<Control>) {
+async fn heartbeat(
+    pool: sqlx::PgPool,
+    id: JobId,
+    attempt: i32,
+    lease: Duration,
+    ctl: Arc<Control>,
+) {
     let every = (lease / 3).min(Duration::from_secs(1));
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     loop {
         tick.tick().await;
-        let progress = ctl.take_progress().map(|(fraction, message)| json!({"fraction": fraction, "message": message}));
+        let progress = ctl
+            .take_progress()
+            .map(|(fraction, message)| json!({"fraction": fraction, "message": message}));
         match db::job_heartbeat(&pool, id, attempt, lease, progress.as_ref()).await {
             Ok(true) => {}
             Ok(false) => {

@@ -28,7 +28,7 @@ impl WorkerSettings {
     pub fn from_env() -> anyhow::Result<Self> {
         Ok(Self {
             shared: Settings::from_env()?,
-            concurrency: parse_var("GPUQ_WORKER_CONCURRENCY", 8usize)?.clamp(1, 256),
+            concurrency: parse_var("GPUQ_WORKER_CONCURRENCY", 32usize)?.clamp(1, 256),
             drain: Duration::from_secs_f64(parse_var("GPUQ_DRAIN_SECONDS", 30.0)?),
         })
     }
@@ -61,11 +61,23 @@ pub async fn run_with_abort(
     );
     tracing::info!(%worker_id, "worker starting");
     let reaper_task = {
-        let (pool, publisher, lifecycle, stop) =
-            (pool.clone(), publisher.clone(), s.lifecycle.clone(), shutdown.clone());
+        let (pool, publisher, lifecycle, stop) = (
+            pool.clone(),
+            publisher.clone(),
+            s.lifecycle.clone(),
+            shutdown.clone(),
+        );
         tokio::spawn(async move { reaper::run(pool, &publisher, lifecycle, stop).await })
     };
-    let ctx = Arc::new(job::WorkerContext::new(pool, storage, publisher, Arc::new(gpu), s.clone(), worker_id, abort));
+    let ctx = Arc::new(job::WorkerContext::new(
+        pool,
+        storage,
+        publisher,
+        Arc::new(gpu),
+        s.clone(),
+        worker_id,
+        abort,
+    ));
     consumer::run(ctx, settings.concurrency, settings.drain, shutdown).await;
     let _ = reaper_task.await;
     Ok(())

@@ -13,10 +13,14 @@ fn gpu() -> &'static Gpu {
 
 /// Deterministic pseudo-random values in [-1, 1).
 fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..n)
         .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
         })
         .collect()
@@ -25,7 +29,10 @@ fn values(n: usize, seed: u64) -> Vec<f32> {
 fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!((g - w).abs() <= tol * (1.0 + w.abs()), "{what}: element {i}: gpu {g} vs cpu {w}");
+        assert!(
+            (g - w).abs() <= tol * (1.0 + w.abs()),
+            "{what}: element {i}: gpu {g} vs cpu {w}"
+        );
     }
 }
 
@@ -44,14 +51,26 @@ fn run_gemm(a: &[f32], b: &[f32], p: GemmParams) -> Vec<f32> {
 
 #[test]
 fn gemm_matches_cpu_for_odd_shapes_and_every_transpose() {
-    for &(m, n, k) in &[(1, 1, 1), (1, 10, 64), (37, 1, 5), (65, 67, 17), (130, 3, 129), (5, 70, 1)] {
+    for &(m, n, k) in &[
+        (1, 1, 1),
+        (1, 10, 64),
+        (37, 1, 5),
+        (65, 67, 17),
+        (130, 3, 129),
+        (5, 70, 1),
+    ] {
         for ta in [false, true] {
             for tb in [false, true] {
                 let a = values(m * k, (m * 31 + k) as u64);
                 let b = values(k * n, (n * 17 + k) as u64);
                 let p = GemmParams::new(m, n, k, ta, tb);
                 let got = run_gemm(&a, &b, p);
-                assert_close(&got, &gemm_ref(&a, &b, &p), 1e-4, &format!("{m}x{n}x{k} ta={ta} tb={tb}"));
+                assert_close(
+                    &got,
+                    &gemm_ref(&a, &b, &p),
+                    1e-4,
+                    &format!("{m}x{n}x{k} ta={ta} tb={tb}"),
+                );
             }
         }
     }
@@ -62,7 +81,10 @@ fn gemm_honours_offsets_into_a_larger_buffer() {
     // Rows 3..8 of a 10×6 matrix times a 4×6 matrix transposed: the logreg forward pass.
     let x = values(60, 1);
     let w = values(24, 2);
-    let p = GemmParams { a_off: 18, ..GemmParams::new(5, 4, 6, false, true) };
+    let p = GemmParams {
+        a_off: 18,
+        ..GemmParams::new(5, 4, 6, false, true)
+    };
     assert_close(&run_gemm(&x, &w, p), &gemm_ref(&x, &w, &p), 1e-4, "offset");
 }
 
@@ -81,16 +103,30 @@ fn bias_activation_and_column_sum_match_cpu() {
             g.submit(enc);
             let mut want = x.clone();
             bias_act_ref(&mut want, &bias, &p);
-            assert_close(&g.read(&xb, rows * cols).unwrap(), &want, 1e-5, &format!("bias_act {rows}x{cols} {act:?}"));
+            assert_close(
+                &g.read(&xb, rows * cols).unwrap(),
+                &want,
+                1e-5,
+                &format!("bias_act {rows}x{cols} {act:?}"),
+            );
         }
         let x = values(rows * cols, 5);
         let p = BiasParams::new(rows, cols, Activation::Identity);
         let (xb, out, u) = (g.upload("x", &x), g.zeros("sum", cols), g.uniform(&p));
         let k = Kernel::column_sum(g);
         let mut enc = g.encoder();
-        k.encode(&mut enc, &k.bind(g, &[&xb, &out, &u]), p.column_sum_groups());
+        k.encode(
+            &mut enc,
+            &k.bind(g, &[&xb, &out, &u]),
+            p.column_sum_groups(),
+        );
         g.submit(enc);
-        assert_close(&g.read(&out, cols).unwrap(), &column_sum_ref(&x, &p), 1e-4, "column_sum");
+        assert_close(
+            &g.read(&out, cols).unwrap(),
+            &column_sum_ref(&x, &p),
+            1e-4,
+            "column_sum",
+        );
     }
 }
 
@@ -98,9 +134,15 @@ fn bias_activation_and_column_sum_match_cpu() {
 fn softmax_gradient_loss_and_accuracy_match_cpu() {
     let g = gpu();
     for &(rows, cols) in &[(1, 2), (7, 3), (100, 10)] {
-        for mode in [SoftmaxMode::Probabilities, SoftmaxMode::Gradient, SoftmaxMode::Evaluate] {
+        for mode in [
+            SoftmaxMode::Probabilities,
+            SoftmaxMode::Gradient,
+            SoftmaxMode::Evaluate,
+        ] {
             let z: Vec<f32> = values(rows * cols, 6).iter().map(|v| v * 20.0).collect();
-            let labels: Vec<u32> = (0..rows as u32 + 2).map(|i| (i * 7) % cols as u32).collect();
+            let labels: Vec<u32> = (0..rows as u32 + 2)
+                .map(|i| (i * 7) % cols as u32)
+                .collect();
             let p = SoftmaxParams::new(rows, cols, 2, mode);
             let zb = g.upload("z", &z);
             let lb = g.upload("labels", &labels);
@@ -108,7 +150,11 @@ fn softmax_gradient_loss_and_accuracy_match_cpu() {
             let u = g.uniform(&p);
             let k = Kernel::softmax(g);
             let mut enc = g.encoder();
-            k.encode(&mut enc, &k.bind(g, &[&zb, &lb, &loss, &correct, &u]), p.groups());
+            k.encode(
+                &mut enc,
+                &k.bind(g, &[&zb, &lb, &loss, &correct, &u]),
+                p.groups(),
+            );
             g.submit(enc);
             let (mut wz, mut wl, mut wc) = (z.clone(), vec![0.0; rows + 2], vec![0.0; rows + 2]);
             softmax_ref(&mut wz, &labels, &mut wl, &mut wc, &p);
@@ -125,7 +171,12 @@ fn sgd_update_matches_cpu() {
     let g = gpu();
     for len in [1, 255, 257, 1000] {
         let (w, grad) = (values(len, 7), values(len, 8));
-        let p = SgdParams { len: len as u32, lr: 0.3, l2: 0.01, _pad: 0 };
+        let p = SgdParams {
+            len: len as u32,
+            lr: 0.3,
+            l2: 0.01,
+            _pad: 0,
+        };
         let (wb, gb, u) = (g.upload("w", &w), g.upload("g", &grad), g.uniform(&p));
         let k = Kernel::sgd(g);
         let mut enc = g.encoder();

@@ -23,9 +23,16 @@ pub async fn readyz(State(s): State<AppState>) -> (StatusCode, Json<Value>) {
     let amqp_ok = matches!(amqp, Ok(true));
     let body = json!({"postgres": db_ok, "rabbitmq": amqp_ok});
     if db_ok && amqp_ok {
-        (StatusCode::OK, Json(json!({"status": "ready", "checks": body})))
+        (
+            StatusCode::OK,
+            Json(json!({"status": "ready", "checks": body})),
+        )
     } else {
-        let error = json!({"code": "not_ready", "message": "a dependency is unreachable", "checks": body});
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": error})))
+        let error =
+            json!({"code": "not_ready", "message": "a dependency is unreachable", "checks": body});
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"error": error})),
+        )
     }
 }

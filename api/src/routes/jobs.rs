@@ -34,21 +34,34 @@ pub async fn submit(
             if let Some(a) = sub.algorithm.filter(|a| a.as_str() != model.algorithm) {
                 return Err(ApiError::invalid(
                     "algorithm",
-                    format!("model {model_id} is a `{}` model, not `{}`", model.algorithm, a.as_str()),
+                    format!(
+                        "model {model_id} is a `{}` model, not `{}`",
+                        model.algorithm,
+                        a.as_str()
+                    ),
                 ));
             }
             if let Some(width) = sub.inline_width.filter(|w| *w as i32 != model.n_features) {
                 return Err(ApiError::Invalid {
                     code: "shape_mismatch",
                     field: "input.rows".into(),
-                    message: format!("rows have {width} features; the model takes {}", model.n_features),
+                    message: format!(
+                        "rows have {width} features; the model takes {}",
+                        model.n_features
+                    ),
                 });
             }
             model.algorithm
         }
-        _ => sub.algorithm.expect("train jobs name their algorithm").as_str().to_string(),
+        _ => sub
+            .algorithm
+            .expect("train jobs name their algorithm")
+            .as_str()
+            .to_string(),
     };
 
+    // Subscribe before the job exists, so its finishing cannot be missed.
+    let waiting = wait.map(|w| (w, s.waiters.subscribe()));
     let job = db::job_insert(
         &s.pool,
         &NewJob {
@@ -68,8 +81,12 @@ pub async fn submit(
     if let Err(e) = s.publisher.publish(id).await {
         tracing::warn!(job = %id, error = %e, "publish failed; the reaper will publish the job");
     }
-    let job = match wait {
-        Some(w) => s.waiters.wait_for(&s.pool, id, w).await?.unwrap_or(job),
+    let job = match waiting {
+        Some((w, rx)) => s
+            .waiters
+            .wait_with(&s.pool, id, w, rx, Some(job.clone()))
+            .await?
+            .unwrap_or(job),
         None => job,
     };
     let mut response = (StatusCode::ACCEPTED, Json(view::job(&job))).into_response();
@@ -115,21 +132,36 @@ pub async fn get(
 }
 
 /// Newest first, filtered by `status` and `type`, paged by the `after` cursor.
-pub async fn list(State(s): State<AppState>, RawQuery(raw): RawQuery) -> Result<Json<Value>, ApiError> {
+pub async fn list(
+    State(s): State<AppState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Value>, ApiError> {
     let q = query_params(raw, &["status", "type", "limit", "after"])?;
-    let bad = |m: String| ApiError::BadRequest { code: "invalid_parameter", message: m };
+    let bad = |m: String| ApiError::BadRequest {
+        code: "invalid_parameter",
+        message: m,
+    };
     let filter = JobFilter {
-        status: q.get("status").map(|v| v.parse::<JobStatus>()).transpose().map_err(bad)?,
+        status: q
+            .get("status")
+            .map(|v| v.parse::<JobStatus>())
+            .transpose()
+            .map_err(bad)?,
         job_type: q
             .get("type")
             .map(|v| v.parse::<JobType>().map(|t| t.as_str().to_string()))
             .transpose()
             .map_err(bad)?,
-        after: q.get("after").map(|a| parse_id::<JobId>(a, "cursor")).transpose()?,
+        after: q
+            .get("after")
+            .map(|a| parse_id::<JobId>(a, "cursor"))
+            .transpose()?,
         limit: parse_limit(&q)?,
     };
     let jobs = db::job_list(&s.pool, &filter).await?;
-    let next = (jobs.len() as i64 == filter.limit).then(|| jobs.last().map(|j| j.id)).flatten();
+    let next = (jobs.len() as i64 == filter.limit)
+        .then(|| jobs.last().map(|j| j.id))
+        .flatten();
     Ok(Json(json!({
         "jobs": jobs.iter().map(view::job).collect::<Vec<_>>(),
         "next": next,
@@ -138,11 +170,17 @@ pub async fn list(State(s): State<AppState>, RawQuery(raw): RawQuery) -> Result<
 
 /// Cancels a queued or running job; `409` if it had already finished. A running job's worker
 /// sees the cancel at its next lease renewal and stops.
-pub async fn cancel(State(s): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn cancel(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let id: JobId = parse_id(&id, "job")?;
     match db::job_set_canceled(&s.pool, id).await? {
         None => Err(ApiError::NotFound(format!("no job {id}"))),
         Some((job, true)) => Ok(Json(view::job(&job))),
-        Some((job, false)) => Err(ApiError::Conflict(format!("job {id} has already finished ({})", job.status))),
+        Some((job, false)) => Err(ApiError::Conflict(format!(
+            "job {id} has already finished ({})",
+            job.status
+        ))),
     }
 }

@@ -5,9 +5,9 @@ pub mod jobs;
 pub mod models;
 
 use crate::error::ApiError;
+use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
-use axum::body::Bytes;
 use std::collections::HashMap;
 
 /// Turns a body that could not be read into the right error (413 for a body over the limit).
@@ -16,7 +16,10 @@ pub fn body_or_error(body: Result<Bytes, BytesRejection>, limit: usize) -> Resul
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::TooLarge(limit)
         } else {
-            ApiError::BadRequest { code: "unreadable_body", message: r.body_text() }
+            ApiError::BadRequest {
+                code: "unreadable_body",
+                message: r.body_text(),
+            }
         }
     })
 }
@@ -34,7 +37,10 @@ pub fn query_params(
         if !known.contains(&k.as_str()) {
             return Err(ApiError::BadRequest {
                 code: "unknown_parameter",
-                message: format!("unknown query parameter `{k}` (known: {})", known.join(", ")),
+                message: format!(
+                    "unknown query parameter `{k}` (known: {})",
+                    known.join(", ")
+                ),
             });
         }
         out.insert(k, percent_decode(v));
@@ -94,7 +100,11 @@ mod tests {
 
     #[test]
     fn query_params_decode_and_refuse_unknown_keys() {
-        let q = query_params(Some("status=queued&after=a%2Db".into()), &["status", "after"]).unwrap();
+        let q = query_params(
+            Some("status=queued&after=a%2Db".into()),
+            &["status", "after"],
+        )
+        .unwrap();
         assert_eq!(q["status"], "queued");
         assert_eq!(q["after"], "a-b");
         assert!(query_params(Some("stat=x".into()), &["status"]).is_err());

@@ -8,7 +8,10 @@ use axum::extract::{Path, RawQuery, State};
 use gpuq_shared::{ModelId, db};
 use serde_json::{Value, json};
 
-pub async fn get(State(s): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn get(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let id: ModelId = parse_id(&id, "model")?;
     let model = db::model_get(&s.pool, id)
         .await?
@@ -16,12 +19,20 @@ pub async fn get(State(s): State<AppState>, Path(id): Path<String>) -> Result<Js
     Ok(Json(view::model(&model)))
 }
 
-pub async fn list(State(s): State<AppState>, RawQuery(raw): RawQuery) -> Result<Json<Value>, ApiError> {
+pub async fn list(
+    State(s): State<AppState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Value>, ApiError> {
     let q = query_params(raw, &["limit", "after"])?;
     let limit = parse_limit(&q)?;
-    let after = q.get("after").map(|a| parse_id::<ModelId>(a, "cursor")).transpose()?;
+    let after = q
+        .get("after")
+        .map(|a| parse_id::<ModelId>(a, "cursor"))
+        .transpose()?;
     let models = db::model_list(&s.pool, after, limit).await?;
-    let next = (models.len() as i64 == limit).then(|| models.last().map(|m| m.id)).flatten();
+    let next = (models.len() as i64 == limit)
+        .then(|| models.last().map(|m| m.id))
+        .flatten();
     Ok(Json(json!({
         "models": models.iter().map(view::model).collect::<Vec<_>>(),
         "next": next,

@@ -3,10 +3,10 @@
 //! `Linear(features, classes)` on raw inputs that `torch.nn.Sequential(Linear)` loads as is.
 
 use super::Control;
+use crate::gpu::Gpu;
 use crate::gpu::kernels::{
     Activation, BiasParams, GemmParams, Kernel, SgdParams, SoftmaxMode, SoftmaxParams,
 };
-use crate::gpu::Gpu;
 use gpuq_shared::JobError;
 use gpuq_shared::dataset::{Matrix, Table};
 use gpuq_shared::params::LogregParams;
@@ -52,14 +52,23 @@ pub fn class_indices(labels: &[f32]) -> Result<(Vec<f64>, Vec<u32>), JobError> {
     classes.sort_by(f64::total_cmp);
     classes.dedup();
     if classes.len() < 2 {
-        return Err(JobError::invalid_input("the label column needs at least two distinct classes"));
+        return Err(JobError::invalid_input(
+            "the label column needs at least two distinct classes",
+        ));
     }
     if classes.len() > 10_000 {
-        return Err(JobError::invalid_input(format!("{} distinct labels: at most 10000 classes", classes.len())));
+        return Err(JobError::invalid_input(format!(
+            "{} distinct labels: at most 10000 classes",
+            classes.len()
+        )));
     }
     let index = labels
         .iter()
-        .map(|&v| classes.binary_search_by(|c| c.total_cmp(&(v as f64))).expect("label is a class") as u32)
+        .map(|&v| {
+            classes
+                .binary_search_by(|c| c.total_cmp(&(v as f64)))
+                .expect("label is a class") as u32
+        })
         .collect();
     Ok((classes, index))
 }
@@ -81,7 +90,11 @@ fn standardise(x: &mut Matrix) -> (Vec<f32>, Vec<f32>) {
         .zip(&mean)
         .map(|(s, &m)| {
             let var = (s / n as f64 - (m as f64) * (m as f64)).max(0.0);
-            if var.sqrt() > 1e-8 { var.sqrt() as f32 } else { 1.0 }
+            if var.sqrt() > 1e-8 {
+                var.sqrt() as f32
+            } else {
+                1.0
+            }
         })
         .collect();
     for row in x.data.chunks_mut(f) {
@@ -92,13 +105,24 @@ fn standardise(x: &mut Matrix) -> (Vec<f32>, Vec<f32>) {
     (mean, std)
 }
 
-pub fn train(gpu: &Gpu, table: Table, p: &LogregParams, ctl: &Control) -> Result<Trained, JobError> {
-    let labels = table.labels.ok_or_else(|| JobError::invalid_input("training needs a label column"))?;
+pub fn train(
+    gpu: &Gpu,
+    table: Table,
+    p: &LogregParams,
+    ctl: &Control,
+) -> Result<Trained, JobError> {
+    let labels = table
+        .labels
+        .ok_or_else(|| JobError::invalid_input("training needs a label column"))?;
     let mut x = table.features;
     let (classes, y) = class_indices(&labels)?;
     let (n, f, k) = (x.rows, x.cols, classes.len());
     let limit = gpu.max_binding_bytes();
-    for (what, len) in [("the training matrix", n * f), ("the weights", k * f), ("the batch logits", k * p.batch_size as usize)] {
+    for (what, len) in [
+        ("the training matrix", n * f),
+        ("the weights", k * f),
+        ("the batch logits", k * p.batch_size as usize),
+    ] {
         if (len as u64) * 4 > limit || len > u32::MAX as usize {
             return Err(too_large(what, len as u64 * 4, limit));
         }
@@ -124,14 +148,29 @@ pub fn train(gpu: &Gpu, table: Table, p: &LogregParams, ctl: &Control) -> Result
     let loss = gpu.zeros("loss", n);
     let correct = gpu.zeros("correct", n);
 
-    let (gemm, bias_act, colsum, softmax, sgd) =
-        (Kernel::gemm(gpu), Kernel::bias_act(gpu), Kernel::column_sum(gpu), Kernel::softmax(gpu), Kernel::sgd(gpu));
+    let (gemm, bias_act, colsum, softmax, sgd) = (
+        Kernel::gemm(gpu),
+        Kernel::bias_act(gpu),
+        Kernel::column_sum(gpu),
+        Kernel::softmax(gpu),
+        Kernel::sgd(gpu),
+    );
     let u_fwd = gpu.uniform(&GemmParams::default());
     let u_bias = gpu.uniform(&BiasParams::default());
     let u_soft = gpu.uniform(&SoftmaxParams::default());
     let u_bwd = gpu.uniform(&GemmParams::default());
-    let u_sgd_w = gpu.uniform(&SgdParams { len: (k * f) as u32, lr: p.learning_rate as f32, l2: p.l2 as f32, _pad: 0 });
-    let u_sgd_b = gpu.uniform(&SgdParams { len: k as u32, lr: p.learning_rate as f32, l2: 0.0, _pad: 0 });
+    let u_sgd_w = gpu.uniform(&SgdParams {
+        len: (k * f) as u32,
+        lr: p.learning_rate as f32,
+        l2: p.l2 as f32,
+        _pad: 0,
+    });
+    let u_sgd_b = gpu.uniform(&SgdParams {
+        len: k as u32,
+        lr: p.learning_rate as f32,
+        l2: 0.0,
+        _pad: 0,
+    });
     let g_fwd = gemm.bind(gpu, &[&x_buf, &w, &logits, &u_fwd]);
     let g_bias = bias_act.bind(gpu, &[&logits, &b, &u_bias]);
     let g_soft = softmax.bind(gpu, &[&logits, &y_buf, &loss, &correct, &u_soft]);
@@ -139,8 +178,16 @@ pub fn train(gpu: &Gpu, table: Table, p: &LogregParams, ctl: &Control) -> Result
     let g_colsum = colsum.bind(gpu, &[&logits, &db, &u_bias]);
     let g_sgd_w = sgd.bind(gpu, &[&w, &dw, &u_sgd_w]);
     let g_sgd_b = sgd.bind(gpu, &[&b, &db, &u_sgd_b]);
-    let sgd_w_groups = SgdParams { len: (k * f) as u32, ..Default::default() }.groups();
-    let sgd_b_groups = SgdParams { len: k as u32, ..Default::default() }.groups();
+    let sgd_w_groups = SgdParams {
+        len: (k * f) as u32,
+        ..Default::default()
+    }
+    .groups();
+    let sgd_b_groups = SgdParams {
+        len: k as u32,
+        ..Default::default()
+    }
+    .groups();
 
     let mut order: Vec<usize> = (0..n.div_ceil(batch)).collect();
     let mut last_loss = f64::NAN;
@@ -154,19 +201,30 @@ pub fn train(gpu: &Gpu, table: Table, p: &LogregParams, ctl: &Control) -> Result
                 gpu.wait();
             }
             if ctl.should_stop() {
-                return Err(JobError::fatal("stopped", "the job was canceled or its lease lost"));
+                return Err(JobError::fatal(
+                    "stopped",
+                    "the job was canceled or its lease lost",
+                ));
             }
             let off = bi * batch;
             let rows = batch.min(n - off);
             // logits = Xb · Wᵀ + b, then the softmax gradient in place.
-            let fwd = GemmParams { a_off: (off * f) as u32, ..GemmParams::new(rows, k, f, false, true) };
+            let fwd = GemmParams {
+                a_off: (off * f) as u32,
+                ..GemmParams::new(rows, k, f, false, true)
+            };
             let bias = BiasParams::new(rows, k, Activation::Identity);
             let soft = SoftmaxParams::new(rows, k, off, SoftmaxMode::Gradient);
             // dW = Gᵀ · Xb, db = column sums of G.
-            let bwd = GemmParams { b_off: (off * f) as u32, ..GemmParams::new(k, f, rows, true, false) };
+            let bwd = GemmParams {
+                b_off: (off * f) as u32,
+                ..GemmParams::new(k, f, rows, true, false)
+            };
             gpu.queue.write_buffer(&u_fwd, 0, bytemuck::bytes_of(&fwd));
-            gpu.queue.write_buffer(&u_bias, 0, bytemuck::bytes_of(&bias));
-            gpu.queue.write_buffer(&u_soft, 0, bytemuck::bytes_of(&soft));
+            gpu.queue
+                .write_buffer(&u_bias, 0, bytemuck::bytes_of(&bias));
+            gpu.queue
+                .write_buffer(&u_soft, 0, bytemuck::bytes_of(&soft));
             gpu.queue.write_buffer(&u_bwd, 0, bytemuck::bytes_of(&bwd));
             let mut enc = gpu.encoder();
             gemm.encode(&mut enc, &g_fwd, fwd.groups());
@@ -187,7 +245,10 @@ pub fn train(gpu: &Gpu, table: Table, p: &LogregParams, ctl: &Control) -> Result
             if !last_loss.is_finite() {
                 return Err(JobError::fatal(
                     "diverged",
-                    format!("the loss became {last_loss} at epoch {}: lower learning_rate", epoch + 1),
+                    format!(
+                        "the loss became {last_loss} at epoch {}: lower learning_rate",
+                        epoch + 1
+                    ),
                 ));
             }
             ctl.report(
@@ -228,7 +289,10 @@ fn upload_rows(gpu: &Gpu, x: &Matrix, perm: &[usize]) -> wgpu::Buffer {
         mapped_at_creation: true,
     });
     {
-        let mut view = buf.slice(..).get_mapped_range_mut().expect("mapped at creation");
+        let mut view = buf
+            .slice(..)
+            .get_mapped_range_mut()
+            .expect("mapped at creation");
         let row_bytes = f * 4;
         for (to, &from) in perm.iter().enumerate() {
             view.slice(to * row_bytes..(to + 1) * row_bytes)
@@ -258,7 +322,23 @@ fn evaluate(
     for off in (0..n).step_by(chunk) {
         let rows = chunk.min(n - off);
         let mut enc = gpu.encoder();
-        let _keep = encode_forward(gpu, &mut enc, x, off * f, w, b, &logits, y, &loss, &correct, rows, f, k, off, SoftmaxMode::Evaluate);
+        let _keep = encode_forward(
+            gpu,
+            &mut enc,
+            x,
+            off * f,
+            w,
+            b,
+            &logits,
+            y,
+            &loss,
+            &correct,
+            rows,
+            f,
+            k,
+            off,
+            SoftmaxMode::Evaluate,
+        );
         gpu.submit(enc);
     }
     let loss = gpu.read(&loss, n).map_err(gpu_lost)?;
@@ -270,7 +350,7 @@ fn evaluate(
 /// Rows per forward pass so that the logits stay within one binding.
 fn chunk_rows(gpu: &Gpu, k: usize, n: usize) -> usize {
     let by_limit = (gpu.max_binding_bytes() as usize / (4 * k)).max(1);
-    n.min(by_limit).min(1 << 16).max(1)
+    n.min(by_limit).clamp(1, 1 << 16)
 }
 
 /// Encodes `logits = X[off..off+rows] · Wᵀ + b` and the softmax in `mode`. Returns the
@@ -293,16 +373,27 @@ fn encode_forward(
     label_off: usize,
     mode: SoftmaxMode,
 ) -> [wgpu::Buffer; 3] {
-    let fwd = GemmParams { a_off: x_off as u32, ..GemmParams::new(rows, k, f, false, true) };
+    let fwd = GemmParams {
+        a_off: x_off as u32,
+        ..GemmParams::new(rows, k, f, false, true)
+    };
     let bias = BiasParams::new(rows, k, Activation::Identity);
     let soft = SoftmaxParams::new(rows, k, label_off, mode);
     let (u_fwd, u_bias, u_soft) = (gpu.uniform(&fwd), gpu.uniform(&bias), gpu.uniform(&soft));
     let gemm = Kernel::gemm(gpu);
     gemm.encode(enc, &gemm.bind(gpu, &[x, w, logits, &u_fwd]), fwd.groups());
     let bias_act = Kernel::bias_act(gpu);
-    bias_act.encode(enc, &bias_act.bind(gpu, &[logits, b, &u_bias]), bias.bias_act_groups());
+    bias_act.encode(
+        enc,
+        &bias_act.bind(gpu, &[logits, b, &u_bias]),
+        bias.bias_act_groups(),
+    );
     let softmax = Kernel::softmax(gpu);
-    softmax.encode(enc, &softmax.bind(gpu, &[logits, y, loss, correct, &u_soft]), soft.groups());
+    softmax.encode(
+        enc,
+        &softmax.bind(gpu, &[logits, y, loss, correct, &u_soft]),
+        soft.groups(),
+    );
     [u_fwd, u_bias, u_soft]
 }
 
@@ -325,21 +416,41 @@ fn fold_standardisation(
         }
         bias[c] -= shift as f32;
     }
-    LogregModel { weight, bias, classes, feature_columns }
+    LogregModel {
+        weight,
+        bias,
+        classes,
+        feature_columns,
+    }
 }
 
 /// A model's weights resident on the GPU, ready for repeated inference.
 pub struct GpuLogreg {
     pub model: LogregModel,
+    /// The training parameters recorded with the model (its `label_column`, for inference).
+    pub params: Value,
     w: wgpu::Buffer,
     b: wgpu::Buffer,
+    /// Placeholders for the softmax's label, loss and correctness bindings, unused when
+    /// predicting.
+    unused_labels: wgpu::Buffer,
+    unused: wgpu::Buffer,
 }
 
 impl GpuLogreg {
-    pub fn upload(gpu: &Gpu, model: LogregModel) -> Self {
+    pub fn upload(gpu: &Gpu, model: LogregModel, params: Value) -> Self {
         let w = gpu.upload("weight", &model.weight);
         let b = gpu.upload("bias", &model.bias);
-        Self { model, w, b }
+        let unused_labels = gpu.upload::<u32>("labels", &[]);
+        let unused = gpu.zeros("unused", 1);
+        Self {
+            model,
+            params,
+            w,
+            b,
+            unused_labels,
+            unused,
+        }
     }
 
     /// Class probabilities, `rows × classes`, for raw feature rows.
@@ -353,8 +464,6 @@ impl GpuLogreg {
         }
         let limit = gpu.max_binding_bytes() as usize;
         let chunk = chunk_rows(gpu, k, n).min((limit / (4 * f)).max(1));
-        let dummy_labels = gpu.upload::<u32>("labels", &[]);
-        let dummy = gpu.zeros("unused", 1);
         let logits = gpu.zeros("logits", chunk * k);
         let mut out = Vec::with_capacity(n * k);
         for off in (0..n).step_by(chunk) {
@@ -362,7 +471,20 @@ impl GpuLogreg {
             let x_buf = gpu.upload("features", &x.data[off * f..(off + rows) * f]);
             let mut enc = gpu.encoder();
             let _keep = encode_forward(
-                gpu, &mut enc, &x_buf, 0, &self.w, &self.b, &logits, &dummy_labels, &dummy, &dummy, rows, f, k, 0,
+                gpu,
+                &mut enc,
+                &x_buf,
+                0,
+                &self.w,
+                &self.b,
+                &logits,
+                &self.unused_labels,
+                &self.unused,
+                &self.unused,
+                rows,
+                f,
+                k,
+                0,
                 SoftmaxMode::Probabilities,
             );
             gpu.submit(enc);

@@ -3,8 +3,8 @@
 pub mod logreg;
 
 use std::sync::Mutex;
-use tokio_util::sync::CancellationToken;
 use std::sync::atomic::{AtomicBool, Ordering};
+use tokio_util::sync::CancellationToken;
 
 /// Shared between a job's GPU thread and its heartbeat task: the progress to report and the
 /// request to stop (cancel, or the lease was lost).
@@ -23,7 +23,11 @@ impl Default for Control {
 
 impl Control {
     pub fn new(abort: CancellationToken) -> Self {
-        Self { stop: AtomicBool::new(false), abort, progress: Mutex::new(None) }
+        Self {
+            stop: AtomicBool::new(false),
+            abort,
+            progress: Mutex::new(None),
+        }
     }
 
     pub fn report(&self, fraction: f32, message: String) {
@@ -46,5 +50,9 @@ impl Control {
 
 /// Formats a class label the way it came in: `3` rather than `3.0`.
 pub fn label_text(v: f64) -> String {
-    if v.fract() == 0.0 && v.abs() < 1e15 { format!("{}", v as i64) } else { format!("{v}") }
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{}", v as i64)
+    } else {
+        format!("{v}")
+    }
 }

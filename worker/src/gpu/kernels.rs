@@ -18,19 +18,29 @@ pub struct Kernel {
 
 impl Kernel {
     pub fn gemm(gpu: &Gpu) -> Self {
-        Self { pipeline: gpu.pipeline("gemm", GEMM_SRC, "main") }
+        Self {
+            pipeline: gpu.pipeline("gemm", GEMM_SRC, "main"),
+        }
     }
     pub fn bias_act(gpu: &Gpu) -> Self {
-        Self { pipeline: gpu.pipeline("bias_act", BIAS_SRC, "bias_act") }
+        Self {
+            pipeline: gpu.pipeline("bias_act", BIAS_SRC, "bias_act"),
+        }
     }
     pub fn column_sum(gpu: &Gpu) -> Self {
-        Self { pipeline: gpu.pipeline("column_sum", BIAS_SRC, "column_sum") }
+        Self {
+            pipeline: gpu.pipeline("column_sum", BIAS_SRC, "column_sum"),
+        }
     }
     pub fn softmax(gpu: &Gpu) -> Self {
-        Self { pipeline: gpu.pipeline("softmax", SOFTMAX_SRC, "main") }
+        Self {
+            pipeline: gpu.pipeline("softmax", SOFTMAX_SRC, "main"),
+        }
     }
     pub fn sgd(gpu: &Gpu) -> Self {
-        Self { pipeline: gpu.pipeline("sgd", UPDATE_SRC, "sgd") }
+        Self {
+            pipeline: gpu.pipeline("sgd", UPDATE_SRC, "sgd"),
+        }
     }
 
     /// Binds `buffers` to bindings 0, 1, … in order.
@@ -38,7 +48,12 @@ impl Kernel {
         gpu.bind_group(&self.pipeline, buffers)
     }
 
-    pub fn encode(&self, encoder: &mut wgpu::CommandEncoder, bind: &wgpu::BindGroup, groups: (u32, u32)) {
+    pub fn encode(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        bind: &wgpu::BindGroup,
+        groups: (u32, u32),
+    ) {
         let mut pass = encoder.begin_compute_pass(&Default::default());
         pass.set_pipeline(&self.pipeline);
         pass.set_bind_group(0, bind, &[]);
@@ -89,11 +104,19 @@ impl GemmParams {
 pub fn gemm_ref(a: &[f32], b: &[f32], p: &GemmParams) -> Vec<f32> {
     let (m, n, k) = (p.m as usize, p.n as usize, p.k as usize);
     let at = |i: usize, kk: usize| {
-        let idx = if p.trans_a == 0 { i * p.lda as usize + kk } else { kk * p.lda as usize + i };
+        let idx = if p.trans_a == 0 {
+            i * p.lda as usize + kk
+        } else {
+            kk * p.lda as usize + i
+        };
         a[p.a_off as usize + idx] as f64
     };
     let bt = |kk: usize, j: usize| {
-        let idx = if p.trans_b == 0 { kk * p.ldb as usize + j } else { j * p.ldb as usize + kk };
+        let idx = if p.trans_b == 0 {
+            kk * p.ldb as usize + j
+        } else {
+            j * p.ldb as usize + kk
+        };
         b[p.b_off as usize + idx] as f64
     };
     let mut c = vec![0f32; m * n];
@@ -125,7 +148,12 @@ pub struct BiasParams {
 
 impl BiasParams {
     pub fn new(rows: usize, cols: usize, activation: Activation) -> Self {
-        Self { rows: rows as u32, cols: cols as u32, activation: activation as u32, _pad: 0 }
+        Self {
+            rows: rows as u32,
+            cols: cols as u32,
+            activation: activation as u32,
+            _pad: 0,
+        }
     }
     pub fn bias_act_groups(&self) -> (u32, u32) {
         groups_1d(self.rows as usize * self.cols as usize, 256)
@@ -149,7 +177,9 @@ pub fn bias_act_ref(x: &mut [f32], bias: &[f32], p: &BiasParams) {
 
 pub fn column_sum_ref(x: &[f32], p: &BiasParams) -> Vec<f32> {
     let cols = p.cols as usize;
-    (0..cols).map(|j| (0..p.rows as usize).map(|i| x[i * cols + j]).sum()).collect()
+    (0..cols)
+        .map(|j| (0..p.rows as usize).map(|i| x[i * cols + j]).sum())
+        .collect()
 }
 
 /// What the softmax kernel leaves in the logits buffer.
@@ -192,7 +222,13 @@ impl SoftmaxParams {
 }
 
 /// CPU reference of the softmax kernel: transforms `z` in place and fills `loss`/`correct`.
-pub fn softmax_ref(z: &mut [f32], labels: &[u32], loss: &mut [f32], correct: &mut [f32], p: &SoftmaxParams) {
+pub fn softmax_ref(
+    z: &mut [f32],
+    labels: &[u32],
+    loss: &mut [f32],
+    correct: &mut [f32],
+    p: &SoftmaxParams,
+) {
     let cols = p.cols as usize;
     for i in 0..p.rows as usize {
         let row = &mut z[i * cols..(i + 1) * cols];
@@ -203,7 +239,12 @@ pub fn softmax_ref(z: &mut [f32], labels: &[u32], loss: &mut [f32], correct: &mu
                 arg = j;
             }
         }
-        let lse = zmax as f64 + row.iter().map(|&v| ((v - zmax) as f64).exp()).sum::<f64>().ln();
+        let lse = zmax as f64
+            + row
+                .iter()
+                .map(|&v| ((v - zmax) as f64).exp())
+                .sum::<f64>()
+                .ln();
         if p.mode != 0 {
             let at = p.label_off as usize + i;
             let label = labels[at] as usize;
@@ -213,7 +254,12 @@ pub fn softmax_ref(z: &mut [f32], labels: &[u32], loss: &mut [f32], correct: &mu
         for (j, v) in row.iter_mut().enumerate() {
             let prob = ((*v as f64) - lse).exp();
             *v = if p.mode == 1 {
-                ((prob - if j == labels[p.label_off as usize + i] as usize { 1.0 } else { 0.0 })
+                ((prob
+                    - if j == labels[p.label_off as usize + i] as usize {
+                        1.0
+                    } else {
+                        0.0
+                    })
                     * p.scale as f64) as f32
             } else {
                 prob as f32
