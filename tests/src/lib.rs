@@ -244,6 +244,25 @@ impl TestApp {
         }
     }
 
+    /// Polls until the job reports training progress (an `epoch …` message); returns the job.
+    pub async fn wait_for_training(&self, id: &str, limit: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let (_, j) = self.get(&format!("/v1/jobs/{id}")).await;
+            if j["progress"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("epoch"))
+            {
+                return j;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no training progress: {j}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub async fn model_rows_for(&self, job_id: &str) -> i64 {
         gpuq_shared::db::models_for_job(&self.pool, job_id.parse().unwrap())
             .await

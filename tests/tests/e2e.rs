@@ -221,20 +221,9 @@ async fn a_running_job_reports_progress_and_stops_when_canceled() {
         )
         .await;
     let id = job["id"].as_str().unwrap();
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    loop {
-        let (_, j) = app.get(&format!("/v1/jobs/{id}")).await;
-        if j["progress"]["message"]
-            .as_str()
-            .is_some_and(|m| m.starts_with("epoch"))
-        {
-            assert_eq!(j["status"], "running");
-            assert!(j["progress"]["fraction"].as_f64().unwrap() > 0.0, "{j}");
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no progress: {j}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let j = app.wait_for_training(id, LIMIT).await;
+    assert_eq!(j["status"], "running");
+    assert!(j["progress"]["fraction"].as_f64().unwrap() > 0.0, "{j}");
     let (s, j) = app.post(&format!("/v1/jobs/{id}/cancel"), &json!({})).await;
     assert_eq!((s.as_u16(), j["status"].as_str()), (200, Some("canceled")));
     // The worker notices within its heartbeat, stops, and takes the next job.

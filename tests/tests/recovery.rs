@@ -26,18 +26,7 @@ async fn a_worker_killed_mid_training_leaves_the_job_to_the_next_worker_which_fi
     let id = job["id"].as_str().unwrap().to_string();
 
     // Wait until it is training (progress reported), then kill -9.
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    loop {
-        let (_, j) = app.get(&format!("/v1/jobs/{id}")).await;
-        if j["progress"]["message"]
-            .as_str()
-            .is_some_and(|m| m.starts_with("epoch"))
-        {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "never started: {j}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    app.wait_for_training(&id, LIMIT).await;
     let killed = std::process::Command::new("kill")
         .args(["-9", &pid.to_string()])
         .status()
