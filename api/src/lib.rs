@@ -68,8 +68,17 @@ impl Application {
     ) -> anyhow::Result<Self> {
         let pool = db::connect(&settings.shared.database_url, 16).await?;
         db::migrate(&pool).await?;
-        let publisher =
-            Arc::new(Publisher::connect(&settings.shared.amqp_url, &settings.shared.queue).await?);
+        let (url, queue) = (&settings.shared.amqp_url, &settings.shared.queue);
+        // Start even while the broker is down: `/readyz` says so, submits are recorded and the
+        // reaper publishes them once it is back.
+        let publisher = match Publisher::connect(url, queue).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "RabbitMQ unreachable at start; will keep trying");
+                Publisher::lazy(url, queue)
+            }
+        };
+        let publisher = Arc::new(publisher);
         let listener = TcpListener::bind(&settings.addr).await?;
         let state = AppState {
             waiters: Waiters::start(pool.clone(), shutdown.clone()),

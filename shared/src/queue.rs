@@ -65,13 +65,18 @@ pub struct Publisher {
 impl Publisher {
     /// Connects and declares the queue; fails if the broker is unreachable.
     pub async fn connect(url: &str, queue: &str) -> Result<Self, QueueError> {
-        let publisher = Self {
+        let publisher = Self::lazy(url, queue);
+        publisher.channel().await?;
+        Ok(publisher)
+    }
+
+    /// A publisher that connects on first use, so a process can start while the broker is down.
+    pub fn lazy(url: &str, queue: &str) -> Self {
+        Self {
             url: url.to_string(),
             queue: queue.to_string(),
             link: Mutex::new(None),
-        };
-        publisher.channel().await?;
-        Ok(publisher)
+        }
     }
 
     pub fn queue(&self) -> &str {

@@ -243,3 +243,38 @@ async fn a_running_job_reports_progress_and_stops_when_canceled() {
     );
     assert_eq!(app.model_rows_for(id).await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_float64_npy_input_trains_like_a_csv() {
+    let app = TestApp::spawn().await;
+    // 8 rows × (2 features + label in column 2), little-endian float64, C order.
+    let rows: [[f64; 3]; 8] = [
+        [0.0, 0.1, 0.0],
+        [0.2, 0.0, 0.0],
+        [0.1, 0.3, 0.0],
+        [0.3, 0.2, 0.0],
+        [2.0, 2.1, 1.0],
+        [2.2, 1.9, 1.0],
+        [1.9, 2.3, 1.0],
+        [2.1, 2.0, 1.0],
+    ];
+    let mut header = "{'descr': '<f8', 'fortran_order': False, 'shape': (8, 3), }".to_string();
+    while !(10 + header.len() + 1).is_multiple_of(64) {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut npy = b"\x93NUMPY\x01\x00".to_vec();
+    npy.extend((header.len() as u16).to_le_bytes());
+    npy.extend(header.as_bytes());
+    npy.extend(rows.iter().flatten().flat_map(|v| v.to_le_bytes()));
+    let uri = app.put("blobs.npy", npy).await;
+    let job = app
+        .run(
+            json!({"type": "train", "algorithm": "logreg", "input": {"uri": uri},
+            "params": {"label_column": "2", "epochs": 50, "batch_size": 4}}),
+        )
+        .await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["result"]["metrics"]["train_accuracy"], 1.0, "{job}");
+    assert_eq!(job["result"]["metrics"]["features"], 2);
+}
