@@ -177,40 +177,31 @@ impl TestApp {
         self.storage.get_bytes(&uri.parse().unwrap()).await.unwrap()
     }
 
-    pub async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
-        let r = self
-            .client
-            .post(format!("{}{path}", self.url))
-            .json(body)
-            .send()
-            .await
-            .unwrap();
+    /// Sends a request and returns its status and JSON body (`null` when the body is not JSON).
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> (StatusCode, Value) {
+        let r = request.send().await.unwrap();
         let status = r.status();
         (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        self.send(self.client.post(format!("{}{path}", self.url)).json(body))
+            .await
     }
 
     pub async fn post_raw(&self, path: &str, body: Vec<u8>) -> (StatusCode, Value) {
-        let r = self
-            .client
-            .post(format!("{}{path}", self.url))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status();
-        (status, r.json().await.unwrap_or(Value::Null))
+        let request = self.client.post(format!("{}{path}", self.url));
+        self.send(
+            request
+                .header("content-type", "application/json")
+                .body(body),
+        )
+        .await
     }
 
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {
-        let r = self
-            .client
-            .get(format!("{}{path}", self.url))
-            .send()
+        self.send(self.client.get(format!("{}{path}", self.url)))
             .await
-            .unwrap();
-        let status = r.status();
-        (status, r.json().await.unwrap_or(Value::Null))
     }
 
     /// Submits and expects `202`; returns the job.
@@ -233,7 +224,8 @@ impl TestApp {
         loop {
             let (status, job) = self.get(&format!("/v1/jobs/{id}?wait=10")).await;
             assert_eq!(status, StatusCode::OK, "{job}");
-            if ["succeeded", "failed", "canceled"].contains(&job["status"].as_str().unwrap()) {
+            let status: gpuq_shared::JobStatus = job["status"].as_str().unwrap().parse().unwrap();
+            if status.is_terminal() {
                 return job;
             }
             assert!(
