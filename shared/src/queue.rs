@@ -79,10 +79,6 @@ impl Publisher {
         }
     }
 
-    pub fn queue(&self) -> &str {
-        &self.queue
-    }
-
     async fn channel(&self) -> Result<Channel, QueueError> {
         let mut link = self.link.lock().await;
         if let Some((conn, channel)) = link.as_ref()

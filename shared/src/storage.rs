@@ -24,10 +24,6 @@ impl Storage {
         }
     }
 
-    pub fn client(&self) -> &Client {
-        &self.client
-    }
-
     /// Creates the bucket unless it exists (development and tests).
     pub async fn ensure_bucket(&self, bucket: &str) -> Result<(), JobError> {
         if self
