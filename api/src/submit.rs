@@ -104,7 +104,8 @@ pub fn parse(body: &[u8]) -> Result<Submission, ApiError> {
             (algorithm, params::normalize_infer(&params_in)?)
         }
     };
-    let (input, inline_width) = parse_input(obj.get("input"), job_type)?;
+    let labels_required = job_type == JobType::Train && algorithm.is_some_and(|a| a.needs_labels());
+    let (input, inline_width) = parse_input(obj.get("input"), labels_required)?;
     let max_attempts = match obj.get("max_attempts") {
         None | Some(Value::Null) => None,
         Some(v) => match v.as_u64() {
@@ -131,7 +132,7 @@ pub fn parse(body: &[u8]) -> Result<Submission, ApiError> {
 /// `{"uri": "s3://…"}` or `{"rows": [[…], …], "labels": […]}`; returns the stored form.
 fn parse_input(
     input: Option<&Value>,
-    job_type: JobType,
+    labels_required: bool,
 ) -> Result<(Value, Option<usize>), ApiError> {
     let obj: &Map<String, Value> = match input {
         None | Some(Value::Null) => return Err(missing("input")),
@@ -178,10 +179,10 @@ fn parse_input(
         (None, Some(rows)) => {
             let width = check_rows(rows)?;
             let n = rows.as_array().map(Vec::len).unwrap_or(0);
-            match (obj.get("labels"), job_type) {
-                (None, JobType::Train) => Err(missing("input.labels")),
-                (None, JobType::Infer) => Ok((json!({ "rows": rows }), Some(width))),
-                (Some(labels), _) => {
+            match obj.get("labels") {
+                None if labels_required => Err(missing("input.labels")),
+                None => Ok((json!({ "rows": rows }), Some(width))),
+                Some(labels) => {
                     let labels = labels.as_array().ok_or_else(|| {
                         ApiError::invalid("input.labels", "must be an array of numbers")
                     })?;

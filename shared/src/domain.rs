@@ -126,15 +126,38 @@ impl FromStr for JobStatus {
 pub enum Algorithm {
     /// Multinomial logistic regression.
     Logreg,
+    /// Multilayer perceptron classifier.
+    Mlp,
+    /// k-means clustering (k-means++ initialisation, Lloyd iterations).
+    Kmeans,
+    /// k-nearest-neighbour classifier.
+    Knn,
+    /// One-class anomaly detector trained on genuine samples only.
+    Anomaly,
 }
 
 impl Algorithm {
-    pub const ALL: [Algorithm; 1] = [Algorithm::Logreg];
+    pub const ALL: [Algorithm; 5] = [
+        Algorithm::Logreg,
+        Algorithm::Mlp,
+        Algorithm::Kmeans,
+        Algorithm::Knn,
+        Algorithm::Anomaly,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Algorithm::Logreg => "logreg",
+            Algorithm::Mlp => "mlp",
+            Algorithm::Kmeans => "kmeans",
+            Algorithm::Knn => "knn",
+            Algorithm::Anomaly => "anomaly",
         }
+    }
+
+    /// Whether training needs a label per row.
+    pub fn needs_labels(self) -> bool {
+        matches!(self, Algorithm::Logreg | Algorithm::Mlp | Algorithm::Knn)
     }
 }
 

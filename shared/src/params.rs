@@ -121,6 +121,59 @@ impl<'a> Fields<'a> {
         Ok(s.into())
     }
 
+    /// One of `choices`; the first is the default.
+    fn choice(
+        &mut self,
+        name: &'static str,
+        choices: &[&'static str],
+    ) -> Result<&'static str, ParamError> {
+        self.seen.push(name);
+        let Some(v) = self.map.get(name) else {
+            return Ok(choices[0]);
+        };
+        let s = v.as_str().unwrap_or_default();
+        choices
+            .iter()
+            .find(|c| **c == s)
+            .copied()
+            .ok_or_else(|| err(name, format!("must be one of: {}", choices.join(", "))))
+    }
+
+    /// A list of whole numbers, each within `range`, of at most `max_len` entries.
+    fn uint_list(
+        &mut self,
+        name: &'static str,
+        default: &[u32],
+        range: (u32, u32),
+        max_len: usize,
+    ) -> Result<Vec<u32>, ParamError> {
+        self.seen.push(name);
+        let Some(v) = self.map.get(name) else {
+            return Ok(default.to_vec());
+        };
+        let items = v
+            .as_array()
+            .filter(|a| a.len() <= max_len)
+            .ok_or_else(|| err(name, format!("must be a list of at most {max_len} widths")))?;
+        items
+            .iter()
+            .map(|x| {
+                x.as_u64()
+                    .filter(|n| (range.0 as u64..=range.1 as u64).contains(n))
+                    .map(|n| n as u32)
+                    .ok_or_else(|| {
+                        err(
+                            name,
+                            format!(
+                                "entries must be whole numbers from {} to {}",
+                                range.0, range.1
+                            ),
+                        )
+                    })
+            })
+            .collect()
+    }
+
     fn finish(self) -> Result<(), ParamError> {
         match self.map.keys().find(|k| !self.seen.contains(&k.as_str())) {
             Some(k) => Err(err(
@@ -157,11 +210,172 @@ impl LogregParams {
     }
 }
 
+/// Multilayer perceptron classifier: hidden layers of `activation`, softmax output,
+/// cross-entropy, mini-batches reshuffled every epoch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MlpParams {
+    pub hidden: Vec<u32>,
+    /// `relu` or `tanh`.
+    pub activation: &'static str,
+    pub epochs: u32,
+    pub batch_size: u32,
+    pub learning_rate: f64,
+    /// `adam` or `sgd` (with `momentum`).
+    pub optimizer: &'static str,
+    pub momentum: f64,
+    pub l2: f64,
+    pub seed: u64,
+    pub label_column: String,
+    /// Held out to decide early stopping; 0 stops on the training loss instead.
+    pub validation_fraction: f64,
+    /// Epochs without improvement (by more than `tol`) before training stops.
+    pub patience: u32,
+    pub tol: f64,
+}
+
+impl MlpParams {
+    pub fn parse(v: &Value) -> Result<Self, ParamError> {
+        let mut f = Fields::new(v)?;
+        let p = Self {
+            hidden: f.uint_list("hidden", &[64], (1, 4096), 8)?,
+            activation: f.choice("activation", &["relu", "tanh"])?,
+            epochs: f.uint("epochs", 200, (1, 100_000))?,
+            batch_size: f.uint("batch_size", 200, (1, 65_536))?,
+            learning_rate: f.float("learning_rate", 1e-3, 1e-9, 10.0)?,
+            optimizer: f.choice("optimizer", &["adam", "sgd"])?,
+            momentum: f.float("momentum", 0.9, 0.0, 0.999)?,
+            l2: f.float("l2", 1e-4, 0.0, 100.0)?,
+            seed: f.uint("seed", 0, (0, u32::MAX))? as u64,
+            label_column: f.string("label_column", "label")?,
+            validation_fraction: f.float("validation_fraction", 0.0, 0.0, 0.5)?,
+            patience: f.uint("patience", 10, (1, 100_000))?,
+            tol: f.float("tol", 1e-4, 0.0, 1.0)?,
+        };
+        f.finish()?;
+        Ok(p)
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({
+            "hidden": self.hidden, "activation": self.activation, "epochs": self.epochs,
+            "batch_size": self.batch_size, "learning_rate": self.learning_rate,
+            "optimizer": self.optimizer, "momentum": self.momentum, "l2": self.l2,
+            "seed": self.seed, "label_column": self.label_column,
+            "validation_fraction": self.validation_fraction, "patience": self.patience,
+            "tol": self.tol,
+        })
+    }
+}
+
+/// k-means: k-means++ seeding, Lloyd iterations, best of `n_init` runs by inertia.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KmeansParams {
+    pub k: u32,
+    pub max_iter: u32,
+    /// Convergence: centroid movement (squared, summed) at most `tol` × the mean feature variance.
+    pub tol: f64,
+    pub n_init: u32,
+    pub seed: u64,
+    /// Dropped from the features when present.
+    pub label_column: String,
+}
+
+impl KmeansParams {
+    pub fn parse(v: &Value) -> Result<Self, ParamError> {
+        let mut f = Fields::new(v)?;
+        let p = Self {
+            k: f.uint("k", 8, (1, 10_000))?,
+            max_iter: f.uint("max_iter", 300, (1, 100_000))?,
+            tol: f.float("tol", 1e-4, 0.0, 1.0)?,
+            n_init: f.uint("n_init", 10, (1, 1000))?,
+            seed: f.uint("seed", 0, (0, u32::MAX))? as u64,
+            label_column: f.string("label_column", "label")?,
+        };
+        f.finish()?;
+        Ok(p)
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({
+            "k": self.k, "max_iter": self.max_iter, "tol": self.tol, "n_init": self.n_init,
+            "seed": self.seed, "label_column": self.label_column,
+        })
+    }
+}
+
+/// k-nearest neighbours: the training rows are the model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KnnParams {
+    pub k: u32,
+    /// `euclidean`, `cosine` or `manhattan`.
+    pub metric: &'static str,
+    pub label_column: String,
+}
+
+impl KnnParams {
+    pub fn parse(v: &Value) -> Result<Self, ParamError> {
+        let mut f = Fields::new(v)?;
+        let p = Self {
+            k: f.uint("k", 5, (1, 1024))?,
+            metric: f.choice("metric", &["euclidean", "cosine", "manhattan"])?,
+            label_column: f.string("label_column", "label")?,
+        };
+        f.finish()?;
+        Ok(p)
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({ "k": self.k, "metric": self.metric, "label_column": self.label_column })
+    }
+}
+
+/// One-class detectors of Killourhy & Maxion (DSN 2009), trained on genuine samples.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnomalyParams {
+    /// `scaled_manhattan`, `mahalanobis`, `zscore` or `nearest_neighbor_mahalanobis`.
+    pub method: &'static str,
+    /// `zscore`: a feature is an outlier when its |z| exceeds this.
+    pub z_threshold: f64,
+    /// Dropped from the features when present.
+    pub label_column: String,
+}
+
+impl AnomalyParams {
+    pub const METHODS: [&'static str; 4] = [
+        "scaled_manhattan",
+        "mahalanobis",
+        "zscore",
+        "nearest_neighbor_mahalanobis",
+    ];
+
+    pub fn parse(v: &Value) -> Result<Self, ParamError> {
+        let mut f = Fields::new(v)?;
+        let p = Self {
+            method: f.choice("method", &Self::METHODS)?,
+            z_threshold: f.float("z_threshold", 1.96, 0.0, 1e6)?,
+            label_column: f.string("label_column", "label")?,
+        };
+        f.finish()?;
+        Ok(p)
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({
+            "method": self.method, "z_threshold": self.z_threshold,
+            "label_column": self.label_column,
+        })
+    }
+}
+
 /// Validates training params for `algorithm` and returns them with every default filled in.
 pub fn normalize_train(algorithm: Algorithm, params: &Value) -> Result<Value, ParamError> {
-    match algorithm {
-        Algorithm::Logreg => Ok(LogregParams::parse(params)?.to_json()),
-    }
+    Ok(match algorithm {
+        Algorithm::Logreg => LogregParams::parse(params)?.to_json(),
+        Algorithm::Mlp => MlpParams::parse(params)?.to_json(),
+        Algorithm::Kmeans => KmeansParams::parse(params)?.to_json(),
+        Algorithm::Knn => KnnParams::parse(params)?.to_json(),
+        Algorithm::Anomaly => AnomalyParams::parse(params)?.to_json(),
+    })
 }
 
 /// Inference takes no hyper-parameters but the label column to ignore (default: the model's).
@@ -198,5 +412,34 @@ mod tests {
         assert_eq!(e.field, "params.epoch");
         assert!(e.message.contains("unknown parameter"));
         assert!(LogregParams::parse(&json!([1])).is_err());
+    }
+
+    #[test]
+    fn every_algorithm_fills_defaults_that_parse_back_unchanged() {
+        for a in Algorithm::ALL {
+            let filled = normalize_train(a, &json!({})).unwrap();
+            assert_eq!(normalize_train(a, &filled).unwrap(), filled, "{a:?}");
+        }
+    }
+
+    #[test]
+    fn new_algorithms_refuse_bad_choices_lists_and_ranges() {
+        let e = MlpParams::parse(&json!({"activation": "sigmoid"})).unwrap_err();
+        assert_eq!(e.field, "params.activation");
+        assert!(e.message.contains("relu, tanh"), "{}", e.message);
+        let e = MlpParams::parse(&json!({"hidden": [64, 0]})).unwrap_err();
+        assert_eq!(e.field, "params.hidden");
+        let e = MlpParams::parse(&json!({"hidden": 64})).unwrap_err();
+        assert_eq!(e.field, "params.hidden");
+        assert_eq!(
+            MlpParams::parse(&json!({"hidden": []})).unwrap().hidden,
+            Vec::<u32>::new()
+        );
+        let e = KmeansParams::parse(&json!({"k": -3})).unwrap_err();
+        assert_eq!(e.field, "params.k");
+        let e = KnnParams::parse(&json!({"metric": "chebyshev"})).unwrap_err();
+        assert_eq!(e.field, "params.metric");
+        let e = AnomalyParams::parse(&json!({"method": 3})).unwrap_err();
+        assert_eq!(e.field, "params.method");
     }
 }
