@@ -1,5 +1,5 @@
-// Bias and activation over a row-major [rows×cols] matrix, and the bias gradient
-// (the column sums of a matrix).
+// The bias gradient: the column sums of a row-major [rows×cols] matrix. (Adding the bias and
+// the activation is fused into the GEMM's epilogue.)
 
 struct Params {
     rows: u32,
@@ -11,17 +11,6 @@ struct Params {
 @group(0) @binding(0) var<storage, read_write> x: array<f32>;
 @group(0) @binding(1) var<storage, read_write> bias: array<f32>;
 @group(0) @binding(2) var<uniform> p: Params;
-
-// x[i, j] = act(x[i, j] + bias[j])
-@compute @workgroup_size(256)
-fn bias_act(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let idx = gid.x + gid.y * nwg.x * 256u;
-    if (idx >= p.rows * p.cols) { return; }
-    var v = x[idx] + bias[idx % p.cols];
-    if (p.activation == 1u) { v = max(v, 0.0); }
-    else if (p.activation == 2u) { v = tanh(v); }
-    x[idx] = v;
-}
 
 // bias[j] = sum_i x[i, j]  (here `bias` is the output)
 @compute @workgroup_size(64)

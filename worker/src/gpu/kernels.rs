@@ -5,10 +5,11 @@ use super::{Gpu, groups_1d};
 use bytemuck::{Pod, Zeroable};
 use std::sync::Arc;
 
-const GEMM_SRC: &str = include_str!("../../../shaders/gemm.wgsl");
 const BIAS_SRC: &str = include_str!("../../../shaders/bias.wgsl");
 const SOFTMAX_SRC: &str = include_str!("../../../shaders/softmax.wgsl");
 const UPDATE_SRC: &str = include_str!("../../../shaders/update.wgsl");
+const ACTIVATION_SRC: &str = include_str!("../../../shaders/activation.wgsl");
+const ROWS_SRC: &str = include_str!("../../../shaders/rows.wgsl");
 
 /// One compiled entry point.
 #[derive(Clone)]
@@ -17,14 +18,9 @@ pub struct Kernel {
 }
 
 impl Kernel {
-    pub fn gemm(gpu: &Gpu) -> Self {
+    pub(crate) fn from_source(gpu: &Gpu, name: &'static str, source: &str, entry: &str) -> Self {
         Self {
-            pipeline: gpu.pipeline("gemm", GEMM_SRC, "main"),
-        }
-    }
-    pub fn bias_act(gpu: &Gpu) -> Self {
-        Self {
-            pipeline: gpu.pipeline("bias_act", BIAS_SRC, "bias_act"),
+            pipeline: gpu.pipeline(name, source, entry),
         }
     }
     pub fn column_sum(gpu: &Gpu) -> Self {
@@ -37,15 +33,35 @@ impl Kernel {
             pipeline: gpu.pipeline("softmax", SOFTMAX_SRC, "main"),
         }
     }
+    /// Bindings: 0 `w`, 1 `g`, 2 [`UpdateParams`].
     pub fn sgd(gpu: &Gpu) -> Self {
-        Self {
-            pipeline: gpu.pipeline("sgd", UPDATE_SRC, "sgd"),
-        }
+        Self::from_source(gpu, "sgd", UPDATE_SRC, "sgd")
+    }
+    /// Bindings: 0 `w`, 1 `g`, 2 [`UpdateParams`], 3 velocity.
+    pub fn momentum(gpu: &Gpu) -> Self {
+        Self::from_source(gpu, "momentum", UPDATE_SRC, "momentum")
+    }
+    /// Bindings: 0 `w`, 1 `g`, 2 [`UpdateParams`], 3 first moment, 4 second moment.
+    pub fn adam(gpu: &Gpu) -> Self {
+        Self::from_source(gpu, "adam", UPDATE_SRC, "adam")
+    }
+    /// Bindings: 0 `dz` (in place), 1 the layer's output `a`, 2 [`BiasParams`].
+    pub fn act_grad(gpu: &Gpu) -> Self {
+        Self::from_source(gpu, "act_grad", ACTIVATION_SRC, "act_grad")
+    }
+    /// Bindings: 0 `x`, 1 row indices (u32), 2 `out`, 3 [`GatherParams`].
+    pub fn gather(gpu: &Gpu) -> Self {
+        Self::from_source(gpu, "gather", ROWS_SRC, "gather")
     }
 
     /// Binds `buffers` to bindings 0, 1, … in order.
     pub fn bind(&self, gpu: &Gpu, buffers: &[&wgpu::Buffer]) -> wgpu::BindGroup {
         gpu.bind_group(&self.pipeline, buffers)
+    }
+
+    /// Binds each buffer to the binding number beside it.
+    pub fn bind_at(&self, gpu: &Gpu, buffers: &[(u32, &wgpu::Buffer)]) -> wgpu::BindGroup {
+        gpu.bind_group_at(&self.pipeline, buffers)
     }
 
     pub fn encode(
@@ -59,73 +75,6 @@ impl Kernel {
         pass.set_bind_group(0, bind, &[]);
         pass.dispatch_workgroups(groups.0, groups.1, 1);
     }
-}
-
-/// `C[m×n] = op(A)[m×k] · op(B)[k×n]`; offsets and leading dimensions in elements.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Pod, Zeroable)]
-pub struct GemmParams {
-    pub m: u32,
-    pub n: u32,
-    pub k: u32,
-    pub trans_a: u32,
-    pub trans_b: u32,
-    pub a_off: u32,
-    pub b_off: u32,
-    pub c_off: u32,
-    pub lda: u32,
-    pub ldb: u32,
-    pub ldc: u32,
-    pub _pad: u32,
-}
-
-impl GemmParams {
-    /// Dense operands with their natural leading dimensions.
-    pub fn new(m: usize, n: usize, k: usize, trans_a: bool, trans_b: bool) -> Self {
-        Self {
-            m: m as u32,
-            n: n as u32,
-            k: k as u32,
-            trans_a: trans_a as u32,
-            trans_b: trans_b as u32,
-            lda: if trans_a { m } else { k } as u32,
-            ldb: if trans_b { k } else { n } as u32,
-            ldc: n as u32,
-            ..Default::default()
-        }
-    }
-
-    pub fn groups(&self) -> (u32, u32) {
-        (self.n.div_ceil(64).max(1), self.m.div_ceil(64).max(1))
-    }
-}
-
-/// CPU reference of the GEMM kernel (f64 accumulation).
-pub fn gemm_ref(a: &[f32], b: &[f32], p: &GemmParams) -> Vec<f32> {
-    let (m, n, k) = (p.m as usize, p.n as usize, p.k as usize);
-    let at = |i: usize, kk: usize| {
-        let idx = if p.trans_a == 0 {
-            i * p.lda as usize + kk
-        } else {
-            kk * p.lda as usize + i
-        };
-        a[p.a_off as usize + idx] as f64
-    };
-    let bt = |kk: usize, j: usize| {
-        let idx = if p.trans_b == 0 {
-            kk * p.ldb as usize + j
-        } else {
-            j * p.ldb as usize + kk
-        };
-        b[p.b_off as usize + idx] as f64
-    };
-    let mut c = vec![0f32; m * n];
-    for i in 0..m {
-        for j in 0..n {
-            c[i * n + j] = (0..k).map(|kk| at(i, kk) * bt(kk, j)).sum::<f64>() as f32;
-        }
-    }
-    c
 }
 
 /// Activation after the bias.
@@ -155,23 +104,11 @@ impl BiasParams {
             _pad: 0,
         }
     }
-    pub fn bias_act_groups(&self) -> (u32, u32) {
+    pub fn elementwise_groups(&self) -> (u32, u32) {
         groups_1d(self.rows as usize * self.cols as usize, 256)
     }
     pub fn column_sum_groups(&self) -> (u32, u32) {
         ((self.cols as usize).div_ceil(64).max(1) as u32, 1)
-    }
-}
-
-pub fn bias_act_ref(x: &mut [f32], bias: &[f32], p: &BiasParams) {
-    let cols = p.cols as usize;
-    for (idx, v) in x.iter_mut().enumerate().take(p.rows as usize * cols) {
-        let z = *v + bias[idx % cols];
-        *v = match p.activation {
-            1 => z.max(0.0),
-            2 => z.tanh(),
-            _ => z,
-        };
     }
 }
 
@@ -268,23 +205,120 @@ pub fn softmax_ref(
     }
 }
 
+/// The parameter block of every update rule in `shaders/update.wgsl`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Pod, Zeroable)]
-pub struct SgdParams {
+pub struct UpdateParams {
     pub len: u32,
     pub lr: f32,
     pub l2: f32,
-    pub _pad: u32,
+    /// Adam's β₁, or the momentum.
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    /// Adam's bias corrections `1 - β₁ᵗ` and `1 - β₂ᵗ` for step `t`.
+    pub c1: f32,
+    pub c2: f32,
 }
 
-impl SgdParams {
+impl UpdateParams {
+    pub fn sgd(len: usize, lr: f32, l2: f32) -> Self {
+        Self {
+            len: len as u32,
+            lr,
+            l2,
+            ..Default::default()
+        }
+    }
+
+    pub fn momentum(len: usize, lr: f32, l2: f32, momentum: f32) -> Self {
+        Self {
+            beta1: momentum,
+            ..Self::sgd(len, lr, l2)
+        }
+    }
+
+    /// Adam at step `t` (1-based) with the usual β₁ = 0.9, β₂ = 0.999, ε = 1e-8.
+    pub fn adam(len: usize, lr: f32, l2: f32, t: u32) -> Self {
+        let (b1, b2) = (0.9f64, 0.999f64);
+        Self {
+            beta1: b1 as f32,
+            beta2: b2 as f32,
+            eps: 1e-8,
+            c1: (1.0 - b1.powi(t as i32)) as f32,
+            c2: (1.0 - b2.powi(t as i32)) as f32,
+            ..Self::sgd(len, lr, l2)
+        }
+    }
+
     pub fn groups(&self) -> (u32, u32) {
         groups_1d(self.len as usize, 256)
     }
 }
 
-pub fn sgd_ref(w: &mut [f32], g: &[f32], p: &SgdParams) {
+pub fn sgd_ref(w: &mut [f32], g: &[f32], p: &UpdateParams) {
     for (w, g) in w.iter_mut().zip(g).take(p.len as usize) {
         *w -= p.lr * (g + p.l2 * *w);
     }
+}
+
+pub fn momentum_ref(w: &mut [f32], g: &[f32], m: &mut [f32], p: &UpdateParams) {
+    for i in 0..p.len as usize {
+        m[i] = p.beta1 * m[i] - p.lr * (g[i] + p.l2 * w[i]);
+        w[i] += m[i];
+    }
+}
+
+pub fn adam_ref(w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], p: &UpdateParams) {
+    for i in 0..p.len as usize {
+        let grad = g[i] + p.l2 * w[i];
+        m[i] = p.beta1 * m[i] + (1.0 - p.beta1) * grad;
+        v[i] = p.beta2 * v[i] + (1.0 - p.beta2) * grad * grad;
+        w[i] -= p.lr * (m[i] / p.c1) / ((v[i] / p.c2).sqrt() + p.eps);
+    }
+}
+
+/// Backpropagation through the activation in `p` (given the layer's output `a`).
+pub fn act_grad_ref(dz: &mut [f32], a: &[f32], p: &BiasParams) {
+    for (d, &a) in dz.iter_mut().zip(a).take(p.rows as usize * p.cols as usize) {
+        *d = match p.activation {
+            1 if a > 0.0 => *d,
+            1 => 0.0,
+            2 => *d * (1.0 - a * a),
+            _ => *d,
+        };
+    }
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Pod, Zeroable)]
+pub struct GatherParams {
+    pub rows: u32,
+    pub cols: u32,
+    pub off: u32,
+    pub _pad: u32,
+}
+
+impl GatherParams {
+    pub fn new(rows: usize, cols: usize, off: usize) -> Self {
+        Self {
+            rows: rows as u32,
+            cols: cols as u32,
+            off: off as u32,
+            _pad: 0,
+        }
+    }
+    pub fn groups(&self) -> (u32, u32) {
+        groups_1d(self.rows as usize * self.cols as usize, 256)
+    }
+}
+
+pub fn gather_ref(x: &[f32], index: &[u32], p: &GatherParams) -> Vec<f32> {
+    let cols = p.cols as usize;
+    (0..p.rows as usize)
+        .flat_map(|r| {
+            let from = index[p.off as usize + r] as usize * cols;
+            x[from..from + cols].iter().copied()
+        })
+        .collect()
 }

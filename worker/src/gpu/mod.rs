@@ -1,7 +1,9 @@
 //! The GPU runtime: one wgpu device per worker (Vulkan; lavapipe where there is no GPU),
 //! pipelines compiled once and cached by kernel name, and buffer upload/readback helpers.
 
+pub mod gemm;
 pub mod kernels;
+pub mod neighbors;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -147,11 +149,25 @@ impl Gpu {
         pipeline: &wgpu::ComputePipeline,
         buffers: &[&wgpu::Buffer],
     ) -> wgpu::BindGroup {
-        let entries: Vec<_> = buffers
+        let numbered: Vec<_> = buffers
             .iter()
             .enumerate()
+            .map(|(i, b)| (i as u32, *b))
+            .collect();
+        self.bind_group_at(pipeline, &numbered)
+    }
+
+    /// A bind group with each buffer at the binding number beside it (for entry points that
+    /// use only some of their module's bindings).
+    pub fn bind_group_at(
+        &self,
+        pipeline: &wgpu::ComputePipeline,
+        buffers: &[(u32, &wgpu::Buffer)],
+    ) -> wgpu::BindGroup {
+        let entries: Vec<_> = buffers
+            .iter()
             .map(|(i, b)| wgpu::BindGroupEntry {
-                binding: i as u32,
+                binding: *i,
                 resource: b.as_entire_binding(),
             })
             .collect();
@@ -164,6 +180,19 @@ impl Gpu {
 
     /// Copies the first `len` f32s of `buffer` back to the host, waiting for queued work.
     pub fn read(&self, buffer: &wgpu::Buffer, len: usize) -> Result<Vec<f32>, GpuError> {
+        self.read_as(buffer, len)
+    }
+
+    /// [`Gpu::read`] for a buffer of u32s.
+    pub fn read_u32(&self, buffer: &wgpu::Buffer, len: usize) -> Result<Vec<u32>, GpuError> {
+        self.read_as(buffer, len)
+    }
+
+    fn read_as<T: bytemuck::Pod>(
+        &self,
+        buffer: &wgpu::Buffer,
+        len: usize,
+    ) -> Result<Vec<T>, GpuError> {
         let size = (len.max(1) * 4) as u64;
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("readback"),
@@ -187,7 +216,7 @@ impl Gpu {
         let view = staging
             .get_mapped_range(..)
             .map_err(|e| GpuError::Readback(e.to_string()))?;
-        let out: Vec<f32> = bytemuck::cast_slice(&view)[..len].to_vec();
+        let out: Vec<T> = bytemuck::cast_slice(&view)[..len].to_vec();
         drop(view);
         staging.unmap();
         Ok(out)
