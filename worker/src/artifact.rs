@@ -1,110 +1,153 @@
-//! Model artifacts as safetensors: `0.weight` (classes × features, float32) and `0.bias`, the
-//! keys of `torch.nn.Sequential(torch.nn.Linear(features, classes))`. Metadata (strings, as
-//! the format requires) records the algorithm, the class labels and the feature columns.
+//! Model artifacts as safetensors: named float32 (and u32) tensors plus string metadata, the
+//! format PyTorch and NumPy load directly. Every artifact records `gpuq_algorithm`; each
+//! algorithm decides its own tensors (see its module).
 
-use crate::algorithms::logreg::LogregModel;
 use gpuq_shared::JobError;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use serde::de::DeserializeOwned;
 use std::collections::HashMap;
 
-pub fn logreg_to_bytes(m: &LogregModel) -> Vec<u8> {
-    let (k, f) = (m.n_classes(), m.n_features());
-    let w: &[u8] = bytemuck::cast_slice(&m.weight);
-    let b: &[u8] = bytemuck::cast_slice(&m.bias);
-    let tensors = [
-        (
-            "0.weight",
-            TensorView::new(Dtype::F32, vec![k, f], w).expect("shape matches data"),
-        ),
-        (
-            "0.bias",
-            TensorView::new(Dtype::F32, vec![k], b).expect("shape matches data"),
-        ),
-    ];
-    let meta = HashMap::from([
-        ("format".to_string(), "pt".to_string()),
-        ("gpuq_algorithm".to_string(), "logreg".to_string()),
-        (
-            "classes".to_string(),
-            serde_json::to_string(&m.classes).expect("json"),
-        ),
-        (
-            "feature_columns".to_string(),
-            serde_json::to_string(&m.feature_columns).expect("json"),
-        ),
-    ]);
-    safetensors::serialize(tensors, Some(meta)).expect("serialising in-memory tensors")
+/// A tensor to write: name, shape and data.
+pub enum Tensor<'a> {
+    F32(&'a str, Vec<usize>, &'a [f32]),
+    U32(&'a str, Vec<usize>, &'a [u32]),
 }
 
-fn corrupt(msg: impl std::fmt::Display) -> JobError {
+/// Serialises `tensors` with `meta` (JSON-encoded values) and `gpuq_algorithm`.
+pub fn write(algorithm: &str, tensors: &[Tensor], meta: &[(&str, serde_json::Value)]) -> Vec<u8> {
+    let views: Vec<(&str, TensorView)> = tensors
+        .iter()
+        .map(|t| match t {
+            Tensor::F32(name, shape, data) => (
+                *name,
+                TensorView::new(Dtype::F32, shape.clone(), bytemuck::cast_slice(data))
+                    .expect("shape matches data"),
+            ),
+            Tensor::U32(name, shape, data) => (
+                *name,
+                TensorView::new(Dtype::U32, shape.clone(), bytemuck::cast_slice(data))
+                    .expect("shape matches data"),
+            ),
+        })
+        .collect();
+    let mut metadata: HashMap<String, String> = meta
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    metadata.insert("format".into(), "pt".into());
+    metadata.insert("gpuq_algorithm".into(), algorithm.into());
+    safetensors::serialize(views, Some(metadata)).expect("serialising in-memory tensors")
+}
+
+pub fn corrupt(msg: impl std::fmt::Display) -> JobError {
     JobError::fatal(
         "model_corrupt",
         format!("the model artifact is unreadable: {msg}"),
     )
 }
 
-pub fn logreg_from_bytes(bytes: &[u8]) -> Result<LogregModel, JobError> {
-    let st = SafeTensors::deserialize(bytes).map_err(corrupt)?;
-    let (_, meta) = SafeTensors::read_metadata(bytes).map_err(corrupt)?;
-    let meta = meta.metadata().clone().unwrap_or_default();
-    let classes: Vec<f64> =
-        serde_json::from_str(meta.get("classes").ok_or_else(|| corrupt("no classes"))?)
-            .map_err(corrupt)?;
-    let feature_columns: Vec<String> = serde_json::from_str(
-        meta.get("feature_columns")
-            .ok_or_else(|| corrupt("no feature_columns"))?,
-    )
-    .map_err(corrupt)?;
-    let read = |name: &str, shape: &[usize]| -> Result<Vec<f32>, JobError> {
-        let t = st.tensor(name).map_err(corrupt)?;
-        if t.dtype() != Dtype::F32 || t.shape() != shape {
+/// A parsed artifact.
+pub struct Artifact<'a> {
+    tensors: SafeTensors<'a>,
+    meta: HashMap<String, String>,
+}
+
+impl<'a> Artifact<'a> {
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, JobError> {
+        let tensors = SafeTensors::deserialize(bytes).map_err(corrupt)?;
+        let (_, meta) = SafeTensors::read_metadata(bytes).map_err(corrupt)?;
+        Ok(Self {
+            tensors,
+            meta: meta.metadata().clone().unwrap_or_default(),
+        })
+    }
+
+    pub fn algorithm(&self) -> &str {
+        self.meta
+            .get("gpuq_algorithm")
+            .map(String::as_str)
+            .unwrap_or("logreg")
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.tensors.tensor(name).is_ok()
+    }
+
+    /// A metadata value (stored as JSON).
+    pub fn meta<T: DeserializeOwned>(&self, key: &str) -> Result<T, JobError> {
+        let raw = self
+            .meta
+            .get(key)
+            .ok_or_else(|| corrupt(format!("no `{key}` in the metadata")))?;
+        serde_json::from_str(raw).map_err(|e| corrupt(format!("`{key}`: {e}")))
+    }
+
+    pub fn shape(&self, name: &str) -> Result<Vec<usize>, JobError> {
+        Ok(self.tensors.tensor(name).map_err(corrupt)?.shape().to_vec())
+    }
+
+    fn raw(&self, name: &str, dtype: Dtype, shape: &[usize]) -> Result<&[u8], JobError> {
+        let t = self.tensors.tensor(name).map_err(corrupt)?;
+        if t.dtype() != dtype || t.shape() != shape {
             return Err(corrupt(format!(
-                "{name} has {:?} {:?}, expected F32 {shape:?}",
+                "{name} has {:?} {:?}, expected {dtype:?} {shape:?}",
                 t.dtype(),
                 t.shape()
             )));
         }
-        Ok(t.data()
+        Ok(t.data())
+    }
+
+    pub fn f32(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, JobError> {
+        Ok(self
+            .raw(name, Dtype::F32, shape)?
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
             .collect())
-    };
-    let (k, f) = (classes.len(), feature_columns.len());
-    Ok(LogregModel {
-        weight: read("0.weight", &[k, f])?,
-        bias: read("0.bias", &[k])?,
-        classes,
-        feature_columns,
-    })
+    }
+
+    pub fn u32(&self, name: &str, shape: &[usize]) -> Result<Vec<u32>, JobError> {
+        Ok(self
+            .raw(name, Dtype::U32, shape)?
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+            .collect())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
-    fn a_logreg_model_round_trips_through_safetensors() {
-        let m = LogregModel {
-            weight: vec![1.0, -2.0, 0.5, 3.0, 0.0, 1.5],
-            bias: vec![0.25, -0.25],
-            classes: vec![0.0, 7.0],
-            feature_columns: vec!["a".into(), "b".into(), "c".into()],
-        };
-        let bytes = logreg_to_bytes(&m);
-        assert_eq!(logreg_from_bytes(&bytes).unwrap(), m);
-        let st = SafeTensors::deserialize(&bytes).unwrap();
-        assert_eq!(st.tensor("0.weight").unwrap().shape(), &[2, 3]);
+    fn tensors_and_metadata_round_trip() {
+        let w = [1.0f32, -2.0, 0.5, 3.0, 0.0, 1.5];
+        let idx = [4u32, 7];
+        let bytes = write(
+            "knn",
+            &[
+                Tensor::F32("0.weight", vec![2, 3], &w),
+                Tensor::U32("label_index", vec![2], &idx),
+            ],
+            &[("classes", json!([0.0, 7.5]))],
+        );
+        let a = Artifact::parse(&bytes).unwrap();
+        assert_eq!(a.algorithm(), "knn");
+        assert_eq!(a.f32("0.weight", &[2, 3]).unwrap(), w);
+        assert_eq!(a.u32("label_index", &[2]).unwrap(), idx);
+        assert_eq!(a.meta::<Vec<f64>>("classes").unwrap(), vec![0.0, 7.5]);
+        assert_eq!(
+            a.f32("0.weight", &[3, 2]).unwrap_err().code,
+            "model_corrupt"
+        );
+        assert_eq!(a.meta::<u32>("k").unwrap_err().code, "model_corrupt");
     }
 
     #[test]
     fn garbage_is_model_corrupt_not_a_panic() {
-        assert_eq!(
-            logreg_from_bytes(b"not a model").unwrap_err().code,
-            "model_corrupt"
-        );
-        assert_eq!(
-            logreg_from_bytes(&[255; 16]).unwrap_err().code,
-            "model_corrupt"
-        );
+        for bytes in [&b"not a model"[..], &[255; 16][..], &[]] {
+            assert_eq!(Artifact::parse(bytes).err().unwrap().code, "model_corrupt");
+        }
     }
 }

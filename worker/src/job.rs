@@ -2,17 +2,14 @@
 //! a blocking thread, write the outcome with a fenced update. Every outcome is turned into a
 //! state transition here and only here.
 
-use crate::algorithms::logreg::{self, GpuLogreg};
-use crate::algorithms::{Control, label_text};
-use crate::artifact;
+use crate::algorithms::{self, Control, LoadedModel, Trained};
 use crate::gpu::Gpu;
 use gpuq_shared::config::Settings;
 use gpuq_shared::dataset::{self, Table};
 use gpuq_shared::db::{self, JobRecord, NewModel};
-use gpuq_shared::params::LogregParams;
 use gpuq_shared::queue::Publisher;
 use gpuq_shared::storage::Storage;
-use gpuq_shared::{JobError, JobId, JobStatus, ModelId, S3Uri};
+use gpuq_shared::{Algorithm, JobError, JobId, JobStatus, ModelId, S3Uri};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -35,15 +32,20 @@ pub struct WorkerContext {
     /// Stops the GPU work of every job in hand (shutdown past its drain deadline).
     pub abort: CancellationToken,
     /// Models already on the GPU, by id (models never change once written).
-    models: Mutex<HashMap<ModelId, Arc<GpuLogreg>>>,
+    models: Mutex<HashMap<ModelId, Arc<CachedModel>>>,
+}
+
+/// A model on the GPU and the training parameters recorded with it.
+struct CachedModel {
+    model: LoadedModel,
+    params: Value,
 }
 
 /// How a job ended well.
 enum Completion {
     Trained {
         model_id: ModelId,
-        model: logreg::LogregModel,
-        metrics: Value,
+        trained: Trained,
         artifact_uri: String,
     },
     Inferred {
@@ -112,18 +114,18 @@ impl WorkerContext {
         let fenced = match done {
             Completion::Trained {
                 model_id,
-                model,
-                metrics,
+                trained,
                 artifact_uri,
             } => {
+                let metrics = &trained.metrics;
                 let result = json!({ "model_id": model_id, "metrics": metrics });
                 let new_model = NewModel {
                     id: model_id,
                     algorithm: &job.algorithm,
-                    n_features: model.n_features() as i32,
-                    n_classes: model.n_classes() as i32,
+                    n_features: trained.n_features as i32,
+                    n_classes: trained.n_classes as i32,
                     params: &job.params,
-                    metrics: &metrics,
+                    metrics,
                     artifact_uri: &artifact_uri,
                 };
                 retry_db(|| {
@@ -194,11 +196,19 @@ impl WorkerContext {
     }
 
     async fn train(&self, job: &JobRecord, ctl: &Arc<Control>) -> Result<Completion, JobError> {
-        let params = LogregParams::parse(&job.params)
-            .map_err(|e| JobError::fatal("invalid_params", e.to_string()))?;
+        let algorithm: Algorithm = job
+            .algorithm
+            .parse()
+            .map_err(|e: String| JobError::fatal("invalid_params", e))?;
+        let label_column = job
+            .params
+            .get("label_column")
+            .and_then(Value::as_str)
+            .unwrap_or("label")
+            .to_string();
         ctl.report(0.0, "reading input".into());
         let table = self
-            .load_input(&job.input, &params.label_column, true)
+            .load_input(&job.input, &label_column, algorithm.needs_labels())
             .await?;
         ctl.report(
             0.0,
@@ -207,8 +217,9 @@ impl WorkerContext {
                 table.features.rows, table.features.cols
             ),
         );
-        let (gpu, c) = (self.gpu.clone(), ctl.clone());
-        let trained = blocking(move || logreg::train(&gpu, table, &params, &c)).await?;
+        let (gpu, c, params) = (self.gpu.clone(), ctl.clone(), job.params.clone());
+        let mut trained =
+            blocking(move || algorithms::train(algorithm, &gpu, table, &params, &c)).await?;
         let model_id = ModelId::new();
         // A fresh key per attempt: a late attempt can never overwrite the winner's artifact.
         let uri = S3Uri::new(
@@ -219,14 +230,13 @@ impl WorkerContext {
         self.storage
             .put(
                 &uri,
-                artifact::logreg_to_bytes(&trained.model),
+                std::mem::take(&mut trained.artifact),
                 "application/octet-stream",
             )
             .await?;
         Ok(Completion::Trained {
             model_id,
-            model: trained.model,
-            metrics: trained.metrics,
+            trained,
             artifact_uri: uri.to_string(),
         })
     }
@@ -245,16 +255,13 @@ impl WorkerContext {
             .unwrap_or("label")
             .to_string();
         let table = self.load_input(&job.input, &label_column, false).await?;
-        let x = table.features;
-        let n = x.rows;
+        let n = table.features.rows;
+        let inline_only = job.input.get("rows").is_some() && n <= INLINE_ONLY_ROWS;
+        let rows_json = inline_only || n <= INLINE_PREDICTIONS;
         let (gpu, m) = (self.gpu.clone(), model.clone());
-        let probs = blocking(move || m.predict(&gpu, &x)).await?;
-        let k = model.model.n_classes();
-        let classes = &model.model.classes;
-        let labels: Vec<f64> = probs.chunks(k).map(|p| classes[argmax(p)]).collect();
+        let inference = blocking(move || m.model.infer(&gpu, &table, rows_json)).await?;
 
-        let inline_input = job.input.get("rows").is_some();
-        let output_uri = if inline_input && n <= INLINE_ONLY_ROWS {
+        let output_uri = if inline_only {
             None
         } else {
             let uri = S3Uri::new(
@@ -263,28 +270,22 @@ impl WorkerContext {
                     .object_key(&format!("outputs/{}/predictions.csv", job.id)),
             );
             self.storage
-                .put(
-                    &uri,
-                    predictions_csv(&labels, &probs, k).into_bytes(),
-                    "text/csv",
-                )
+                .put(&uri, inference.csv.into_bytes(), "text/csv")
                 .await?;
             Some(uri.to_string())
         };
-        let mut result = json!({ "output_uri": output_uri, "rows": n, "classes": classes });
-        if n <= INLINE_PREDICTIONS || output_uri.is_none() {
-            let preds: Vec<Value> = labels
-                .iter()
-                .zip(probs.chunks(k))
-                .map(|(l, p)| json!({ "label": l, "p": p }))
-                .collect();
-            result["predictions"] = Value::Array(preds);
+        let mut result = json!({ "output_uri": output_uri, "rows": n });
+        for (k, v) in inference.summary {
+            result[k] = v;
+        }
+        if rows_json {
+            result["predictions"] = Value::Array(inference.rows);
         }
         Ok(Completion::Inferred { result })
     }
 
     /// The model on the GPU, loading its record and artifact on first use.
-    async fn model(&self, id: ModelId) -> Result<Arc<GpuLogreg>, JobError> {
+    async fn model(&self, id: ModelId) -> Result<Arc<CachedModel>, JobError> {
         if let Some(m) = self.models.lock().expect("model cache").get(&id) {
             return Ok(m.clone());
         }
@@ -308,10 +309,10 @@ impl WorkerContext {
                 }
                 _ => e,
             })?;
-        let model = artifact::logreg_from_bytes(&bytes)?;
         let gpu = self.gpu.clone();
         let params = record.params;
-        let loaded = Arc::new(blocking(move || Ok(GpuLogreg::upload(&gpu, model, params))).await?);
+        let model = blocking(move || LoadedModel::load(&gpu, &bytes)).await?;
+        let loaded = Arc::new(CachedModel { model, params });
         let mut cache = self.models.lock().expect("model cache");
         if cache.len() >= 256 {
             cache.clear();
@@ -319,30 +320,6 @@ impl WorkerContext {
         cache.insert(id, loaded.clone());
         Ok(loaded)
     }
-}
-
-fn argmax(p: &[f32]) -> usize {
-    p.iter()
-        .enumerate()
-        .fold(0, |best, (i, &v)| if v > p[best] { i } else { best })
-}
-
-/// `label,p0..p{k-1}`, one row per input row.
-pub fn predictions_csv(labels: &[f64], probs: &[f32], k: usize) -> String {
-    use std::fmt::Write;
-    let mut out = String::from("label");
-    for c in 0..k {
-        let _ = write!(out, ",p{c}");
-    }
-    out.push('\n');
-    for (l, p) in labels.iter().zip(probs.chunks(k)) {
-        out.push_str(&label_text(*l));
-        for v in p {
-            let _ = write!(out, ",{v}");
-        }
-        out.push('\n');
-    }
-    out
 }
 
 /// Runs GPU work on a blocking thread; a panic there fails the attempt (retryably) instead of
@@ -402,16 +379,5 @@ async fn heartbeat(
             }
             Err(e) => tracing::warn!(job = %id, error = %e, "lease renewal failed; retrying"),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn predictions_csv_has_a_header_and_one_row_per_input() {
-        let csv = predictions_csv(&[3.0, 0.5], &[0.25, 0.75, 0.5, 0.5], 2);
-        assert_eq!(csv, "label,p0,p1\n3,0.25,0.75\n0.5,0.5,0.5\n");
     }
 }

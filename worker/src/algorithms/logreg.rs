@@ -2,55 +2,23 @@
 //! features. The standardisation is folded into the saved weights, so the artifact is a plain
 //! `Linear(features, classes)` on raw inputs that `torch.nn.Sequential(Linear)` loads as is.
 
-use super::Control;
+use super::classifier::{ClassifierModel, Dense, training_metrics};
+use super::{Control, Trained, check_bindings, gpu_lost};
 use crate::gpu::Gpu;
+use crate::gpu::gemm::GemmParams;
 use crate::gpu::kernels::{
-    Activation, BiasParams, GemmParams, Kernel, SgdParams, SoftmaxMode, SoftmaxParams,
+    Activation, BiasParams, Kernel, SoftmaxMode, SoftmaxParams, UpdateParams,
 };
 use gpuq_shared::JobError;
 use gpuq_shared::dataset::{Matrix, Table};
 use gpuq_shared::params::LogregParams;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
-use serde_json::{Value, json};
 
-/// A trained model on raw (unscaled) features.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LogregModel {
-    /// `classes × features`, row-major.
-    pub weight: Vec<f32>,
-    pub bias: Vec<f32>,
-    /// The label value of each class index.
-    pub classes: Vec<f64>,
-    pub feature_columns: Vec<String>,
-}
-
-impl LogregModel {
-    pub fn n_features(&self) -> usize {
-        self.feature_columns.len()
-    }
-    pub fn n_classes(&self) -> usize {
-        self.classes.len()
-    }
-}
-
-pub struct Trained {
-    pub model: LogregModel,
-    pub metrics: Value,
-}
-
-fn too_large(what: &str, bytes: u64, limit: u64) -> JobError {
-    JobError::fatal(
-        "input_too_large",
-        format!("{what} needs {bytes} bytes in one GPU binding; this device allows {limit}"),
-    )
-}
-
-/// Maps label values to class indices 0..k (sorted by value).
+/// Maps label values to class indices 0..k (sorted by value), for a classifier that needs
+/// at least two classes and at most 10 000 outputs.
 pub fn class_indices(labels: &[f32]) -> Result<(Vec<f64>, Vec<u32>), JobError> {
-    let mut classes: Vec<f64> = labels.iter().map(|&v| v as f64).collect();
-    classes.sort_by(f64::total_cmp);
-    classes.dedup();
+    let (classes, index) = class_indices_any(labels)?;
     if classes.len() < 2 {
         return Err(JobError::invalid_input(
             "the label column needs at least two distinct classes",
@@ -61,6 +29,17 @@ pub fn class_indices(labels: &[f32]) -> Result<(Vec<f64>, Vec<u32>), JobError> {
             "{} distinct labels: at most 10000 classes",
             classes.len()
         )));
+    }
+    Ok((classes, index))
+}
+
+/// Maps label values to class indices 0..k (sorted by value), any number of classes.
+pub fn class_indices_any(labels: &[f32]) -> Result<(Vec<f64>, Vec<u32>), JobError> {
+    let mut classes: Vec<f64> = labels.iter().map(|&v| v as f64).collect();
+    classes.sort_by(f64::total_cmp);
+    classes.dedup();
+    if classes.is_empty() {
+        return Err(JobError::invalid_input("no labelled rows"));
     }
     let index = labels
         .iter()
@@ -74,7 +53,7 @@ pub fn class_indices(labels: &[f32]) -> Result<(Vec<f64>, Vec<u32>), JobError> {
 }
 
 /// Column means and standard deviations (1 for constant columns).
-fn standardise(x: &mut Matrix) -> (Vec<f32>, Vec<f32>) {
+pub fn standardise(x: &mut Matrix) -> (Vec<f32>, Vec<f32>) {
     let (n, f) = (x.rows, x.cols);
     let mut mean = vec![0f64; f];
     let mut sq = vec![0f64; f];
@@ -117,16 +96,14 @@ pub fn train(
     let mut x = table.features;
     let (classes, y) = class_indices(&labels)?;
     let (n, f, k) = (x.rows, x.cols, classes.len());
-    let limit = gpu.max_binding_bytes();
-    for (what, len) in [
-        ("the training matrix", n * f),
-        ("the weights", k * f),
-        ("the batch logits", k * p.batch_size as usize),
-    ] {
-        if (len as u64) * 4 > limit || len > u32::MAX as usize {
-            return Err(too_large(what, len as u64 * 4, limit));
-        }
-    }
+    check_bindings(
+        gpu,
+        &[
+            ("the training matrix", n * f),
+            ("the weights", k * f),
+            ("the batch logits", k * p.batch_size as usize),
+        ],
+    )?;
     let (mean, std) = standardise(&mut x);
 
     // Shuffle the rows once (seeded); each epoch then visits the batches in a fresh order.
@@ -148,9 +125,8 @@ pub fn train(
     let loss = gpu.zeros("loss", n);
     let correct = gpu.zeros("correct", n);
 
-    let (gemm, bias_act, colsum, softmax, sgd) = (
+    let (gemm, colsum, softmax, sgd) = (
         Kernel::gemm(gpu),
-        Kernel::bias_act(gpu),
         Kernel::column_sum(gpu),
         Kernel::softmax(gpu),
         Kernel::sgd(gpu),
@@ -159,35 +135,16 @@ pub fn train(
     let u_bias = gpu.uniform(&BiasParams::default());
     let u_soft = gpu.uniform(&SoftmaxParams::default());
     let u_bwd = gpu.uniform(&GemmParams::default());
-    let u_sgd_w = gpu.uniform(&SgdParams {
-        len: (k * f) as u32,
-        lr: p.learning_rate as f32,
-        l2: p.l2 as f32,
-        _pad: 0,
-    });
-    let u_sgd_b = gpu.uniform(&SgdParams {
-        len: k as u32,
-        lr: p.learning_rate as f32,
-        l2: 0.0,
-        _pad: 0,
-    });
-    let g_fwd = gemm.bind(gpu, &[&x_buf, &w, &logits, &u_fwd]);
-    let g_bias = bias_act.bind(gpu, &[&logits, &b, &u_bias]);
+    let sgd_w = UpdateParams::sgd(k * f, p.learning_rate as f32, p.l2 as f32);
+    let sgd_b = UpdateParams::sgd(k, p.learning_rate as f32, 0.0);
+    let (u_sgd_w, u_sgd_b) = (gpu.uniform(&sgd_w), gpu.uniform(&sgd_b));
+    let g_fwd = gemm.bind(gpu, &[&x_buf, &w, &logits, &u_fwd, &b]);
     let g_soft = softmax.bind(gpu, &[&logits, &y_buf, &loss, &correct, &u_soft]);
-    let g_bwd = gemm.bind(gpu, &[&logits, &x_buf, &dw, &u_bwd]);
+    let g_bwd = gemm.bind(gpu, &[&logits, &x_buf, &dw, &u_bwd, &b]);
     let g_colsum = colsum.bind(gpu, &[&logits, &db, &u_bias]);
     let g_sgd_w = sgd.bind(gpu, &[&w, &dw, &u_sgd_w]);
     let g_sgd_b = sgd.bind(gpu, &[&b, &db, &u_sgd_b]);
-    let sgd_w_groups = SgdParams {
-        len: (k * f) as u32,
-        ..Default::default()
-    }
-    .groups();
-    let sgd_b_groups = SgdParams {
-        len: k as u32,
-        ..Default::default()
-    }
-    .groups();
+    let (sgd_w_groups, sgd_b_groups) = (sgd_w.groups(), sgd_b.groups());
 
     let mut order: Vec<usize> = (0..n.div_ceil(batch)).collect();
     let mut last_loss = f64::NAN;
@@ -200,19 +157,15 @@ pub fn train(
             if step % 16 == 15 {
                 gpu.wait();
             }
-            if ctl.should_stop() {
-                return Err(JobError::fatal(
-                    "stopped",
-                    "the job was canceled or its lease lost",
-                ));
-            }
+            ctl.check()?;
             let off = bi * batch;
             let rows = batch.min(n - off);
             // logits = Xb · Wᵀ + b, then the softmax gradient in place.
             let fwd = GemmParams {
                 a_off: (off * f) as u32,
                 ..GemmParams::new(rows, k, f, false, true)
-            };
+            }
+            .with_epilogue(true, Activation::Identity);
             let bias = BiasParams::new(rows, k, Activation::Identity);
             let soft = SoftmaxParams::new(rows, k, off, SoftmaxMode::Gradient);
             // dW = Gᵀ · Xb, db = column sums of G.
@@ -228,7 +181,6 @@ pub fn train(
             gpu.queue.write_buffer(&u_bwd, 0, bytemuck::bytes_of(&bwd));
             let mut enc = gpu.encoder();
             gemm.encode(&mut enc, &g_fwd, fwd.groups());
-            bias_act.encode(&mut enc, &g_bias, bias.bias_act_groups());
             softmax.encode(&mut enc, &g_soft, soft.groups());
             gemm.encode(&mut enc, &g_bwd, bwd.groups());
             colsum.encode(&mut enc, &g_colsum, bias.column_sum_groups());
@@ -263,24 +215,19 @@ pub fn train(
     let bias_v = gpu.read(&b, k).map_err(gpu_lost)?;
     let (eval_loss, eval_acc) = evaluate(gpu, &x_buf, &w, &b, &y_buf, n, f, k)?;
     let model = fold_standardisation(weight, bias_v, &mean, &std, classes, columns);
-    let metrics = json!({
-        "final_loss": eval_loss,
-        "train_accuracy": eval_acc,
-        "last_epoch_mean_batch_loss": last_loss,
-        "epochs": p.epochs,
-        "rows": n,
-        "features": f,
-        "classes": k,
-    });
-    Ok(Trained { model, metrics })
-}
-
-pub fn gpu_lost(e: crate::gpu::GpuError) -> JobError {
-    JobError::transient("gpu_error", e.to_string())
+    let mut metrics = training_metrics(eval_loss, eval_acc, n, &model);
+    metrics["last_epoch_mean_batch_loss"] = last_loss.into();
+    metrics["epochs"] = p.epochs.into();
+    Ok(Trained {
+        artifact: model.to_bytes(),
+        n_features: f,
+        n_classes: k,
+        metrics,
+    })
 }
 
 /// Uploads the rows of `x` in `perm` order straight into a mapped GPU buffer (no host copy).
-fn upload_rows(gpu: &Gpu, x: &Matrix, perm: &[usize]) -> wgpu::Buffer {
+pub fn upload_rows(gpu: &Gpu, x: &Matrix, perm: &[usize]) -> wgpu::Buffer {
     let f = x.cols;
     let buf = gpu.device.create_buffer(&wgpu::BufferDescriptor {
         label: Some("features"),
@@ -372,21 +319,19 @@ fn encode_forward(
     k: usize,
     label_off: usize,
     mode: SoftmaxMode,
-) -> [wgpu::Buffer; 3] {
+) -> [wgpu::Buffer; 2] {
     let fwd = GemmParams {
         a_off: x_off as u32,
         ..GemmParams::new(rows, k, f, false, true)
-    };
-    let bias = BiasParams::new(rows, k, Activation::Identity);
+    }
+    .with_epilogue(true, Activation::Identity);
     let soft = SoftmaxParams::new(rows, k, label_off, mode);
-    let (u_fwd, u_bias, u_soft) = (gpu.uniform(&fwd), gpu.uniform(&bias), gpu.uniform(&soft));
+    let (u_fwd, u_soft) = (gpu.uniform(&fwd), gpu.uniform(&soft));
     let gemm = Kernel::gemm(gpu);
-    gemm.encode(enc, &gemm.bind(gpu, &[x, w, logits, &u_fwd]), fwd.groups());
-    let bias_act = Kernel::bias_act(gpu);
-    bias_act.encode(
+    gemm.encode(
         enc,
-        &bias_act.bind(gpu, &[logits, b, &u_bias]),
-        bias.bias_act_groups(),
+        &gemm.bind(gpu, &[x, w, logits, &u_fwd, b]),
+        fwd.groups(),
     );
     let softmax = Kernel::softmax(gpu);
     softmax.encode(
@@ -394,7 +339,7 @@ fn encode_forward(
         &softmax.bind(gpu, &[logits, y, loss, correct, &u_soft]),
         soft.groups(),
     );
-    [u_fwd, u_bias, u_soft]
+    [u_fwd, u_soft]
 }
 
 /// Rewrites a model trained on `(x - mean) / std` as one on raw `x`:
@@ -406,7 +351,7 @@ fn fold_standardisation(
     std: &[f32],
     classes: Vec<f64>,
     feature_columns: Vec<String>,
-) -> LogregModel {
+) -> ClassifierModel {
     let f = mean.len();
     for (c, row) in weight.chunks_mut(f).enumerate() {
         let mut shift = 0f64;
@@ -416,80 +361,17 @@ fn fold_standardisation(
         }
         bias[c] -= shift as f32;
     }
-    LogregModel {
-        weight,
-        bias,
+    ClassifierModel {
+        algorithm: "logreg",
+        layers: vec![Dense {
+            inputs: f,
+            outputs: bias.len(),
+            weight,
+            bias,
+        }],
+        activation: Activation::Identity,
+        input_scaling: None,
         classes,
         feature_columns,
-    }
-}
-
-/// A model's weights resident on the GPU, ready for repeated inference.
-pub struct GpuLogreg {
-    pub model: LogregModel,
-    /// The training parameters recorded with the model (its `label_column`, for inference).
-    pub params: Value,
-    w: wgpu::Buffer,
-    b: wgpu::Buffer,
-    /// Placeholders for the softmax's label, loss and correctness bindings, unused when
-    /// predicting.
-    unused_labels: wgpu::Buffer,
-    unused: wgpu::Buffer,
-}
-
-impl GpuLogreg {
-    pub fn upload(gpu: &Gpu, model: LogregModel, params: Value) -> Self {
-        let w = gpu.upload("weight", &model.weight);
-        let b = gpu.upload("bias", &model.bias);
-        let unused_labels = gpu.upload::<u32>("labels", &[]);
-        let unused = gpu.zeros("unused", 1);
-        Self {
-            model,
-            params,
-            w,
-            b,
-            unused_labels,
-            unused,
-        }
-    }
-
-    /// Class probabilities, `rows × classes`, for raw feature rows.
-    pub fn predict(&self, gpu: &Gpu, x: &Matrix) -> Result<Vec<f32>, JobError> {
-        let (n, f, k) = (x.rows, self.model.n_features(), self.model.n_classes());
-        if x.cols != f {
-            return Err(JobError::fatal(
-                "shape_mismatch",
-                format!("input rows have {} features; the model takes {f}", x.cols),
-            ));
-        }
-        let limit = gpu.max_binding_bytes() as usize;
-        let chunk = chunk_rows(gpu, k, n).min((limit / (4 * f)).max(1));
-        let logits = gpu.zeros("logits", chunk * k);
-        let mut out = Vec::with_capacity(n * k);
-        for off in (0..n).step_by(chunk) {
-            let rows = chunk.min(n - off);
-            let x_buf = gpu.upload("features", &x.data[off * f..(off + rows) * f]);
-            let mut enc = gpu.encoder();
-            let _keep = encode_forward(
-                gpu,
-                &mut enc,
-                &x_buf,
-                0,
-                &self.w,
-                &self.b,
-                &logits,
-                &self.unused_labels,
-                &self.unused,
-                &self.unused,
-                rows,
-                f,
-                k,
-                0,
-                SoftmaxMode::Probabilities,
-            );
-            gpu.submit(enc);
-            out.extend(gpu.read(&logits, rows * k).map_err(gpu_lost)?);
-        }
-        Ok(out)
     }
 }

@@ -1,7 +1,20 @@
-//! The algorithms gpuq trains and runs, and what a running job can report or be told.
+//! The algorithms gpuq trains and runs, what a running job can report or be told, and the
+//! shapes every algorithm shares: a trained artifact, a loaded model, an inference result.
 
+pub mod anomaly;
+pub mod classifier;
+pub mod kmeans;
+pub mod knn;
+pub mod linalg;
 pub mod logreg;
+pub mod mlp;
 
+use crate::artifact::Artifact;
+use crate::gpu::{Gpu, GpuError};
+use gpuq_shared::dataset::Table;
+use gpuq_shared::params::{AnomalyParams, KmeansParams, KnnParams, LogregParams, MlpParams};
+use gpuq_shared::{Algorithm, JobError};
+use serde_json::{Map, Value, json};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio_util::sync::CancellationToken;
@@ -46,6 +59,18 @@ impl Control {
     pub fn should_stop(&self) -> bool {
         self.stop.load(Ordering::Relaxed) || self.abort.is_cancelled()
     }
+
+    /// `Err(stopped)` once the job must stop; training loops call it between batches.
+    pub fn check(&self) -> Result<(), JobError> {
+        if self.should_stop() {
+            Err(JobError::fatal(
+                "stopped",
+                "the job was canceled or its lease lost",
+            ))
+        } else {
+            Ok(())
+        }
+    }
 }
 
 /// Formats a class label the way it came in: `3` rather than `3.0`.
@@ -55,4 +80,164 @@ pub fn label_text(v: f64) -> String {
     } else {
         format!("{v}")
     }
+}
+
+pub fn gpu_lost(e: GpuError) -> JobError {
+    JobError::transient("gpu_error", e.to_string())
+}
+
+pub fn too_large(what: &str, bytes: u64, limit: u64) -> JobError {
+    JobError::fatal(
+        "input_too_large",
+        format!("{what} needs {bytes} bytes in one GPU binding; this device allows {limit}"),
+    )
+}
+
+/// Refuses any buffer (given as a count of 4-byte elements) past the device's binding limit.
+pub fn check_bindings(gpu: &Gpu, buffers: &[(&str, usize)]) -> Result<(), JobError> {
+    let limit = gpu.max_binding_bytes();
+    for &(what, len) in buffers {
+        if (len as u64) * 4 > limit || len > u32::MAX as usize {
+            return Err(too_large(what, len as u64 * 4, limit));
+        }
+    }
+    Ok(())
+}
+
+/// A finished training run: the artifact to store and what the model row records.
+pub struct Trained {
+    pub artifact: Vec<u8>,
+    pub n_features: usize,
+    /// Classes (clusters for k-means; 0 for anomaly detectors).
+    pub n_classes: usize,
+    pub metrics: Value,
+}
+
+/// Trains `algorithm` on `table` with its (already normalised) `params`.
+pub fn train(
+    algorithm: Algorithm,
+    gpu: &Gpu,
+    table: Table,
+    params: &Value,
+    ctl: &Control,
+) -> Result<Trained, JobError> {
+    let invalid =
+        |e: gpuq_shared::params::ParamError| JobError::fatal("invalid_params", e.to_string());
+    match algorithm {
+        Algorithm::Logreg => logreg::train(
+            gpu,
+            table,
+            &LogregParams::parse(params).map_err(invalid)?,
+            ctl,
+        ),
+        Algorithm::Mlp => mlp::train(gpu, table, &MlpParams::parse(params).map_err(invalid)?, ctl),
+        Algorithm::Kmeans => kmeans::train(
+            gpu,
+            table,
+            &KmeansParams::parse(params).map_err(invalid)?,
+            ctl,
+        ),
+        Algorithm::Knn => knn::train(table, &KnnParams::parse(params).map_err(invalid)?),
+        Algorithm::Anomaly => {
+            anomaly::train(table, &AnomalyParams::parse(params).map_err(invalid)?)
+        }
+    }
+}
+
+/// A model resident on the GPU.
+pub enum LoadedModel {
+    Classifier(classifier::GpuClassifier),
+    Kmeans(kmeans::GpuKmeans),
+    Knn(knn::GpuKnn),
+    Anomaly(anomaly::GpuAnomaly),
+}
+
+impl LoadedModel {
+    /// Parses an artifact and uploads what inference needs.
+    pub fn load(gpu: &Gpu, bytes: &[u8]) -> Result<Self, JobError> {
+        let a = Artifact::parse(bytes)?;
+        Ok(match a.algorithm() {
+            "kmeans" => Self::Kmeans(kmeans::GpuKmeans::load(gpu, &a)?),
+            "knn" => Self::Knn(knn::GpuKnn::load(gpu, &a)?),
+            "anomaly" => Self::Anomaly(anomaly::GpuAnomaly::load(gpu, &a)?),
+            _ => Self::Classifier(classifier::GpuClassifier::upload(
+                gpu,
+                classifier::ClassifierModel::from_artifact(&a)?,
+            )),
+        })
+    }
+
+    pub fn n_features(&self) -> usize {
+        match self {
+            Self::Classifier(m) => m.model.n_features(),
+            Self::Kmeans(m) => m.n_features(),
+            Self::Knn(m) => m.n_features(),
+            Self::Anomaly(m) => m.n_features(),
+        }
+    }
+
+    /// Runs the model over `table`; `rows_json` asks for one JSON object per row as well.
+    pub fn infer(&self, gpu: &Gpu, table: &Table, rows_json: bool) -> Result<Inference, JobError> {
+        let f = self.n_features();
+        if table.features.cols != f {
+            return Err(JobError::fatal(
+                "shape_mismatch",
+                format!(
+                    "input rows have {} features; the model takes {f}",
+                    table.features.cols
+                ),
+            ));
+        }
+        match self {
+            Self::Classifier(m) => m.infer(gpu, table, rows_json),
+            Self::Kmeans(m) => m.infer(gpu, table, rows_json),
+            Self::Knn(m) => m.infer(gpu, table, rows_json),
+            Self::Anomaly(m) => m.infer(gpu, table, rows_json),
+        }
+    }
+}
+
+/// What inference produced: a CSV with one row per input row, optionally the same rows as
+/// JSON, and a summary (metrics over the whole input) for the job's result.
+pub struct Inference {
+    pub csv: String,
+    pub rows: Vec<Value>,
+    pub summary: Map<String, Value>,
+}
+
+impl Inference {
+    pub fn new(columns: Vec<String>) -> Self {
+        let mut csv = columns.join(",");
+        csv.push('\n');
+        Self {
+            csv,
+            rows: Vec::new(),
+            summary: Map::new(),
+        }
+    }
+
+    pub fn push_csv(&mut self, cells: &[String]) {
+        for (i, c) in cells.iter().enumerate() {
+            if i > 0 {
+                self.csv.push(',');
+            }
+            self.csv.push_str(c);
+        }
+        self.csv.push('\n');
+    }
+}
+
+/// `accuracy` and `error_rate` of predicted labels against the input's own labels.
+pub fn accuracy_summary(predicted: &[f64], truth: &[f32]) -> Map<String, Value> {
+    let right = predicted
+        .iter()
+        .zip(truth)
+        .filter(|(p, t)| **p == **t as f64)
+        .count();
+    let n = predicted.len().max(1) as f64;
+    let mut m = Map::new();
+    m.insert("accuracy".into(), json!(right as f64 / n));
+    m.insert("error_rate".into(), json!(1.0 - right as f64 / n));
+    m.insert("labelled_rows".into(), json!(predicted.len()));
+    m
 }

@@ -1,0 +1,433 @@
+//! One-class anomaly detectors from keystroke-dynamics research (Killourhy & Maxion, "Comparing
+//! Anomaly-Detection Algorithms for Keystroke Dynamics", DSN 2009). Trained on one user's
+//! genuine samples; inference scores new samples, higher = more anomalous:
+//! - `scaled_manhattan`: Σ |x − μ| / a, a the mean absolute deviation of each feature;
+//! - `zscore`: how many features have |x − μ| / σ above `z_threshold`;
+//! - `mahalanobis`: √((x − μ)ᵀ S⁺ (x − μ)), S the sample covariance, S⁺ its pseudo-inverse;
+//! - `nearest_neighbor_mahalanobis`: the Mahalanobis distance to the nearest training sample.
+//!
+//! The Mahalanobis forms whiten on the GPU: `z = (x − μ) W` with `W Wᵀ = S⁺` (a GEMM), then a
+//! row norm or a nearest-neighbour search among the whitened training samples. With a `label`
+//! column at inference (1 genuine, 0 impostor) the result adds the equal-error rate and the
+//! zero-miss false-alarm rate.
+
+use super::linalg;
+use super::{Inference, Trained, gpu_lost};
+use crate::artifact::{self, Artifact, Tensor};
+use crate::gpu::Gpu;
+use crate::gpu::gemm::GemmParams;
+use crate::gpu::kernels::Kernel;
+use crate::gpu::neighbors::{KnnParams as KnnShape, Metric, ScoreMode, ScoreParams};
+use gpuq_shared::JobError;
+use gpuq_shared::dataset::Table;
+use gpuq_shared::params::AnomalyParams;
+use serde_json::json;
+
+/// Eigenvalues at most 1e-10 λ_max count as zero (a rank-deficient covariance, such as timing
+/// features where one is the sum of two others, has its null space at ~1e-16 λ_max).
+const PINV_RCOND: f64 = 1e-10;
+/// Covariance work is on the host: beyond this many features it is refused.
+const MAX_MAHALANOBIS_FEATURES: usize = 2048;
+
+pub fn train(table: Table, p: &AnomalyParams) -> Result<Trained, JobError> {
+    let x = table.features;
+    let (n, f) = (x.rows, x.cols);
+    if n < 2 {
+        return Err(JobError::invalid_input(
+            "an anomaly detector needs at least two genuine samples",
+        ));
+    }
+    let mean = linalg::means(&x.data, f);
+    let mean32: Vec<f32> = mean.iter().map(|&m| m as f32).collect();
+    let mut tensors_f32: Vec<(&str, Vec<usize>, Vec<f32>)> = vec![("mean", vec![f], mean32)];
+    match p.method {
+        "scaled_manhattan" | "zscore" => {
+            let scale: Vec<f32> = (0..f)
+                .map(|j| {
+                    let col = x.data.chunks(f).map(|r| r[j] as f64 - mean[j]);
+                    let s = if p.method == "zscore" {
+                        (col.map(|d| d * d).sum::<f64>() / (n - 1) as f64).sqrt()
+                    } else {
+                        col.map(f64::abs).sum::<f64>() / n as f64
+                    };
+                    if s > 0.0 { s as f32 } else { 1.0 }
+                })
+                .collect();
+            tensors_f32.push(("scale", vec![f], scale));
+        }
+        _ => {
+            if f > MAX_MAHALANOBIS_FEATURES {
+                return Err(JobError::fatal(
+                    "input_too_large",
+                    format!(
+                        "{f} features: the Mahalanobis detectors take at most {MAX_MAHALANOBIS_FEATURES}"
+                    ),
+                ));
+            }
+            let cov = linalg::covariance(&x.data, f, &mean);
+            let w = linalg::whitening(&cov, f, PINV_RCOND);
+            let r = w.len() / f;
+            if p.method == "nearest_neighbor_mahalanobis" {
+                let refs: Vec<f32> = x
+                    .data
+                    .chunks(f)
+                    .flat_map(|row| {
+                        let (w, mean) = (&w, &mean);
+                        (0..r).map(move |c| {
+                            (0..f)
+                                .map(|j| (row[j] as f64 - mean[j]) * w[j * r + c])
+                                .sum::<f64>() as f32
+                        })
+                    })
+                    .collect();
+                tensors_f32.push(("references", vec![n, r], refs));
+            }
+            tensors_f32.push((
+                "whitening",
+                vec![f, r],
+                w.iter().map(|&v| v as f32).collect(),
+            ));
+        }
+    }
+    let tensors: Vec<Tensor> = tensors_f32
+        .iter()
+        .map(|(name, shape, data)| Tensor::F32(name, shape.clone(), data))
+        .collect();
+    let artifact = artifact::write(
+        "anomaly",
+        &tensors,
+        &[
+            ("method", json!(p.method)),
+            ("z_threshold", json!(p.z_threshold)),
+            ("feature_columns", json!(x.columns)),
+        ],
+    );
+    Ok(Trained {
+        artifact,
+        n_features: f,
+        n_classes: 0,
+        metrics: json!({ "rows": n, "features": f, "method": p.method }),
+    })
+}
+
+enum Detector {
+    /// Scaled Manhattan or z-score: the score kernel against center and scale.
+    Scaled {
+        mode: ScoreMode,
+        center: wgpu::Buffer,
+        scale: wgpu::Buffer,
+        threshold: f32,
+    },
+    /// Whitening `W` (f × r); with `references` (whitened training rows) the nearest one.
+    Whitened {
+        w: wgpu::Buffer,
+        rank: usize,
+        references: Option<(wgpu::Buffer, usize)>,
+    },
+}
+
+pub struct GpuAnomaly {
+    method: String,
+    mean: Vec<f32>,
+    detector: Detector,
+    feature_columns: Vec<String>,
+}
+
+impl GpuAnomaly {
+    pub fn load(gpu: &Gpu, a: &Artifact) -> Result<Self, JobError> {
+        let feature_columns: Vec<String> = a.meta("feature_columns")?;
+        let method: String = a.meta("method")?;
+        let f = feature_columns.len();
+        let mean = a.f32("mean", &[f])?;
+        let detector = match method.as_str() {
+            "scaled_manhattan" | "zscore" => Detector::Scaled {
+                mode: if method == "zscore" {
+                    ScoreMode::ZScoreCount
+                } else {
+                    ScoreMode::ScaledManhattan
+                },
+                center: gpu.upload("center", &mean),
+                scale: gpu.upload("scale", &a.f32("scale", &[f])?),
+                threshold: a.meta::<f64>("z_threshold")? as f32,
+            },
+            "mahalanobis" | "nearest_neighbor_mahalanobis" => {
+                let rank = a.shape("whitening")?.get(1).copied().unwrap_or(0);
+                let w = a.f32("whitening", &[f, rank])?;
+                let references = if method == "mahalanobis" {
+                    None
+                } else {
+                    let n = a.shape("references")?.first().copied().unwrap_or(0);
+                    let refs = a.f32("references", &[n, rank])?;
+                    if n == 0 {
+                        return Err(artifact::corrupt("no reference samples"));
+                    }
+                    Some((gpu.upload("references", &refs), n))
+                };
+                Detector::Whitened {
+                    w: gpu.upload("whitening", &w),
+                    rank,
+                    references,
+                }
+            }
+            other => return Err(artifact::corrupt(format!("unknown method {other}"))),
+        };
+        Ok(Self {
+            method,
+            mean,
+            detector,
+            feature_columns,
+        })
+    }
+
+    pub fn n_features(&self) -> usize {
+        self.feature_columns.len()
+    }
+
+    /// The anomaly score of every row.
+    pub fn scores(&self, gpu: &Gpu, x: &[f32], n: usize) -> Result<Vec<f32>, JobError> {
+        let f = self.n_features();
+        let width = match &self.detector {
+            Detector::Scaled { .. } => f,
+            Detector::Whitened { rank, .. } => f.max(*rank),
+        };
+        let chunk = n
+            .min(gpu.max_binding_bytes() as usize / (4 * width.max(1)))
+            .clamp(1, 1 << 14);
+        let mut out = Vec::with_capacity(n);
+        let score = gpu.zeros("scores", chunk);
+        for off in (0..n).step_by(chunk) {
+            let rows = chunk.min(n - off);
+            let slice = &x[off * f..(off + rows) * f];
+            let mut enc = gpu.encoder();
+            let mut keep = Vec::new();
+            let result = match &self.detector {
+                Detector::Scaled {
+                    mode,
+                    center,
+                    scale,
+                    threshold,
+                } => {
+                    let xb = gpu.upload("features", slice);
+                    encode_scores(
+                        gpu,
+                        &mut enc,
+                        &xb,
+                        center,
+                        scale,
+                        &score,
+                        ScoreParams::new(rows, f, *mode, *threshold),
+                        &mut keep,
+                    );
+                    keep.push(xb);
+                    &score
+                }
+                Detector::Whitened {
+                    w,
+                    rank,
+                    references,
+                } => {
+                    // Centre on the host (exact enough in f32), whiten on the GPU.
+                    let centred: Vec<f32> = slice
+                        .chunks(f)
+                        .flat_map(|row| row.iter().zip(&self.mean).map(|(v, m)| v - m))
+                        .collect();
+                    let xb = gpu.upload("features", &centred);
+                    let z = gpu.zeros("whitened", rows * rank.max(&1));
+                    let p = GemmParams::new(rows, *rank, f, false, false);
+                    let u = gpu.uniform(&p);
+                    let gemm = Kernel::gemm(gpu);
+                    gemm.encode(&mut enc, &gemm.bind(gpu, &[&xb, w, &z, &u, w]), p.groups());
+                    keep.extend([xb, u]);
+                    match references {
+                        None => {
+                            let unused = gpu.zeros("unused", 1);
+                            encode_scores(
+                                gpu,
+                                &mut enc,
+                                &z,
+                                &unused,
+                                &unused,
+                                &score,
+                                ScoreParams::new(rows, *rank, ScoreMode::Norm, 0.0),
+                                &mut keep,
+                            );
+                            keep.extend([z, unused]);
+                            &score
+                        }
+                        Some((refs, n_refs)) => {
+                            let shape =
+                                KnnShape::new(rows, *n_refs, *rank, 1, Metric::SquaredEuclidean);
+                            let idx = gpu.zeros("nearest", rows);
+                            let u = gpu.uniform(&shape);
+                            let knn = Kernel::knn(gpu);
+                            knn.encode(
+                                &mut enc,
+                                &knn.bind(gpu, &[&z, refs, &score, &idx, &u]),
+                                shape.groups(),
+                            );
+                            keep.extend([z, idx, u]);
+                            &score
+                        }
+                    }
+                }
+            };
+            gpu.submit(enc);
+            let mut s = gpu.read(result, rows).map_err(gpu_lost)?;
+            if matches!(
+                self.detector,
+                Detector::Whitened {
+                    references: Some(_),
+                    ..
+                }
+            ) {
+                s.iter_mut().for_each(|v| *v = v.max(0.0).sqrt());
+            }
+            out.extend(s);
+        }
+        Ok(out)
+    }
+
+    /// `score` per row; with labels, the equal-error and zero-miss false-alarm rates.
+    pub fn infer(&self, gpu: &Gpu, table: &Table, rows_json: bool) -> Result<Inference, JobError> {
+        let x = &table.features;
+        let scores = self.scores(gpu, &x.data, x.rows)?;
+        let mut inf = Inference::new(vec!["score".into()]);
+        for s in &scores {
+            inf.push_csv(&[s.to_string()]);
+            if rows_json {
+                inf.rows.push(json!({ "score": s }));
+            }
+        }
+        inf.summary.insert("method".into(), json!(self.method));
+        if let Some(labels) = &table.labels {
+            let genuine = labels
+                .iter()
+                .map(|&l| match l {
+                    1.0 => Ok(true),
+                    0.0 => Ok(false),
+                    other => Err(JobError::invalid_input(format!(
+                        "label {other}: anomaly labels are 1 (genuine) or 0 (impostor)"
+                    ))),
+                })
+                .collect::<Result<Vec<bool>, _>>()?;
+            let rates = ErrorRates::of(&scores, &genuine);
+            inf.summary
+                .insert("genuine_rows".into(), json!(rates.genuine));
+            inf.summary
+                .insert("impostor_rows".into(), json!(rates.impostors));
+            inf.summary
+                .insert("equal_error_rate".into(), json!(rates.eer));
+            inf.summary.insert(
+                "zero_miss_false_alarm_rate".into(),
+                json!(rates.zero_miss_far),
+            );
+        }
+        Ok(inf)
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn encode_scores(
+    gpu: &Gpu,
+    enc: &mut wgpu::CommandEncoder,
+    x: &wgpu::Buffer,
+    center: &wgpu::Buffer,
+    scale: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+    p: ScoreParams,
+    keep: &mut Vec<wgpu::Buffer>,
+) {
+    let u = gpu.uniform(&p);
+    let k = Kernel::anomaly_score(gpu);
+    k.encode(enc, &k.bind(gpu, &[x, center, scale, out, &u]), p.groups());
+    keep.push(u);
+}
+
+/// Detection error rates of anomaly scores, an alarm being `score > threshold`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ErrorRates {
+    pub genuine: usize,
+    pub impostors: usize,
+    /// At the threshold where false alarms and misses are closest: their mean (the smaller
+    /// mean among equally close thresholds).
+    pub eer: Option<f64>,
+    /// The false-alarm rate of the highest threshold that still misses no impostor.
+    pub zero_miss_far: Option<f64>,
+}
+
+impl ErrorRates {
+    pub fn of(scores: &[f32], genuine: &[bool]) -> Self {
+        let g: Vec<f64> = scores
+            .iter()
+            .zip(genuine)
+            .filter(|(_, g)| **g)
+            .map(|(s, _)| *s as f64)
+            .collect();
+        let i: Vec<f64> = scores
+            .iter()
+            .zip(genuine)
+            .filter(|(_, g)| !**g)
+            .map(|(s, _)| *s as f64)
+            .collect();
+        let (ng, ni) = (g.len(), i.len());
+        if ng == 0 || ni == 0 {
+            return Self {
+                genuine: ng,
+                impostors: ni,
+                eer: None,
+                zero_miss_far: None,
+            };
+        }
+        let mut thresholds: Vec<f64> = scores.iter().map(|&s| s as f64).collect();
+        thresholds.sort_by(f64::total_cmp);
+        thresholds.dedup();
+        thresholds.insert(0, f64::NEG_INFINITY);
+        let mut best = (f64::INFINITY, f64::INFINITY);
+        for t in thresholds {
+            let fa = g.iter().filter(|&&s| s > t).count() as f64 / ng as f64;
+            let miss = i.iter().filter(|&&s| s <= t).count() as f64 / ni as f64;
+            let key = ((fa - miss).abs(), (fa + miss) / 2.0);
+            if key.0 < best.0 || (key.0 == best.0 && key.1 < best.1) {
+                best = key;
+            }
+        }
+        let min_impostor = i.iter().copied().fold(f64::INFINITY, f64::min);
+        let zero_miss = g.iter().filter(|&&s| s >= min_impostor).count() as f64 / ng as f64;
+        Self {
+            genuine: ng,
+            impostors: ni,
+            eer: Some(best.1),
+            zero_miss_far: Some(zero_miss),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn separable_scores_have_zero_error() {
+        let r = ErrorRates::of(&[0.1, 0.2, 0.9, 1.0], &[true, true, false, false]);
+        assert_eq!(r.eer, Some(0.0));
+        assert_eq!(r.zero_miss_far, Some(0.0));
+    }
+
+    #[test]
+    fn overlapping_scores_meet_in_the_middle() {
+        // Genuine 1,2,3,4; impostors 3.5,5,6,7. At t = 3.5: FA = 1/4 (4), miss = 1/4 (3.5).
+        let r = ErrorRates::of(
+            &[1.0, 2.0, 3.0, 4.0, 3.5, 5.0, 6.0, 7.0],
+            &[true, true, true, true, false, false, false, false],
+        );
+        assert_eq!(r.eer, Some(0.25));
+        // No miss needs t < 3.5: genuine 4 alarms → 1/4.
+        assert_eq!(r.zero_miss_far, Some(0.25));
+    }
+
+    #[test]
+    fn one_sided_labels_have_no_rates() {
+        let r = ErrorRates::of(&[1.0, 2.0], &[true, true]);
+        assert_eq!((r.eer, r.zero_miss_far), (None, None));
+    }
+}

@@ -1,0 +1,351 @@
+//! A trained classifier — logistic regression or a multilayer perceptron — as a stack of dense
+//! layers, its safetensors form, and its inference on the GPU.
+//!
+//! The artifact holds `0.weight`, `0.bias`, `2.weight`, … (out × in, float32): the keys of
+//! `torch.nn.Sequential(Linear, ReLU|Tanh, Linear, …)`, so `load_state_dict` takes it as is.
+//! Metadata (JSON values): `classes` (the label of each output), `feature_columns`,
+//! `activation`, and `input_mean`/`input_std` when inputs must be scaled as
+//! `(x - input_mean) / input_std` before the first layer.
+
+use super::{Inference, accuracy_summary, gpu_lost, label_text};
+use crate::artifact::{self, Artifact, Tensor};
+use crate::gpu::Gpu;
+use crate::gpu::gemm::GemmParams;
+use crate::gpu::kernels::{Activation, Kernel, SoftmaxMode, SoftmaxParams};
+use gpuq_shared::JobError;
+use gpuq_shared::dataset::{Matrix, Table};
+use serde_json::{Value, json};
+
+/// One `Linear(in, out)`: `weight` is out × in, row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dense {
+    pub weight: Vec<f32>,
+    pub bias: Vec<f32>,
+    pub inputs: usize,
+    pub outputs: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClassifierModel {
+    /// `gpuq_algorithm`: `logreg` or `mlp`.
+    pub algorithm: &'static str,
+    pub layers: Vec<Dense>,
+    /// Between hidden layers (none after the last).
+    pub activation: Activation,
+    /// Input scaling `(x - mean) / std`, when the model needs it.
+    pub input_scaling: Option<(Vec<f32>, Vec<f32>)>,
+    /// The label value of each output.
+    pub classes: Vec<f64>,
+    pub feature_columns: Vec<String>,
+}
+
+pub fn activation_name(a: Activation) -> &'static str {
+    match a {
+        Activation::Relu => "relu",
+        Activation::Tanh => "tanh",
+        Activation::Identity => "identity",
+    }
+}
+
+pub fn activation_from_name(name: &str) -> Option<Activation> {
+    match name {
+        "relu" => Some(Activation::Relu),
+        "tanh" => Some(Activation::Tanh),
+        "identity" => Some(Activation::Identity),
+        _ => None,
+    }
+}
+
+impl ClassifierModel {
+    pub fn n_features(&self) -> usize {
+        self.feature_columns.len()
+    }
+    pub fn n_classes(&self) -> usize {
+        self.classes.len()
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let names: Vec<(String, String)> = (0..self.layers.len())
+            .map(|l| (format!("{}.weight", 2 * l), format!("{}.bias", 2 * l)))
+            .collect();
+        let mut tensors = Vec::new();
+        for (layer, (w, b)) in self.layers.iter().zip(&names) {
+            tensors.push(Tensor::F32(
+                w,
+                vec![layer.outputs, layer.inputs],
+                &layer.weight,
+            ));
+            tensors.push(Tensor::F32(b, vec![layer.outputs], &layer.bias));
+        }
+        let hidden: Vec<usize> = self.layers[..self.layers.len() - 1]
+            .iter()
+            .map(|l| l.outputs)
+            .collect();
+        let mut meta = vec![
+            ("classes", json!(self.classes)),
+            ("feature_columns", json!(self.feature_columns)),
+            ("activation", json!(activation_name(self.activation))),
+            ("hidden", json!(hidden)),
+        ];
+        if let Some((mean, std)) = &self.input_scaling {
+            meta.push(("input_mean", json!(mean)));
+            meta.push(("input_std", json!(std)));
+        }
+        artifact::write(self.algorithm, &tensors, &meta)
+    }
+
+    pub fn from_artifact(a: &Artifact) -> Result<Self, JobError> {
+        let algorithm = match a.algorithm() {
+            "mlp" => "mlp",
+            _ => "logreg",
+        };
+        let classes: Vec<f64> = a.meta("classes")?;
+        let feature_columns: Vec<String> = a.meta("feature_columns")?;
+        let activation = match a.meta::<String>("activation") {
+            Ok(name) => activation_from_name(&name)
+                .ok_or_else(|| artifact::corrupt(format!("unknown activation {name}")))?,
+            Err(_) => Activation::Identity,
+        };
+        let mut layers = Vec::new();
+        let mut inputs = feature_columns.len();
+        while a.has(&format!("{}.weight", 2 * layers.len())) {
+            let l = 2 * layers.len();
+            let shape = a.shape(&format!("{l}.weight"))?;
+            let outputs = shape.first().copied().unwrap_or(0);
+            layers.push(Dense {
+                weight: a.f32(&format!("{l}.weight"), &[outputs, inputs])?,
+                bias: a.f32(&format!("{l}.bias"), &[outputs])?,
+                inputs,
+                outputs,
+            });
+            inputs = outputs;
+        }
+        if layers.is_empty() || inputs != classes.len() {
+            return Err(artifact::corrupt(
+                "the layers do not end in one output per class",
+            ));
+        }
+        let input_scaling = match (
+            a.meta::<Vec<f32>>("input_mean"),
+            a.meta::<Vec<f32>>("input_std"),
+        ) {
+            (Ok(m), Ok(s)) if m.len() == feature_columns.len() && s.len() == m.len() => {
+                Some((m, s))
+            }
+            (Err(_), Err(_)) => None,
+            _ => {
+                return Err(artifact::corrupt(
+                    "input_mean/input_std do not fit the features",
+                ));
+            }
+        };
+        Ok(Self {
+            algorithm,
+            layers,
+            activation,
+            input_scaling,
+            classes,
+            feature_columns,
+        })
+    }
+}
+
+/// A classifier's layers resident on the GPU, ready for repeated inference.
+pub struct GpuClassifier {
+    pub model: ClassifierModel,
+    weights: Vec<(wgpu::Buffer, wgpu::Buffer)>,
+    /// Placeholders for the softmax's label, loss and correctness bindings.
+    unused_labels: wgpu::Buffer,
+    unused: wgpu::Buffer,
+}
+
+impl GpuClassifier {
+    pub fn upload(gpu: &Gpu, model: ClassifierModel) -> Self {
+        let weights = model
+            .layers
+            .iter()
+            .map(|l| (gpu.upload("weight", &l.weight), gpu.upload("bias", &l.bias)))
+            .collect();
+        Self {
+            model,
+            weights,
+            unused_labels: gpu.upload::<u32>("labels", &[]),
+            unused: gpu.zeros("unused", 1),
+        }
+    }
+
+    /// Class probabilities, `rows × classes`, for raw feature rows.
+    pub fn predict(&self, gpu: &Gpu, x: &Matrix) -> Result<Vec<f32>, JobError> {
+        let (n, f, k) = (x.rows, self.model.n_features(), self.model.n_classes());
+        if x.cols != f {
+            return Err(JobError::fatal(
+                "shape_mismatch",
+                format!("input rows have {} features; the model takes {f}", x.cols),
+            ));
+        }
+        let widest = self
+            .model
+            .layers
+            .iter()
+            .map(|l| l.outputs.max(l.inputs))
+            .max()
+            .unwrap_or(1);
+        let limit = gpu.max_binding_bytes() as usize;
+        let chunk = n.min(limit / (4 * widest)).clamp(1, 1 << 16);
+        let mut acts: Vec<wgpu::Buffer> = self
+            .model
+            .layers
+            .iter()
+            .map(|l| gpu.zeros("activations", chunk * l.outputs))
+            .collect();
+        let mut out = Vec::with_capacity(n * k);
+        for off in (0..n).step_by(chunk) {
+            let rows = chunk.min(n - off);
+            let mut slice = x.data[off * f..(off + rows) * f].to_vec();
+            if let Some((mean, std)) = &self.model.input_scaling {
+                for row in slice.chunks_mut(f) {
+                    for j in 0..f {
+                        row[j] = (row[j] - mean[j]) / std[j];
+                    }
+                }
+            }
+            let x_buf = gpu.upload("features", &slice);
+            let mut enc = gpu.encoder();
+            let mut keep = Vec::new();
+            let gemm = Kernel::gemm(gpu);
+            let last = self.model.layers.len() - 1;
+            for (l, layer) in self.model.layers.iter().enumerate() {
+                let act = if l == last {
+                    Activation::Identity
+                } else {
+                    self.model.activation
+                };
+                let p = GemmParams::new(rows, layer.outputs, layer.inputs, false, true)
+                    .with_epilogue(true, act);
+                let u = gpu.uniform(&p);
+                let input = if l == 0 { &x_buf } else { &acts[l - 1] };
+                let (w, b) = &self.weights[l];
+                gemm.encode(
+                    &mut enc,
+                    &gemm.bind(gpu, &[input, w, &acts[l], &u, b]),
+                    p.groups(),
+                );
+                keep.push(u);
+            }
+            let soft = SoftmaxParams::new(rows, k, 0, SoftmaxMode::Probabilities);
+            let u = gpu.uniform(&soft);
+            let softmax = Kernel::softmax(gpu);
+            softmax.encode(
+                &mut enc,
+                &softmax.bind(
+                    gpu,
+                    &[
+                        &acts[last],
+                        &self.unused_labels,
+                        &self.unused,
+                        &self.unused,
+                        &u,
+                    ],
+                ),
+                soft.groups(),
+            );
+            gpu.submit(enc);
+            out.extend(gpu.read(&acts[last], rows * k).map_err(gpu_lost)?);
+        }
+        acts.clear();
+        Ok(out)
+    }
+
+    /// `label,p0..p{k-1}` per row; with labels in the input, accuracy in the summary.
+    pub fn infer(&self, gpu: &Gpu, table: &Table, rows_json: bool) -> Result<Inference, JobError> {
+        let probs = self.predict(gpu, &table.features)?;
+        let k = self.model.n_classes();
+        let classes = &self.model.classes;
+        let labels: Vec<f64> = probs.chunks(k).map(|p| classes[argmax(p)]).collect();
+        let mut columns = vec!["label".to_string()];
+        columns.extend((0..k).map(|c| format!("p{c}")));
+        let mut inf = Inference::new(columns);
+        for (l, p) in labels.iter().zip(probs.chunks(k)) {
+            let mut cells = vec![label_text(*l)];
+            cells.extend(p.iter().map(|v| v.to_string()));
+            inf.push_csv(&cells);
+            if rows_json {
+                inf.rows.push(json!({ "label": l, "p": p }));
+            }
+        }
+        inf.summary.insert("classes".into(), json!(classes));
+        if let Some(truth) = &table.labels {
+            inf.summary.extend(accuracy_summary(&labels, truth));
+        }
+        Ok(inf)
+    }
+}
+
+pub fn argmax(p: &[f32]) -> usize {
+    p.iter()
+        .enumerate()
+        .fold(0, |best, (i, &v)| if v > p[best] { i } else { best })
+}
+
+/// Metrics of a classifier, shared by the training paths.
+pub fn training_metrics(loss: f64, accuracy: f64, rows: usize, model: &ClassifierModel) -> Value {
+    json!({
+        "final_loss": loss,
+        "train_accuracy": accuracy,
+        "rows": rows,
+        "features": model.n_features(),
+        "classes": model.n_classes(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model(hidden: usize) -> ClassifierModel {
+        ClassifierModel {
+            algorithm: "mlp",
+            layers: vec![
+                Dense {
+                    weight: vec![1.0, -2.0, 0.5, 3.0, 0.0, 1.5][..hidden * 3].to_vec(),
+                    bias: vec![0.25; hidden],
+                    inputs: 3,
+                    outputs: hidden,
+                },
+                Dense {
+                    weight: vec![0.5; 2 * hidden],
+                    bias: vec![-0.25, 0.25],
+                    inputs: hidden,
+                    outputs: 2,
+                },
+            ],
+            activation: Activation::Tanh,
+            input_scaling: Some((vec![1.0, 2.0, 3.0], vec![0.5, 1.0, 2.0])),
+            classes: vec![0.0, 7.0],
+            feature_columns: vec!["a".into(), "b".into(), "c".into()],
+        }
+    }
+
+    #[test]
+    fn a_classifier_round_trips_through_safetensors_with_torch_keys() {
+        let m = model(2);
+        let bytes = m.to_bytes();
+        let a = Artifact::parse(&bytes).unwrap();
+        assert_eq!(a.shape("0.weight").unwrap(), vec![2, 3]);
+        assert_eq!(a.shape("2.weight").unwrap(), vec![2, 2]);
+        assert!(!a.has("1.weight"));
+        assert_eq!(ClassifierModel::from_artifact(&a).unwrap(), m);
+    }
+
+    #[test]
+    fn layers_that_do_not_chain_are_model_corrupt() {
+        let mut m = model(2);
+        m.classes.push(9.0);
+        let bytes = m.to_bytes();
+        let a = Artifact::parse(&bytes).unwrap();
+        assert_eq!(
+            ClassifierModel::from_artifact(&a).unwrap_err().code,
+            "model_corrupt"
+        );
+    }
+}

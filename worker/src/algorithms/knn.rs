@@ -1,0 +1,188 @@
+//! k-nearest-neighbour classification. Training validates and stores the reference rows and
+//! their labels; inference finds every query's `k` nearest references in one batched GPU
+//! pass (`shaders/knn.wgsl`) and votes. Ties between equally near references go to the lower
+//! row index; a tied vote goes to the label whose voters are nearer in total, then to the
+//! label of the nearest voter.
+//! Artifact: `references` (rows × features, float32), `label_index` (u32 per row, into the
+//! `classes` metadata), metadata `k`, `metric`, `classes`, `feature_columns`.
+
+use super::logreg::class_indices_any;
+use super::{Inference, Trained, accuracy_summary, check_bindings, gpu_lost, label_text};
+use crate::artifact::{self, Artifact, Tensor};
+use crate::gpu::Gpu;
+use crate::gpu::kernels::Kernel;
+use crate::gpu::neighbors::{KnnParams as Shape, Metric};
+use gpuq_shared::JobError;
+use gpuq_shared::dataset::Table;
+use gpuq_shared::params::KnnParams;
+use serde_json::json;
+
+/// References past this many bytes are refused (they must fit one GPU binding anyway).
+pub fn train(table: Table, p: &KnnParams) -> Result<Trained, JobError> {
+    let labels = table
+        .labels
+        .ok_or_else(|| JobError::invalid_input("training needs a label column"))?;
+    let x = table.features;
+    let (classes, index) = class_indices_any(&labels)?;
+    let (n, f) = (x.rows, x.cols);
+    if (n * f) as u64 * 4 > u32::MAX as u64 {
+        return Err(super::too_large(
+            "the reference rows",
+            (n * f) as u64 * 4,
+            u32::MAX as u64,
+        ));
+    }
+    let artifact = artifact::write(
+        "knn",
+        &[
+            Tensor::F32("references", vec![n, f], &x.data),
+            Tensor::U32("label_index", vec![n], &index),
+        ],
+        &[
+            ("k", json!(p.k)),
+            ("metric", json!(p.metric)),
+            ("classes", json!(classes)),
+            ("feature_columns", json!(x.columns)),
+        ],
+    );
+    let metrics = json!({
+        "rows": n,
+        "features": f,
+        "classes": classes.len(),
+        "k": p.k.min(n as u32),
+        "metric": p.metric,
+    });
+    Ok(Trained {
+        artifact,
+        n_features: f,
+        n_classes: classes.len(),
+        metrics,
+    })
+}
+
+/// References resident on the GPU.
+pub struct GpuKnn {
+    refs: wgpu::Buffer,
+    n_refs: usize,
+    label_index: Vec<u32>,
+    classes: Vec<f64>,
+    k: usize,
+    metric: Metric,
+    feature_columns: Vec<String>,
+}
+
+impl GpuKnn {
+    pub fn load(gpu: &Gpu, a: &Artifact) -> Result<Self, JobError> {
+        let feature_columns: Vec<String> = a.meta("feature_columns")?;
+        let classes: Vec<f64> = a.meta("classes")?;
+        let k: usize = a.meta("k")?;
+        let metric_name: String = a.meta("metric")?;
+        let metric = Metric::parse(&metric_name)
+            .ok_or_else(|| artifact::corrupt(format!("unknown metric {metric_name}")))?;
+        let f = feature_columns.len();
+        let n = a.shape("references")?.first().copied().unwrap_or(0);
+        let refs = a.f32("references", &[n, f])?;
+        let label_index = a.u32("label_index", &[n])?;
+        if n == 0 || label_index.iter().any(|&c| c as usize >= classes.len()) {
+            return Err(artifact::corrupt("labels out of range or no references"));
+        }
+        check_bindings(gpu, &[("the reference rows", n * f)])?;
+        Ok(Self {
+            refs: gpu.upload("references", &refs),
+            n_refs: n,
+            label_index,
+            classes,
+            k: k.clamp(1, n),
+            metric,
+            feature_columns,
+        })
+    }
+
+    pub fn n_features(&self) -> usize {
+        self.feature_columns.len()
+    }
+
+    /// The `k` nearest references of every row of `table`: (distances, indices), row-major.
+    pub fn neighbours(
+        &self,
+        gpu: &Gpu,
+        x: &[f32],
+        n: usize,
+    ) -> Result<(Vec<f32>, Vec<u32>), JobError> {
+        let (f, k) = (self.n_features(), self.k);
+        let by_limit = gpu.max_binding_bytes() as usize / (4 * f.max(k));
+        let chunk = n.min(by_limit).clamp(1, 1 << 14);
+        let (mut dist, mut idx) = (Vec::with_capacity(n * k), Vec::with_capacity(n * k));
+        let best_d = gpu.zeros("best distances", chunk * k);
+        let best_i = gpu.zeros("best indices", chunk * k);
+        let kernel = Kernel::knn(gpu);
+        for off in (0..n).step_by(chunk) {
+            let rows = chunk.min(n - off);
+            let q = gpu.upload("queries", &x[off * f..(off + rows) * f]);
+            let shape = Shape::new(rows, self.n_refs, f, k, self.metric);
+            let u = gpu.uniform(&shape);
+            let mut enc = gpu.encoder();
+            kernel.encode(
+                &mut enc,
+                &kernel.bind(gpu, &[&q, &self.refs, &best_d, &best_i, &u]),
+                shape.groups(),
+            );
+            gpu.submit(enc);
+            dist.extend(gpu.read(&best_d, rows * k).map_err(gpu_lost)?);
+            idx.extend(gpu.read_u32(&best_i, rows * k).map_err(gpu_lost)?);
+        }
+        Ok((dist, idx))
+    }
+
+    /// The winning class of one query's neighbours (sorted nearest first) and the distance
+    /// to its nearest voter.
+    fn vote(&self, dist: &[f32], idx: &[u32]) -> (usize, f64) {
+        let mut tally: Vec<(usize, usize, f64, usize)> = Vec::new(); // class, votes, Σd, first
+        for (pos, (&d, &i)) in dist.iter().zip(idx).enumerate() {
+            let class = self.label_index[i as usize] as usize;
+            match tally.iter_mut().find(|t| t.0 == class) {
+                Some(t) => {
+                    t.1 += 1;
+                    t.2 += d as f64;
+                }
+                None => tally.push((class, 1, d as f64, pos)),
+            }
+        }
+        let best = tally
+            .iter()
+            .min_by(|a, b| b.1.cmp(&a.1).then(a.2.total_cmp(&b.2)).then(a.3.cmp(&b.3)))
+            .expect("k >= 1");
+        (best.0, self.metric.finish(dist[best.3]))
+    }
+
+    /// `label,distance,n0..n{k-1}` per row: the voted label, the distance to its nearest
+    /// voter and the training-row index of each neighbour, nearest first.
+    pub fn infer(&self, gpu: &Gpu, table: &Table, rows_json: bool) -> Result<Inference, JobError> {
+        let x = &table.features;
+        let k = self.k;
+        let (dist, idx) = self.neighbours(gpu, &x.data, x.rows)?;
+        let mut columns = vec!["label".to_string(), "distance".to_string()];
+        columns.extend((0..k).map(|s| format!("n{s}")));
+        let mut inf = Inference::new(columns);
+        let mut predicted = Vec::with_capacity(x.rows);
+        for (d, i) in dist.chunks(k).zip(idx.chunks(k)) {
+            let (class, distance) = self.vote(d, i);
+            let label = self.classes[class];
+            predicted.push(label);
+            let mut cells = vec![label_text(label), distance.to_string()];
+            cells.extend(i.iter().map(|v| v.to_string()));
+            inf.push_csv(&cells);
+            if rows_json {
+                let distances: Vec<f64> = d.iter().map(|&v| self.metric.finish(v)).collect();
+                inf.rows.push(json!({
+                    "label": label, "distance": distance, "neighbors": i, "distances": distances,
+                }));
+            }
+        }
+        inf.summary.insert("k".into(), json!(k));
+        if let Some(truth) = &table.labels {
+            inf.summary.extend(accuracy_summary(&predicted, truth));
+        }
+        Ok(inf)
+    }
+}
