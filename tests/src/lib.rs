@@ -293,3 +293,14 @@ pub fn digits(split: &str) -> Vec<u8> {
     )
     .unwrap()
 }
+
+/// A file under `tests/data` (data sets) or `tests/reference` (independently computed results).
+pub fn data(path: &str) -> Vec<u8> {
+    let full = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path);
+    std::fs::read(&full).unwrap_or_else(|e| panic!("{}: {e}", full.display()))
+}
+
+/// A JSON file of reference results under `tests/reference`.
+pub fn reference(name: &str) -> serde_json::Value {
+    serde_json::from_slice(&data(&format!("reference/{name}"))).unwrap()
+}

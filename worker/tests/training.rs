@@ -1,0 +1,151 @@
+//! The algorithms on the real device without the services around them: determinism, the
+//! optimisers and early stopping, and edge cases (k past the rows, constant features).
+
+mod common;
+
+use common::gpu;
+use gpuq_shared::Algorithm;
+use gpuq_shared::dataset::{Table, from_rows, read_csv};
+use gpuq_shared::params::normalize_train;
+use gpuq_worker::algorithms::{self, Control, LoadedModel};
+use gpuq_worker::artifact::Artifact;
+use serde_json::{Value, json};
+
+fn digits_train(rows: usize) -> Table {
+    let bytes = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/data/digits_train.csv"
+    ))
+    .unwrap();
+    let text = String::from_utf8(bytes).unwrap();
+    let head: String = text
+        .lines()
+        .take(rows + 1)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(read_csv(head.as_bytes(), "label", true))
+        .unwrap()
+}
+
+fn train(algorithm: Algorithm, table: Table, params: Value) -> algorithms::Trained {
+    let params = normalize_train(algorithm, &params).unwrap();
+    algorithms::train(algorithm, gpu(), table, &params, &Control::default()).unwrap()
+}
+
+fn weights(artifact: &[u8]) -> Vec<f32> {
+    let a = Artifact::parse(artifact).unwrap();
+    let w0 = a.shape("0.weight").unwrap();
+    a.f32("0.weight", &w0).unwrap()
+}
+
+#[test]
+fn mlp_training_is_deterministic_for_a_seed_and_differs_across_seeds() {
+    let params = json!({"hidden": [16], "epochs": 3, "batch_size": 32, "seed": 7});
+    let a = train(Algorithm::Mlp, digits_train(300), params.clone());
+    let b = train(Algorithm::Mlp, digits_train(300), params);
+    assert_eq!(weights(&a.artifact), weights(&b.artifact));
+    assert_eq!(a.metrics, b.metrics);
+    let c = train(
+        Algorithm::Mlp,
+        digits_train(300),
+        json!({"hidden": [16], "epochs": 3, "batch_size": 32, "seed": 8}),
+    );
+    assert_ne!(weights(&a.artifact), weights(&c.artifact));
+}
+
+#[test]
+fn mlp_learns_with_sgd_momentum_tanh_and_two_hidden_layers() {
+    let t = train(
+        Algorithm::Mlp,
+        digits_train(600),
+        json!({"hidden": [32, 16], "activation": "tanh", "optimizer": "sgd", "learning_rate": 0.05, "epochs": 30}),
+    );
+    let acc = t.metrics["train_accuracy"].as_f64().unwrap();
+    assert!(acc > 0.95, "{}", t.metrics);
+    let a = Artifact::parse(&t.artifact).unwrap();
+    assert_eq!(a.shape("0.weight").unwrap(), vec![32, 64]);
+    assert_eq!(a.shape("2.weight").unwrap(), vec![16, 32]);
+    assert_eq!(a.shape("4.weight").unwrap(), vec![10, 16]);
+}
+
+#[test]
+fn mlp_stops_early_on_its_validation_split_and_keeps_the_best_epoch() {
+    let t = train(
+        Algorithm::Mlp,
+        digits_train(600),
+        json!({"hidden": [32], "epochs": 500, "batch_size": 32, "validation_fraction": 0.2, "patience": 10}),
+    );
+    let m = &t.metrics;
+    assert_eq!(m["stopped_early"], true, "{m}");
+    assert_eq!(m["validation_rows"], 120);
+    assert!(
+        m["best_epoch"].as_u64().unwrap() < m["epochs"].as_u64().unwrap(),
+        "{m}"
+    );
+    assert!(m["validation_accuracy"].as_f64().unwrap() > 0.9, "{m}");
+}
+
+#[test]
+fn knn_with_k_past_the_references_returns_every_reference_in_order() {
+    let rows = vec![vec![0.0, 0.0], vec![3.0, 0.0], vec![1.0, 0.0]];
+    let t = train(
+        Algorithm::Knn,
+        from_rows(&rows, Some(&[1.0, 2.0, 2.0])).unwrap(),
+        json!({"k": 10}),
+    );
+    let model = LoadedModel::load(gpu(), &t.artifact).unwrap();
+    let query = from_rows(&[vec![0.4, 0.0]], None).unwrap();
+    let out = model.infer(gpu(), &query, true).unwrap();
+    let p = &out.rows[0];
+    assert_eq!(p["neighbors"], json!([0, 2, 1]));
+    // Two votes for 2 against one for 1, though 1 is nearest.
+    assert_eq!(p["label"], 2.0);
+    assert!((p["distance"].as_f64().unwrap() - 0.6).abs() < 1e-6, "{p}");
+}
+
+#[test]
+fn anomaly_detectors_survive_constant_and_duplicate_features() {
+    // Column 1 constant, column 2 a copy of column 0: a singular covariance.
+    let rows: Vec<Vec<f64>> = (0..20)
+        .map(|i| {
+            let v = (i as f64 * 0.37).sin();
+            vec![v, 1.0, v, (i as f64 * 0.11).cos()]
+        })
+        .collect();
+    for method in [
+        "scaled_manhattan",
+        "mahalanobis",
+        "zscore",
+        "nearest_neighbor_mahalanobis",
+    ] {
+        let t = train(
+            Algorithm::Anomaly,
+            from_rows(&rows, None).unwrap(),
+            json!({"method": method}),
+        );
+        let model = LoadedModel::load(gpu(), &t.artifact).unwrap();
+        let probe = from_rows(&[rows[3].clone(), vec![5.0, 1.0, 5.0, 0.0]], None).unwrap();
+        let out = model.infer(gpu(), &probe, true).unwrap();
+        let (near, far) = (
+            out.rows[0]["score"].as_f64().unwrap(),
+            out.rows[1]["score"].as_f64().unwrap(),
+        );
+        assert!(
+            near.is_finite() && far.is_finite(),
+            "{method}: {near} {far}"
+        );
+        assert!(
+            far > near,
+            "{method}: an outlier must score higher ({far} vs {near})"
+        );
+        if method == "nearest_neighbor_mahalanobis" {
+            assert!(
+                near < 1e-2,
+                "a training sample is its own nearest neighbour: {near}"
+            );
+        }
+    }
+}
