@@ -18,7 +18,9 @@ from safetensors import safe_open
 
 def load(path):
     with safe_open(path, framework="numpy") as f:
-        meta = {k: json.loads(v) for k, v in f.metadata().items() if k != "format"}
+        raw = f.metadata()
+        # `format` and `gpuq_algorithm` are plain strings; every other value is JSON.
+        meta = {k: v if k in ("format", "gpuq_algorithm") else json.loads(v) for k, v in raw.items()}
         layers = []
         while f"{2 * len(layers)}.weight" in f.keys():
             l = 2 * len(layers)
