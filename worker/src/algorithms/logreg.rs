@@ -52,35 +52,43 @@ pub fn class_indices_any(labels: &[f32]) -> Result<(Vec<f64>, Vec<u32>), JobErro
     Ok((classes, index))
 }
 
-/// Column means and standard deviations (1 for constant columns).
-pub fn standardise(x: &mut Matrix) -> (Vec<f32>, Vec<f32>) {
-    let (n, f) = (x.rows, x.cols);
-    let mut mean = vec![0f64; f];
-    let mut sq = vec![0f64; f];
-    for i in 0..n {
+/// Column means and standard deviations over `rows` (1 for constant columns).
+pub fn column_stats(x: &Matrix, rows: &[usize]) -> (Vec<f32>, Vec<f32>) {
+    let f = x.cols;
+    let (mut sum, mut sq) = (vec![0f64; f], vec![0f64; f]);
+    for &i in rows {
         for (j, &v) in x.row(i).iter().enumerate() {
-            mean[j] += v as f64;
-            sq[j] += (v as f64) * (v as f64);
+            sum[j] += v as f64;
+            sq[j] += v as f64 * v as f64;
         }
     }
-    let mean: Vec<f32> = mean.iter().map(|s| (s / n as f64) as f32).collect();
-    let std: Vec<f32> = sq
+    let n = rows.len().max(1) as f64;
+    let mean: Vec<f32> = sum.iter().map(|s| (s / n) as f32).collect();
+    let std = sq
         .iter()
         .zip(&mean)
         .map(|(s, &m)| {
-            let var = (s / n as f64 - (m as f64) * (m as f64)).max(0.0);
-            if var.sqrt() > 1e-8 {
-                var.sqrt() as f32
-            } else {
-                1.0
-            }
+            let sd = (s / n - m as f64 * m as f64).max(0.0).sqrt();
+            if sd > 1e-8 { sd as f32 } else { 1.0 }
         })
         .collect();
-    for row in x.data.chunks_mut(f) {
-        for j in 0..f {
-            row[j] = (row[j] - mean[j]) / std[j];
+    (mean, std)
+}
+
+/// `x ← (x − mean) / std`, column by column.
+pub fn scale(x: &mut Matrix, mean: &[f32], std: &[f32]) {
+    for row in x.data.chunks_mut(x.cols) {
+        for (j, v) in row.iter_mut().enumerate() {
+            *v = (*v - mean[j]) / std[j];
         }
     }
+}
+
+/// Standardises `x` in place by its own column statistics; returns them.
+pub fn standardise(x: &mut Matrix) -> (Vec<f32>, Vec<f32>) {
+    let all: Vec<usize> = (0..x.rows).collect();
+    let (mean, std) = column_stats(x, &all);
+    scale(x, &mean, &std);
     (mean, std)
 }
 

@@ -5,7 +5,7 @@
 //! every kernel sums in a fixed order.
 
 use super::classifier::{ClassifierModel, Dense, training_metrics};
-use super::logreg::{class_indices, upload_rows};
+use super::logreg::{class_indices, column_stats, scale, upload_rows};
 use super::{Control, Trained, check_bindings, gpu_lost};
 use crate::gpu::Gpu;
 use crate::gpu::gemm::GemmParams;
@@ -13,34 +13,11 @@ use crate::gpu::kernels::{
     Activation, BiasParams, GatherParams, Kernel, SoftmaxMode, SoftmaxParams, UpdateParams,
 };
 use gpuq_shared::JobError;
-use gpuq_shared::dataset::{Matrix, Table};
+use gpuq_shared::dataset::Table;
 use gpuq_shared::params::MlpParams;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use std::time::{Duration, Instant};
-
-/// Column means and standard deviations over `rows` (1 for constant columns).
-fn column_stats(x: &Matrix, rows: &[usize]) -> (Vec<f32>, Vec<f32>) {
-    let f = x.cols;
-    let (mut sum, mut sq) = (vec![0f64; f], vec![0f64; f]);
-    for &i in rows {
-        for (j, &v) in x.row(i).iter().enumerate() {
-            sum[j] += v as f64;
-            sq[j] += v as f64 * v as f64;
-        }
-    }
-    let n = rows.len().max(1) as f64;
-    let mean: Vec<f32> = sum.iter().map(|s| (s / n) as f32).collect();
-    let std = sq
-        .iter()
-        .zip(&mean)
-        .map(|(s, &m)| {
-            let sd = (s / n - m as f64 * m as f64).max(0.0).sqrt();
-            if sd > 1e-8 { sd as f32 } else { 1.0 }
-        })
-        .collect();
-    (mean, std)
-}
 
 /// One layer's parameters, gradients, optimiser state and batch activations on the GPU.
 struct Layer {
@@ -308,11 +285,7 @@ pub fn train(gpu: &Gpu, table: Table, p: &MlpParams, ctl: &Control) -> Result<Tr
     let (val_rows, train_rows) = order.split_at(n_val);
     let n_train = train_rows.len();
     let (mean, std) = column_stats(&x, train_rows);
-    for row in x.data.chunks_mut(f) {
-        for j in 0..f {
-            row[j] = (row[j] - mean[j]) / std[j];
-        }
-    }
+    scale(&mut x, &mean, &std);
     let mut dims = vec![f];
     dims.extend(p.hidden.iter().map(|&h| h as usize));
     dims.push(k);
@@ -380,24 +353,11 @@ pub fn train(gpu: &Gpu, table: Table, p: &MlpParams, ctl: &Control) -> Result<Tr
     let last = layers.len() - 1;
     let softmax_bind =
         Kernel::softmax(gpu).bind(gpu, &[&layers[last].a, &y_perm, &loss, &correct, &u_soft]);
-    let full = plan_step(
-        gpu,
-        &layers,
-        batch,
-        &xb,
-        &x_train,
-        &perm,
-        &u_gather,
-        &softmax_bind,
-        activation,
-        p.optimizer,
-    );
-    let rest = n_train % batch;
-    let partial = (rest > 0).then(|| {
+    let plan = |rows| {
         plan_step(
             gpu,
             &layers,
-            rest,
+            rows,
             &xb,
             &x_train,
             &perm,
@@ -406,7 +366,10 @@ pub fn train(gpu: &Gpu, table: Table, p: &MlpParams, ctl: &Control) -> Result<Tr
             activation,
             p.optimizer,
         )
-    });
+    };
+    let full = plan(batch);
+    let rest = n_train % batch;
+    let partial = (rest > 0).then(|| plan(rest));
     let evaluator = Evaluator::new(gpu, &layers, n_train.max(n_val));
     let best: Vec<(wgpu::Buffer, wgpu::Buffer)> = layers
         .iter()
