@@ -149,3 +149,79 @@ fn anomaly_detectors_survive_constant_and_duplicate_features() {
         }
     }
 }
+
+/// A second device handle whose bindings are capped at `bytes`.
+fn capped_gpu(bytes: u64) -> gpuq_worker::gpu::Gpu {
+    let mut g = gpuq_worker::gpu::Gpu::new().unwrap();
+    g.cap_bindings(bytes);
+    g
+}
+
+#[test]
+fn inputs_past_one_binding_are_chunked_or_refused_naming_the_limit() {
+    const CAP: u64 = 16 * 1024;
+    let small = capped_gpu(CAP);
+    let mut queries = digits_train(300);
+    queries.labels = None;
+
+    // Models that fit are loaded; inputs larger than a binding run in chunks with the same
+    // results as in one pass.
+    let models = [
+        (
+            Algorithm::Mlp,
+            train(
+                Algorithm::Mlp,
+                digits_train(200),
+                json!({"hidden": [16], "epochs": 2}),
+            ),
+        ),
+        (
+            Algorithm::Kmeans,
+            train(
+                Algorithm::Kmeans,
+                digits_train(200),
+                json!({"k": 5, "n_init": 1}),
+            ),
+        ),
+        (
+            Algorithm::Knn,
+            train(Algorithm::Knn, digits_train(40), json!({"k": 3})),
+        ),
+        (
+            Algorithm::Anomaly,
+            train(
+                Algorithm::Anomaly,
+                digits_train(200),
+                json!({"method": "scaled_manhattan"}),
+            ),
+        ),
+    ];
+    for (algorithm, trained) in &models {
+        let whole = LoadedModel::load(gpu(), &trained.artifact).unwrap();
+        let chunked = LoadedModel::load(&small, &trained.artifact).unwrap();
+        let a = whole.infer(gpu(), &queries, false).unwrap();
+        let b = chunked.infer(&small, &queries, false).unwrap();
+        assert_eq!(a.csv, b.csv, "{algorithm:?}: chunked inference differs");
+        assert_eq!(a.summary, b.summary, "{algorithm:?}");
+    }
+
+    // Training data past the cap is refused by name, with the limit.
+    for algorithm in [Algorithm::Logreg, Algorithm::Mlp, Algorithm::Kmeans] {
+        let params = normalize_train(algorithm, &json!({})).unwrap();
+        let err = algorithms::train(
+            algorithm,
+            &small,
+            digits_train(300),
+            &params,
+            &Control::default(),
+        )
+        .err()
+        .unwrap_or_else(|| panic!("{algorithm:?} trained past the cap"));
+        assert_eq!(err.code, "input_too_large", "{algorithm:?}: {err:?}");
+        assert!(err.message.contains(&CAP.to_string()), "{}", err.message);
+    }
+    // A stored reference set past the cap cannot be loaded: refused, not a driver error.
+    let big = train(Algorithm::Knn, digits_train(300), json!({}));
+    let err = LoadedModel::load(&small, &big.artifact).err().unwrap();
+    assert_eq!(err.code, "input_too_large", "{err:?}");
+}

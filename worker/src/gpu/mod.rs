@@ -26,6 +26,8 @@ pub struct Gpu {
     pub queue: wgpu::Queue,
     pub info: wgpu::AdapterInfo,
     pipelines: Mutex<HashMap<&'static str, Arc<wgpu::ComputePipeline>>>,
+    /// A lower ceiling on one binding than the device's own, when set.
+    binding_cap: u64,
 }
 
 impl Gpu {
@@ -59,6 +61,7 @@ impl Gpu {
             queue,
             info: adapter.get_info(),
             pipelines: Mutex::new(HashMap::new()),
+            binding_cap: u64::MAX,
         })
     }
 
@@ -68,6 +71,13 @@ impl Gpu {
             .limits()
             .max_storage_buffer_binding_size
             .min(self.device.limits().max_buffer_size)
+            .min(self.binding_cap)
+    }
+
+    /// Treats `bytes` as the largest binding, below the device's own limit: bounds the memory
+    /// one job can take, and lets tests reach the chunking and refusal paths with small inputs.
+    pub fn cap_bindings(&mut self, bytes: u64) {
+        self.binding_cap = bytes;
     }
 
     /// The pipeline for `entry` in `source`, compiled on first use and cached under `name`.
