@@ -38,6 +38,7 @@ fn data(rows: usize) -> (Vec<f32>, Vec<u32>) {
     (x, y)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn sgemm(m: usize, n: usize, k: usize, a: &[f32], at: bool, b: &[f32], bt: bool, c: &mut [f32]) {
     let (rsa, csa) = if at { (1, m as isize) } else { (k as isize, 1) };
     let (rsb, csb) = if bt { (1, k as isize) } else { (n as isize, 1) };

@@ -193,6 +193,14 @@ impl GpuAnomaly {
         let chunk = n
             .min(gpu.max_binding_bytes() as usize / (4 * width.max(1)))
             .clamp(1, 1 << 14);
+        // The nearest-neighbour search leaves squared distances.
+        let squared = matches!(
+            self.detector,
+            Detector::Whitened {
+                references: Some(_),
+                ..
+            }
+        );
         let mut out = Vec::with_capacity(n);
         let score = gpu.zeros("scores", chunk);
         for off in (0..n).step_by(chunk) {
@@ -200,7 +208,7 @@ impl GpuAnomaly {
             let slice = &x[off * f..(off + rows) * f];
             let mut enc = gpu.encoder();
             let mut keep = Vec::new();
-            let result = match &self.detector {
+            match &self.detector {
                 Detector::Scaled {
                     mode,
                     center,
@@ -219,7 +227,6 @@ impl GpuAnomaly {
                         &mut keep,
                     );
                     keep.push(xb);
-                    &score
                 }
                 Detector::Whitened {
                     w,
@@ -252,7 +259,6 @@ impl GpuAnomaly {
                                 &mut keep,
                             );
                             keep.extend([z, unused]);
-                            &score
                         }
                         Some((refs, n_refs)) => {
                             let shape =
@@ -266,20 +272,13 @@ impl GpuAnomaly {
                                 shape.groups(),
                             );
                             keep.extend([z, idx, u]);
-                            &score
                         }
                     }
                 }
-            };
+            }
             gpu.submit(enc);
-            let mut s = gpu.read(result, rows).map_err(gpu_lost)?;
-            if matches!(
-                self.detector,
-                Detector::Whitened {
-                    references: Some(_),
-                    ..
-                }
-            ) {
+            let mut s = gpu.read(&score, rows).map_err(gpu_lost)?;
+            if squared {
                 s.iter_mut().for_each(|v| *v = v.max(0.0).sqrt());
             }
             out.extend(s);

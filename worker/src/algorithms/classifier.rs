@@ -7,6 +7,7 @@
 //! `activation`, and `input_mean`/`input_std` when inputs must be scaled as
 //! `(x - input_mean) / input_std` before the first layer.
 
+use super::logreg::scale;
 use super::{Inference, accuracy_summary, gpu_lost, label_text};
 use crate::artifact::{self, Artifact, Tensor};
 use crate::gpu::Gpu;
@@ -150,6 +151,122 @@ impl ClassifierModel {
     }
 }
 
+/// One dense layer's weights on the GPU and its shape, as the forward pass sees it.
+pub struct GpuDense<'a> {
+    pub w: &'a wgpu::Buffer,
+    pub b: &'a wgpu::Buffer,
+    pub inputs: usize,
+    pub outputs: usize,
+}
+
+/// Rows per forward pass so that a `widest`-column activation fits one binding.
+fn forward_chunk(gpu: &Gpu, widest: usize, n: usize) -> usize {
+    n.min(gpu.max_binding_bytes() as usize / (4 * widest.max(1)))
+        .clamp(1, 1 << 16)
+}
+
+/// Encodes `acts[l] = act(acts[l-1] · Wₗᵀ + bₗ)` for every layer over `rows` rows of `x`
+/// starting at element `x_off` (no activation after the last layer: it leaves logits).
+/// Returns the uniforms, which must live until the encoder is submitted.
+#[allow(clippy::too_many_arguments)]
+pub fn encode_layers(
+    gpu: &Gpu,
+    enc: &mut wgpu::CommandEncoder,
+    layers: &[GpuDense],
+    activation: Activation,
+    x: &wgpu::Buffer,
+    x_off: usize,
+    acts: &[wgpu::Buffer],
+    rows: usize,
+) -> Vec<wgpu::Buffer> {
+    let gemm = Kernel::gemm(gpu);
+    let last = layers.len() - 1;
+    let mut uniforms = Vec::with_capacity(layers.len());
+    for (l, layer) in layers.iter().enumerate() {
+        let act = if l == last {
+            Activation::Identity
+        } else {
+            activation
+        };
+        let mut p = GemmParams::new(rows, layer.outputs, layer.inputs, false, true)
+            .with_epilogue(true, act);
+        if l == 0 {
+            p.a_off = x_off as u32;
+        }
+        let u = gpu.uniform(&p);
+        let input = if l == 0 { x } else { &acts[l - 1] };
+        gemm.encode(
+            enc,
+            &gemm.bind(gpu, &[input, layer.w, &acts[l], &u, layer.b]),
+            p.groups(),
+        );
+        uniforms.push(u);
+    }
+    uniforms
+}
+
+/// Forward passes over a whole matrix in chunks, leaving each row's loss and correctness.
+pub struct Evaluator {
+    chunk: usize,
+    acts: Vec<wgpu::Buffer>,
+}
+
+impl Evaluator {
+    pub fn new(gpu: &Gpu, layers: &[GpuDense], n: usize) -> Self {
+        let widest = layers.iter().map(|l| l.outputs).max().unwrap_or(1);
+        let chunk = forward_chunk(gpu, widest, n);
+        let acts = layers
+            .iter()
+            .map(|l| gpu.zeros("eval activations", chunk * l.outputs))
+            .collect();
+        Self { chunk, acts }
+    }
+
+    /// Mean cross-entropy and accuracy over the `n` rows of `x` with labels `y`.
+    pub fn run(
+        &self,
+        gpu: &Gpu,
+        layers: &[GpuDense],
+        activation: Activation,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        n: usize,
+    ) -> Result<(f64, f64), JobError> {
+        let loss = gpu.zeros("eval loss", n);
+        let correct = gpu.zeros("eval correct", n);
+        let softmax = Kernel::softmax(gpu);
+        let (f, k) = (layers[0].inputs, layers[layers.len() - 1].outputs);
+        let logits = &self.acts[layers.len() - 1];
+        for off in (0..n).step_by(self.chunk) {
+            let rows = self.chunk.min(n - off);
+            let mut enc = gpu.encoder();
+            let mut keep = encode_layers(
+                gpu,
+                &mut enc,
+                layers,
+                activation,
+                x,
+                off * f,
+                &self.acts,
+                rows,
+            );
+            let sp = SoftmaxParams::new(rows, k, off, SoftmaxMode::Evaluate);
+            let u = gpu.uniform(&sp);
+            softmax.encode(
+                &mut enc,
+                &softmax.bind(gpu, &[logits, y, &loss, &correct, &u]),
+                sp.groups(),
+            );
+            keep.push(u);
+            gpu.submit(enc);
+        }
+        let loss = gpu.read(&loss, n).map_err(gpu_lost)?;
+        let correct = gpu.read(&correct, n).map_err(gpu_lost)?;
+        let mean = |v: &[f32]| v.iter().map(|&x| x as f64).sum::<f64>() / n.max(1) as f64;
+        Ok((mean(&loss), mean(&correct)))
+    }
+}
+
 /// A classifier's layers resident on the GPU, ready for repeated inference.
 pub struct GpuClassifier {
     pub model: ClassifierModel,
@@ -174,85 +291,66 @@ impl GpuClassifier {
         }
     }
 
-    /// Class probabilities, `rows × classes`, for raw feature rows.
-    pub fn predict(&self, gpu: &Gpu, x: &Matrix) -> Result<Vec<f32>, JobError> {
+    /// Class probabilities, `rows × classes`, for raw feature rows of the model's width.
+    fn predict(&self, gpu: &Gpu, x: &Matrix) -> Result<Vec<f32>, JobError> {
         let (n, f, k) = (x.rows, self.model.n_features(), self.model.n_classes());
-        if x.cols != f {
-            return Err(JobError::fatal(
-                "shape_mismatch",
-                format!("input rows have {} features; the model takes {f}", x.cols),
-            ));
-        }
-        let widest = self
+        let layers: Vec<GpuDense> = self
             .model
             .layers
+            .iter()
+            .zip(&self.weights)
+            .map(|(l, (w, b))| GpuDense {
+                w,
+                b,
+                inputs: l.inputs,
+                outputs: l.outputs,
+            })
+            .collect();
+        let widest = layers
             .iter()
             .map(|l| l.outputs.max(l.inputs))
             .max()
             .unwrap_or(1);
-        let limit = gpu.max_binding_bytes() as usize;
-        let chunk = n.min(limit / (4 * widest)).clamp(1, 1 << 16);
-        let mut acts: Vec<wgpu::Buffer> = self
-            .model
-            .layers
+        let chunk = forward_chunk(gpu, widest, n);
+        let acts: Vec<wgpu::Buffer> = layers
             .iter()
             .map(|l| gpu.zeros("activations", chunk * l.outputs))
             .collect();
+        let logits = &acts[layers.len() - 1];
+        let softmax = Kernel::softmax(gpu);
         let mut out = Vec::with_capacity(n * k);
         for off in (0..n).step_by(chunk) {
             let rows = chunk.min(n - off);
             let mut slice = x.data[off * f..(off + rows) * f].to_vec();
             if let Some((mean, std)) = &self.model.input_scaling {
-                for row in slice.chunks_mut(f) {
-                    for j in 0..f {
-                        row[j] = (row[j] - mean[j]) / std[j];
-                    }
-                }
+                scale(&mut slice, mean, std);
             }
             let x_buf = gpu.upload("features", &slice);
             let mut enc = gpu.encoder();
-            let mut keep = Vec::new();
-            let gemm = Kernel::gemm(gpu);
-            let last = self.model.layers.len() - 1;
-            for (l, layer) in self.model.layers.iter().enumerate() {
-                let act = if l == last {
-                    Activation::Identity
-                } else {
-                    self.model.activation
-                };
-                let p = GemmParams::new(rows, layer.outputs, layer.inputs, false, true)
-                    .with_epilogue(true, act);
-                let u = gpu.uniform(&p);
-                let input = if l == 0 { &x_buf } else { &acts[l - 1] };
-                let (w, b) = &self.weights[l];
-                gemm.encode(
-                    &mut enc,
-                    &gemm.bind(gpu, &[input, w, &acts[l], &u, b]),
-                    p.groups(),
-                );
-                keep.push(u);
-            }
+            let mut keep = encode_layers(
+                gpu,
+                &mut enc,
+                &layers,
+                self.model.activation,
+                &x_buf,
+                0,
+                &acts,
+                rows,
+            );
             let soft = SoftmaxParams::new(rows, k, 0, SoftmaxMode::Probabilities);
             let u = gpu.uniform(&soft);
-            let softmax = Kernel::softmax(gpu);
             softmax.encode(
                 &mut enc,
                 &softmax.bind(
                     gpu,
-                    &[
-                        &acts[last],
-                        &self.unused_labels,
-                        &self.unused,
-                        &self.unused,
-                        &u,
-                    ],
+                    &[logits, &self.unused_labels, &self.unused, &self.unused, &u],
                 ),
                 soft.groups(),
             );
+            keep.push(u);
             gpu.submit(enc);
-            out.extend(gpu.read(&acts[last], rows * k).map_err(gpu_lost)?);
+            out.extend(gpu.read(logits, rows * k).map_err(gpu_lost)?);
         }
-        acts.clear();
         Ok(out)
     }
 

@@ -2,7 +2,7 @@
 //! features. The standardisation is folded into the saved weights, so the artifact is a plain
 //! `Linear(features, classes)` on raw inputs that `torch.nn.Sequential(Linear)` loads as is.
 
-use super::classifier::{ClassifierModel, Dense, training_metrics};
+use super::classifier::{ClassifierModel, Dense, Evaluator, GpuDense, training_metrics};
 use super::{Control, Trained, check_bindings, gpu_lost};
 use crate::gpu::Gpu;
 use crate::gpu::gemm::GemmParams;
@@ -75,9 +75,9 @@ pub fn column_stats(x: &Matrix, rows: &[usize]) -> (Vec<f32>, Vec<f32>) {
     (mean, std)
 }
 
-/// `x ← (x − mean) / std`, column by column.
-pub fn scale(x: &mut Matrix, mean: &[f32], std: &[f32]) {
-    for row in x.data.chunks_mut(x.cols) {
+/// `x ← (x − mean) / std`, column by column, over row-major rows of `mean.len()` values.
+pub fn scale(data: &mut [f32], mean: &[f32], std: &[f32]) {
+    for row in data.chunks_mut(mean.len().max(1)) {
         for (j, v) in row.iter_mut().enumerate() {
             *v = (*v - mean[j]) / std[j];
         }
@@ -88,7 +88,7 @@ pub fn scale(x: &mut Matrix, mean: &[f32], std: &[f32]) {
 pub fn standardise(x: &mut Matrix) -> (Vec<f32>, Vec<f32>) {
     let all: Vec<usize> = (0..x.rows).collect();
     let (mean, std) = column_stats(x, &all);
-    scale(x, &mean, &std);
+    scale(&mut x.data, &mean, &std);
     (mean, std)
 }
 
@@ -221,7 +221,14 @@ pub fn train(
     // Final metrics with the final weights over the whole training set.
     let weight = gpu.read(&w, k * f).map_err(gpu_lost)?;
     let bias_v = gpu.read(&b, k).map_err(gpu_lost)?;
-    let (eval_loss, eval_acc) = evaluate(gpu, &x_buf, &w, &b, &y_buf, n, f, k)?;
+    let layer = [GpuDense {
+        w: &w,
+        b: &b,
+        inputs: f,
+        outputs: k,
+    }];
+    let (eval_loss, eval_acc) =
+        Evaluator::new(gpu, &layer, n).run(gpu, &layer, Activation::Identity, &x_buf, &y_buf, n)?;
     let model = fold_standardisation(weight, bias_v, &mean, &std, classes, columns);
     let mut metrics = training_metrics(eval_loss, eval_acc, n, &model);
     metrics["last_epoch_mean_batch_loss"] = last_loss.into();
@@ -256,98 +263,6 @@ pub fn upload_rows(gpu: &Gpu, x: &Matrix, perm: &[usize]) -> wgpu::Buffer {
     }
     buf.unmap();
     buf
-}
-
-/// Mean cross-entropy and accuracy of the model in `w`, `b` over all `n` rows.
-#[allow(clippy::too_many_arguments)]
-fn evaluate(
-    gpu: &Gpu,
-    x: &wgpu::Buffer,
-    w: &wgpu::Buffer,
-    b: &wgpu::Buffer,
-    y: &wgpu::Buffer,
-    n: usize,
-    f: usize,
-    k: usize,
-) -> Result<(f64, f64), JobError> {
-    let loss = gpu.zeros("eval_loss", n);
-    let correct = gpu.zeros("eval_correct", n);
-    let chunk = chunk_rows(gpu, k, n);
-    let logits = gpu.zeros("eval_logits", chunk * k);
-    for off in (0..n).step_by(chunk) {
-        let rows = chunk.min(n - off);
-        let mut enc = gpu.encoder();
-        let _keep = encode_forward(
-            gpu,
-            &mut enc,
-            x,
-            off * f,
-            w,
-            b,
-            &logits,
-            y,
-            &loss,
-            &correct,
-            rows,
-            f,
-            k,
-            off,
-            SoftmaxMode::Evaluate,
-        );
-        gpu.submit(enc);
-    }
-    let loss = gpu.read(&loss, n).map_err(gpu_lost)?;
-    let correct = gpu.read(&correct, n).map_err(gpu_lost)?;
-    let mean = |v: &[f32]| v.iter().map(|&x| x as f64).sum::<f64>() / n as f64;
-    Ok((mean(&loss), mean(&correct)))
-}
-
-/// Rows per forward pass so that the logits stay within one binding.
-fn chunk_rows(gpu: &Gpu, k: usize, n: usize) -> usize {
-    let by_limit = (gpu.max_binding_bytes() as usize / (4 * k)).max(1);
-    n.min(by_limit).clamp(1, 1 << 16)
-}
-
-/// Encodes `logits = X[off..off+rows] · Wᵀ + b` and the softmax in `mode`. Returns the
-/// uniform buffers, which must live until the encoder is submitted.
-#[allow(clippy::too_many_arguments)]
-fn encode_forward(
-    gpu: &Gpu,
-    enc: &mut wgpu::CommandEncoder,
-    x: &wgpu::Buffer,
-    x_off: usize,
-    w: &wgpu::Buffer,
-    b: &wgpu::Buffer,
-    logits: &wgpu::Buffer,
-    y: &wgpu::Buffer,
-    loss: &wgpu::Buffer,
-    correct: &wgpu::Buffer,
-    rows: usize,
-    f: usize,
-    k: usize,
-    label_off: usize,
-    mode: SoftmaxMode,
-) -> [wgpu::Buffer; 2] {
-    let fwd = GemmParams {
-        a_off: x_off as u32,
-        ..GemmParams::new(rows, k, f, false, true)
-    }
-    .with_epilogue(true, Activation::Identity);
-    let soft = SoftmaxParams::new(rows, k, label_off, mode);
-    let (u_fwd, u_soft) = (gpu.uniform(&fwd), gpu.uniform(&soft));
-    let gemm = Kernel::gemm(gpu);
-    gemm.encode(
-        enc,
-        &gemm.bind(gpu, &[x, w, logits, &u_fwd, b]),
-        fwd.groups(),
-    );
-    let softmax = Kernel::softmax(gpu);
-    softmax.encode(
-        enc,
-        &softmax.bind(gpu, &[logits, y, loss, correct, &u_soft]),
-        soft.groups(),
-    );
-    [u_fwd, u_soft]
 }
 
 /// Rewrites a model trained on `(x - mean) / std` as one on raw `x`:

@@ -4,7 +4,7 @@
 //! validation split (or on the training loss). Deterministic for a seed on a given device:
 //! every kernel sums in a fixed order.
 
-use super::classifier::{ClassifierModel, Dense, training_metrics};
+use super::classifier::{ClassifierModel, Dense, Evaluator, GpuDense, training_metrics};
 use super::logreg::{class_indices, column_stats, scale, upload_rows};
 use super::{Control, Trained, check_bindings, gpu_lost};
 use crate::gpu::Gpu;
@@ -187,80 +187,17 @@ fn plan_step(
     }
 }
 
-/// Forward passes over a whole matrix in chunks, leaving each row's loss and correctness.
-struct Evaluator {
-    chunk: usize,
-    acts: Vec<wgpu::Buffer>,
-}
-
-impl Evaluator {
-    fn new(gpu: &Gpu, layers: &[Layer], n: usize) -> Self {
-        let widest = layers.iter().map(|l| l.outputs).max().unwrap_or(1);
-        let chunk = n
-            .min(gpu.max_binding_bytes() as usize / (4 * widest))
-            .clamp(1, 1 << 16);
-        let acts = layers
-            .iter()
-            .map(|l| gpu.zeros("eval activations", chunk * l.outputs))
-            .collect();
-        Self { chunk, acts }
-    }
-
-    /// Mean cross-entropy and accuracy over the `n` rows of `x` with labels `y`.
-    #[allow(clippy::too_many_arguments)]
-    fn run(
-        &self,
-        gpu: &Gpu,
-        layers: &[Layer],
-        activation: Activation,
-        x: &wgpu::Buffer,
-        y: &wgpu::Buffer,
-        n: usize,
-    ) -> Result<(f64, f64), JobError> {
-        let loss = gpu.zeros("eval loss", n);
-        let correct = gpu.zeros("eval correct", n);
-        let (gemm, softmax) = (Kernel::gemm(gpu), Kernel::softmax(gpu));
-        let last = layers.len() - 1;
-        let f = layers[0].inputs;
-        for off in (0..n).step_by(self.chunk) {
-            let rows = self.chunk.min(n - off);
-            let mut enc = gpu.encoder();
-            let mut keep = Vec::new();
-            for (l, layer) in layers.iter().enumerate() {
-                let act = if l == last {
-                    Activation::Identity
-                } else {
-                    activation
-                };
-                let mut p = GemmParams::new(rows, layer.outputs, layer.inputs, false, true)
-                    .with_epilogue(true, act);
-                if l == 0 {
-                    p.a_off = (off * f) as u32;
-                }
-                let u = gpu.uniform(&p);
-                let input = if l == 0 { x } else { &self.acts[l - 1] };
-                gemm.encode(
-                    &mut enc,
-                    &gemm.bind(gpu, &[input, &layer.w, &self.acts[l], &u, &layer.b]),
-                    p.groups(),
-                );
-                keep.push(u);
-            }
-            let sp = SoftmaxParams::new(rows, layers[last].outputs, off, SoftmaxMode::Evaluate);
-            let u = gpu.uniform(&sp);
-            softmax.encode(
-                &mut enc,
-                &softmax.bind(gpu, &[&self.acts[last], y, &loss, &correct, &u]),
-                sp.groups(),
-            );
-            keep.push(u);
-            gpu.submit(enc);
-        }
-        let loss = gpu.read(&loss, n).map_err(gpu_lost)?;
-        let correct = gpu.read(&correct, n).map_err(gpu_lost)?;
-        let mean = |v: &[f32]| v.iter().map(|&x| x as f64).sum::<f64>() / n.max(1) as f64;
-        Ok((mean(&loss), mean(&correct)))
-    }
+/// The layers as the shared forward pass sees them.
+fn dense(layers: &[Layer]) -> Vec<GpuDense<'_>> {
+    layers
+        .iter()
+        .map(|l| GpuDense {
+            w: &l.w,
+            b: &l.b,
+            inputs: l.inputs,
+            outputs: l.outputs,
+        })
+        .collect()
 }
 
 pub fn train(gpu: &Gpu, table: Table, p: &MlpParams, ctl: &Control) -> Result<Trained, JobError> {
@@ -285,7 +222,7 @@ pub fn train(gpu: &Gpu, table: Table, p: &MlpParams, ctl: &Control) -> Result<Tr
     let (val_rows, train_rows) = order.split_at(n_val);
     let n_train = train_rows.len();
     let (mean, std) = column_stats(&x, train_rows);
-    scale(&mut x, &mean, &std);
+    scale(&mut x.data, &mean, &std);
     let mut dims = vec![f];
     dims.extend(p.hidden.iter().map(|&h| h as usize));
     dims.push(k);
@@ -370,7 +307,8 @@ pub fn train(gpu: &Gpu, table: Table, p: &MlpParams, ctl: &Control) -> Result<Tr
     let full = plan(batch);
     let rest = n_train % batch;
     let partial = (rest > 0).then(|| plan(rest));
-    let evaluator = Evaluator::new(gpu, &layers, n_train.max(n_val));
+    let view = dense(&layers);
+    let evaluator = Evaluator::new(gpu, &view, n_train.max(n_val));
     let best: Vec<(wgpu::Buffer, wgpu::Buffer)> = layers
         .iter()
         .map(|l| {
@@ -412,6 +350,8 @@ pub fn train(gpu: &Gpu, table: Table, p: &MlpParams, ctl: &Control) -> Result<Tr
                 partial.as_ref().expect("a partial batch")
             };
             step_count += 1;
+            // The gather reads from `off`, the softmax's labels and losses start there; Adam's
+            // bias correction moves with the step.
             gpu.queue.write_buffer(
                 &u_gather,
                 0,
@@ -439,7 +379,6 @@ pub fn train(gpu: &Gpu, table: Table, p: &MlpParams, ctl: &Control) -> Result<Tr
                 gpu.queue
                     .write_buffer(&layer.u_b, 0, bytemuck::bytes_of(&ub));
             }
-            // The softmax's label offset moves with the batch; the gather reads from `off`.
             let mut enc = gpu.encoder();
             for (kernel, bind, groups) in &plan.passes {
                 kernel.encode(&mut enc, bind, *groups);
@@ -459,7 +398,7 @@ pub fn train(gpu: &Gpu, table: Table, p: &MlpParams, ctl: &Control) -> Result<Tr
         // the training loss.
         let score = if n_val > 0 {
             evaluator
-                .run(gpu, &layers, activation, &x_val, &y_val, n_val)?
+                .run(gpu, &view, activation, &x_val, &y_val, n_val)?
                 .1
         } else {
             -last_loss
@@ -506,7 +445,7 @@ pub fn train(gpu: &Gpu, table: Table, p: &MlpParams, ctl: &Control) -> Result<Tr
         gpu.submit(enc);
     }
     let (train_loss, train_acc) =
-        evaluator.run(gpu, &layers, activation, &x_train, &y_train_fixed, n_train)?;
+        evaluator.run(gpu, &view, activation, &x_train, &y_train_fixed, n_train)?;
     let mut dense = Vec::new();
     for layer in &layers {
         dense.push(Dense {
@@ -531,7 +470,7 @@ pub fn train(gpu: &Gpu, table: Table, p: &MlpParams, ctl: &Control) -> Result<Tr
     metrics["stopped_early"] = stopped_early.into();
     metrics["last_epoch_mean_batch_loss"] = last_loss.into();
     if n_val > 0 {
-        let (val_loss, val_acc) = evaluator.run(gpu, &layers, activation, &x_val, &y_val, n_val)?;
+        let (val_loss, val_acc) = evaluator.run(gpu, &view, activation, &x_val, &y_val, n_val)?;
         metrics["validation_rows"] = n_val.into();
         metrics["validation_loss"] = val_loss.into();
         metrics["validation_accuracy"] = val_acc.into();

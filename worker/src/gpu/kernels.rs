@@ -23,15 +23,13 @@ impl Kernel {
             pipeline: gpu.pipeline(name, source, entry),
         }
     }
+    /// Bindings: 0 `x`, 1 the column sums (out), 2 [`BiasParams`].
     pub fn column_sum(gpu: &Gpu) -> Self {
-        Self {
-            pipeline: gpu.pipeline("column_sum", BIAS_SRC, "column_sum"),
-        }
+        Self::from_source(gpu, "column_sum", BIAS_SRC, "column_sum")
     }
+    /// Bindings: 0 logits (in place), 1 labels, 2 loss, 3 correct, 4 [`SoftmaxParams`].
     pub fn softmax(gpu: &Gpu) -> Self {
-        Self {
-            pipeline: gpu.pipeline("softmax", SOFTMAX_SRC, "main"),
-        }
+        Self::from_source(gpu, "softmax", SOFTMAX_SRC, "main")
     }
     /// Bindings: 0 `w`, 1 `g`, 2 [`UpdateParams`].
     pub fn sgd(gpu: &Gpu) -> Self {
