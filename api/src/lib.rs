@@ -1,9 +1,9 @@
 //! The gpuq HTTP API: validates and records jobs, publishes them, and answers for their state.
 //! No GPU code lives here.
 
+pub mod auth;
 pub mod error;
 pub mod routes;
-pub mod submit;
 pub mod view;
 pub mod waiters;
 
@@ -28,7 +28,8 @@ pub struct AppState {
     pub publisher: Arc<Publisher>,
     pub waiters: Waiters,
     pub max_body_bytes: usize,
-    pub default_max_attempts: i32,
+    pub settings: Arc<Settings>,
+    pub rate: auth::RateLimiter,
 }
 
 /// Settings of the API process on top of the shared ones.
@@ -41,6 +42,14 @@ pub struct ApiSettings {
     /// Run the reaper in this process too (on by default, so jobs are never stranded when no
     /// worker runs).
     pub reaper: bool,
+    /// Requests per second each tenant may make on average…
+    pub rate_per_second: f64,
+    /// …and at once.
+    pub rate_burst: u32,
+    /// How long a client may take to send its request headers.
+    pub header_timeout: Duration,
+    /// Postgres connections this process may hold.
+    pub db_connections: u32,
 }
 
 impl ApiSettings {
@@ -50,6 +59,10 @@ impl ApiSettings {
             addr: var_or("GPUQ_API_ADDR", "127.0.0.1:8080"),
             max_body_bytes: parse_var("GPUQ_MAX_BODY_BYTES", 16 * 1024 * 1024)?,
             reaper: parse_var("GPUQ_API_REAPER", 1u8)? == 1,
+            rate_per_second: parse_var("GPUQ_RATE_LIMIT_PER_SECOND", 50.0)?,
+            rate_burst: parse_var("GPUQ_RATE_LIMIT_BURST", 100)?,
+            header_timeout: Duration::from_secs_f64(parse_var("GPUQ_HEADER_TIMEOUT_SECONDS", 10.0)?),
+            db_connections: parse_var("GPUQ_API_DB_CONNECTIONS", 16)?,
         })
     }
 }
@@ -66,7 +79,7 @@ impl Application {
         settings: ApiSettings,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<Self> {
-        let pool = db::connect(&settings.shared.database_url, 16).await?;
+        let pool = db::connect(&settings.shared.database_url, settings.db_connections).await?;
         db::migrate(&pool).await?;
         let (url, queue) = (&settings.shared.amqp_url, &settings.shared.queue);
         // Start even while the broker is down: `/readyz` says so, submits are recorded and the
@@ -85,7 +98,8 @@ impl Application {
             pool,
             publisher,
             max_body_bytes: settings.max_body_bytes,
-            default_max_attempts: settings.shared.lifecycle.max_attempts,
+            settings: Arc::new(settings.shared.clone()),
+            rate: auth::RateLimiter::new(settings.rate_per_second, settings.rate_burst),
         };
         Ok(Self {
             listener,
@@ -106,16 +120,57 @@ impl Application {
             tokio::spawn(async move { reaper::run(pool, &publisher, lifecycle, stop).await });
         }
         let app = router(self.state);
-        axum::serve(self.listener, app)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await?;
+        serve(self.listener, app, self.settings.header_timeout, shutdown).await;
         Ok(())
+    }
+}
+
+/// HTTP/1.1 with a deadline for the request headers (so a client that trickles them cannot hold
+/// a connection), until `shutdown`; then in-flight requests get up to 30 s to finish.
+async fn serve(
+    listener: TcpListener,
+    app: Router,
+    header_timeout: Duration,
+    shutdown: CancellationToken,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    loop {
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: pause rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(Duration::from_secs(30), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some requests were still running 30 s after shutdown began");
     }
 }
 
 pub fn router(state: AppState) -> Router {
     let limit = state.max_body_bytes;
-    Router::new()
+    let v1 = Router::new()
         .route(
             "/v1/jobs",
             post(routes::jobs::submit).get(routes::jobs::list),
@@ -124,6 +179,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{id}/cancel", post(routes::jobs::cancel))
         .route("/v1/models", get(routes::models::list))
         .route("/v1/models/{id}", get(routes::models::get))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_key,
+        ));
+    Router::new()
+        .merge(v1)
         .route("/healthz", get(routes::health::healthz))
         .route("/readyz", get(routes::health::readyz))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
@@ -134,4 +195,16 @@ pub fn router(state: AppState) -> Router {
             Duration::from_secs(90),
         ))
         .with_state(state)
+}
+
+/// Creates an API key for `tenant`, creating the tenant if it is new.
+pub async fn create_key(pool: &PgPool, tenant: &str) -> anyhow::Result<gpuq_shared::auth::NewKey> {
+    anyhow::ensure!(
+        gpuq_shared::auth::valid_tenant(tenant),
+        "`{tenant}` is not a valid tenant name: 1 to 63 of a-z, 0-9, `-` and `_`, starting with a letter or digit"
+    );
+    db::tenant_ensure(pool, tenant).await?;
+    let key = gpuq_shared::auth::generate();
+    db::api_key_insert(pool, &key.id, tenant, &key.secret_sha256).await?;
+    Ok(key)
 }

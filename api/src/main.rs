@@ -1,11 +1,21 @@
 //! `gpuq-api`: the HTTP front of gpuq. Configuration: see the README's table of variables.
+//!
+//! Administration, against the same database (`DATABASE_URL`):
+//!   gpuq-api key create TENANT          a new API key for TENANT (created if new), printed last
+//!   gpuq-api key revoke KEY_ID          the key stops working at once
+//!   gpuq-api tenant allow TENANT URI    TENANT's jobs may also read under `s3://bucket/prefix/`
 
 use gpuq_api::{ApiSettings, Application};
+use gpuq_shared::{config::Settings, db};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     gpuq_shared::telemetry::init();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if !args.is_empty() {
+        return admin(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    }
     let settings = ApiSettings::from_env()?;
     let shutdown = CancellationToken::new();
     let app = Application::build(settings, &shutdown).await?;
@@ -17,6 +27,36 @@ async fn main() -> anyhow::Result<()> {
         stop.cancel();
     });
     app.run_until_stopped(shutdown).await
+}
+
+async fn admin(args: &[&str]) -> anyhow::Result<()> {
+    let settings = Settings::from_env()?;
+    let pool = db::connect(&settings.database_url, 1).await?;
+    db::migrate(&pool).await?;
+    match args {
+        ["key", "create", tenant] => {
+            let key = gpuq_api::create_key(&pool, tenant).await?;
+            eprintln!("API key {} for tenant `{tenant}` (shown once; stored only as a hash):", key.id);
+            println!("{}", key.token);
+        }
+        ["key", "revoke", id] => {
+            anyhow::ensure!(db::api_key_revoke(&pool, id).await?, "no live key `{id}`");
+            eprintln!("revoked key {id}");
+        }
+        ["tenant", "allow", tenant, uri] => {
+            let prefix: gpuq_shared::S3Uri = uri.parse().map_err(anyhow::Error::msg)?;
+            anyhow::ensure!(prefix.key.ends_with('/'), "the prefix must end with `/`");
+            anyhow::ensure!(
+                db::tenant_allow_input(&pool, tenant, uri).await?,
+                "no tenant `{tenant}`"
+            );
+            eprintln!("tenant `{tenant}` may read under {uri}");
+        }
+        _ => anyhow::bail!(
+            "usage: gpuq-api [key create TENANT | key revoke KEY_ID | tenant allow TENANT s3://bucket/prefix/]"
+        ),
+    }
+    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -12,6 +12,7 @@ pub fn job(j: &JobRecord) -> Value {
         "status": j.status,
         "attempt": j.attempt,
         "max_attempts": j.max_attempts,
+        "timeout_s": j.timeout_s,
         "params": j.params,
         "input": j.input,
         "progress": j.progress.clone().unwrap_or_else(|| json!({"fraction": 0.0, "message": null})),

@@ -55,10 +55,16 @@ impl Waiters {
     pub async fn wait_for(
         &self,
         pool: &PgPool,
+        tenant: &str,
         id: JobId,
         wait: Duration,
     ) -> Result<Option<JobRecord>, db::DbError> {
-        self.wait_with(pool, id, wait, self.subscribe(), None).await
+        let rx = self.subscribe();
+        let first = db::job_get_for(pool, tenant, id).await?;
+        if first.is_none() {
+            return Ok(None);
+        }
+        self.wait_with(pool, id, wait, rx, first).await
     }
 
     /// A receiver of finished job ids, to take before the state the caller then reads or writes.
@@ -67,7 +73,8 @@ impl Waiters {
     }
 
     /// As [`wait_for`](Self::wait_for) with a receiver taken earlier and a `known` state of the
-    /// job read (or written) after it was taken, which saves the first read.
+    /// job read (or written) after it was taken, which saves the first read. The caller has
+    /// checked that the job is the tenant's.
     pub async fn wait_with(
         &self,
         pool: &PgPool,

@@ -2,6 +2,7 @@
 //! stream straight into one row-major `f32` matrix, so a large input is never held twice.
 //! Every problem is an `invalid_input` error that says where (line and column).
 
+use crate::config::Limits;
 use crate::domain::JobError;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt};
 
@@ -31,6 +32,31 @@ fn invalid(msg: impl Into<String>) -> JobError {
     JobError::invalid_input(msg)
 }
 
+fn too_large(msg: String) -> JobError {
+    JobError::fatal("input_too_large", msg)
+}
+
+/// Reads one line into `line` (cleared first), at most `cap` bytes; returns its length.
+async fn read_line_capped<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    line: &mut Vec<u8>,
+    cap: usize,
+    line_no: usize,
+) -> Result<usize, JobError> {
+    line.clear();
+    let n = reader
+        .take(cap as u64 + 1)
+        .read_until(b'\n', line)
+        .await
+        .map_err(|e| JobError::transient("input_read_failed", e.to_string()))?;
+    if n > cap {
+        return Err(too_large(format!(
+            "line {line_no} is longer than {cap} bytes"
+        )));
+    }
+    Ok(n)
+}
+
 fn check_finite(v: f32, line: usize, column: &str) -> Result<f32, JobError> {
     if v.is_finite() {
         Ok(v)
@@ -43,19 +69,17 @@ fn check_finite(v: f32, line: usize, column: &str) -> Result<f32, JobError> {
 
 /// Reads a CSV stream. `label_column`, when given, is split off into `labels`; if `require_label`
 /// and it is missing, that is an error naming the columns that do exist.
+/// Inputs over `limits` (rows, features) are refused as `input_too_large` while reading.
 pub async fn read_csv<R: AsyncBufRead + Unpin>(
     mut reader: R,
     label_column: &str,
     require_label: bool,
+    limits: &Limits,
 ) -> Result<Table, JobError> {
     let mut line = Vec::new();
-    let read_err = |e: std::io::Error| JobError::transient("input_read_failed", e.to_string());
-    if reader
-        .read_until(b'\n', &mut line)
-        .await
-        .map_err(read_err)?
-        == 0
-    {
+    // Room for every allowed column at 64 bytes a cell (names or numbers).
+    let cap = (limits.max_features + 1).saturating_mul(64).max(4096);
+    if read_line_capped(&mut reader, &mut line, cap, 1).await? == 0 {
         return Err(invalid("the CSV input is empty (expected a header row)"));
     }
     let header = std::str::from_utf8(&line)
@@ -68,6 +92,13 @@ pub async fn read_csv<R: AsyncBufRead + Unpin>(
         .collect();
     if names.iter().any(|n| n.is_empty()) {
         return Err(invalid("line 1: the header row has an empty column name"));
+    }
+    if names.len() > limits.max_features + 1 {
+        return Err(too_large(format!(
+            "{} columns; this deployment allows {} features",
+            names.len(),
+            limits.max_features
+        )));
     }
     let label_index = names.iter().position(|n| n == label_column);
     if require_label && label_index.is_none() {
@@ -83,18 +114,19 @@ pub async fn read_csv<R: AsyncBufRead + Unpin>(
         .map(|(_, n)| n.clone())
         .collect();
     let cols = columns.len();
+    // The header check allows one column more for the label; without a label it is a feature.
+    if cols > limits.max_features {
+        return Err(too_large(format!(
+            "{cols} feature columns; this deployment allows {}",
+            limits.max_features
+        )));
+    }
     let mut data = Vec::new();
     let mut labels = label_index.map(|_| Vec::new());
     let mut rows = 0usize;
     let mut line_no = 1usize;
     loop {
-        line.clear();
-        if reader
-            .read_until(b'\n', &mut line)
-            .await
-            .map_err(read_err)?
-            == 0
-        {
+        if read_line_capped(&mut reader, &mut line, cap, line_no + 1).await? == 0 {
             break;
         }
         line_no += 1;
@@ -133,6 +165,12 @@ pub async fn read_csv<R: AsyncBufRead + Unpin>(
             )));
         }
         rows += 1;
+        if rows > limits.max_rows {
+            return Err(too_large(format!(
+                "more than {} rows; this deployment's limit",
+                limits.max_rows
+            )));
+        }
     }
     if rows == 0 {
         return Err(invalid("the CSV input has a header but no data rows"));
@@ -157,6 +195,7 @@ pub async fn read_npy<R: AsyncRead + Unpin>(
     mut reader: R,
     label_column: &str,
     require_label: bool,
+    limits: &Limits,
 ) -> Result<Table, JobError> {
     let read_err = |e: std::io::Error| match e.kind() {
         std::io::ErrorKind::UnexpectedEof => invalid("the .npy input ends early"),
@@ -179,6 +218,12 @@ pub async fn read_npy<R: AsyncRead + Unpin>(
     reader.read_exact(&mut header).await.map_err(read_err)?;
     let header = String::from_utf8_lossy(&header);
     let (width, rows, cols) = parse_npy_header(&header)?;
+    if rows > limits.max_rows || cols > limits.max_features + 1 {
+        return Err(too_large(format!(
+            "shape ({rows}, {cols}); this deployment allows {} rows and {} features",
+            limits.max_rows, limits.max_features
+        )));
+    }
     let names: Vec<String> = (0..cols).map(|c| c.to_string()).collect();
     let label_index = names.iter().position(|n| n == label_column);
     if require_label && label_index.is_none() {
@@ -193,8 +238,16 @@ pub async fn read_npy<R: AsyncRead + Unpin>(
         )));
     }
     let feature_cols = cols - usize::from(label_index.is_some());
-    let mut data = Vec::with_capacity(rows.saturating_mul(feature_cols).min(1 << 28));
-    let mut labels = label_index.map(|_| Vec::with_capacity(rows.min(1 << 24)));
+    // The shape check allows one column more for the label; without a label it is a feature.
+    if feature_cols > limits.max_features {
+        return Err(too_large(format!(
+            "{feature_cols} feature columns; this deployment allows {}",
+            limits.max_features
+        )));
+    }
+    // The shape is a claim until the bytes arrive: reserve little up front.
+    let mut data = Vec::with_capacity(rows.saturating_mul(feature_cols).min(1 << 20));
+    let mut labels = label_index.map(|_| Vec::with_capacity(rows.min(1 << 20)));
     let mut row_bytes = vec![0u8; cols * width];
     for r in 0..rows {
         reader.read_exact(&mut row_bytes).await.map_err(read_err)?;
@@ -327,7 +380,7 @@ mod tests {
     use super::*;
 
     async fn csv(text: &str, require: bool) -> Result<Table, JobError> {
-        read_csv(text.as_bytes(), "label", require).await
+        read_csv(text.as_bytes(), "label", require, &Limits::default()).await
     }
 
     #[tokio::test]
@@ -376,6 +429,34 @@ mod tests {
         assert!(csv("a,label\n", true).await.is_err());
     }
 
+    #[tokio::test]
+    async fn inputs_over_the_deployment_limits_are_refused_while_reading() {
+        let limits = Limits {
+            max_rows: 2,
+            max_features: 2,
+            ..Limits::default()
+        };
+        let read = |text: &'static str| async move {
+            read_csv(text.as_bytes(), "label", true, &limits).await
+        };
+        assert!(read("a,b,label\n1,2,0\n3,4,1\n").await.is_ok());
+        for over in ["a,b,label\n1,2,0\n3,4,1\n5,6,0\n", "a,b,c,label\n1,2,3,0\n"] {
+            assert_eq!(read(over).await.unwrap_err().code, "input_too_large", "{over}");
+        }
+        let long_line = format!("a,label\n{},1\n", "1".repeat(10_000));
+        let e = read_csv(long_line.as_bytes(), "label", true, &limits).await.unwrap_err();
+        assert_eq!(e.code, "input_too_large");
+        let e = read_npy(&npy("<f4", "(3, 2)", &[0; 24])[..], "label", false, &limits)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, "input_too_large");
+        // A huge claimed shape with no data behind it: refused, and nothing huge reserved.
+        let e = read_npy(&npy("<f4", "(100000, 3)", &[0; 8])[..], "label", false, &Limits::default())
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, "invalid_input");
+    }
+
     fn npy(descr: &str, shape: &str, payload: &[u8]) -> Vec<u8> {
         let mut header =
             format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
@@ -390,6 +471,25 @@ mod tests {
         out
     }
 
+    /// Found by `fuzz/fuzz_targets/csv.rs` (`fuzz/regressions/csv/no-label-one-feature-over-limit`):
+    /// with no label column, the one column the header check leaves for it was let through.
+    #[tokio::test]
+    async fn without_a_label_column_every_column_counts_against_max_features() {
+        let limits = Limits {
+            max_rows: 4,
+            max_features: 3,
+            ..Limits::default()
+        };
+        let e = read_csv(&b"`,b,b,l\n1,4,5,1"[..], "0", false, &limits).await.unwrap_err();
+        assert_eq!(e.code, "input_too_large", "{}", e.message);
+        assert!(read_csv(&b"a,b,c,label\n1,4,5,1"[..], "label", true, &limits).await.is_ok());
+        let e = read_npy(&npy("<f4", "(1, 4)", &[0; 16])[..], "label", false, &limits)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, "input_too_large", "{}", e.message);
+        assert!(read_npy(&npy("<f4", "(1, 4)", &[0; 16])[..], "3", true, &limits).await.is_ok());
+    }
+
     #[tokio::test]
     async fn npy_float64_reads_and_names_columns_by_index() {
         let vals: Vec<u8> = [1.0f64, 2.0, 0.0, 3.0, 4.0, 1.0]
@@ -397,7 +497,7 @@ mod tests {
             .flat_map(|v| v.to_le_bytes())
             .collect();
         let bytes = npy("<f8", "(2, 3)", &vals);
-        let t = read_npy(&bytes[..], "2", true).await.unwrap();
+        let t = read_npy(&bytes[..], "2", true, &Limits::default()).await.unwrap();
         assert_eq!(t.features.data, vec![1.0, 2.0, 3.0, 4.0]);
         assert_eq!(t.labels.unwrap(), vec![0.0, 1.0]);
     }
@@ -405,15 +505,15 @@ mod tests {
     #[tokio::test]
     async fn npy_truncated_or_wrong_dtype_is_invalid_input() {
         let vals: Vec<u8> = [1.0f32, 2.0].iter().flat_map(|v| v.to_le_bytes()).collect();
-        let e = read_npy(&npy("<f4", "(2, 2)", &vals)[..], "label", false)
+        let e = read_npy(&npy("<f4", "(2, 2)", &vals)[..], "label", false, &Limits::default())
             .await
             .unwrap_err();
         assert_eq!(e.code, "invalid_input");
-        let e = read_npy(&npy("<i8", "(1, 1)", &[0; 8])[..], "label", false)
+        let e = read_npy(&npy("<i8", "(1, 1)", &[0; 8])[..], "label", false, &Limits::default())
             .await
             .unwrap_err();
         assert!(e.message.contains("float32 or float64"), "{}", e.message);
-        let e = read_npy(&npy("<f4", "(2,)", &vals)[..], "label", false)
+        let e = read_npy(&npy("<f4", "(2,)", &vals)[..], "label", false, &Limits::default())
             .await
             .unwrap_err();
         assert!(e.message.contains("2-D"), "{}", e.message);

@@ -1,14 +1,21 @@
 //! Code shared by the gpuq API and workers: domain types, configuration, the Postgres layer
 //! (the only place with SQL), the AMQP topology, S3 access and the input data readers.
 
+pub mod auth;
 pub mod config;
 pub mod dataset;
+#[cfg(feature = "services")]
 pub mod db;
 pub mod domain;
 pub mod params;
+#[cfg(feature = "services")]
 pub mod queue;
+#[cfg(feature = "services")]
 pub mod reaper;
+#[cfg(feature = "services")]
 pub mod storage;
+pub mod submit;
+#[cfg(feature = "services")]
 pub mod telemetry;
 
 pub use domain::{Algorithm, JobError, JobId, JobStatus, JobType, ModelId, S3Uri};

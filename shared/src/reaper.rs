@@ -1,6 +1,6 @@
 //! The reaper: what makes a crash anywhere lose nothing. It hands jobs whose worker stopped
-//! renewing its lease back to the queue, and publishes `queued` jobs whose message never went out
-//! or was lost. Duplicate messages are harmless: the claim is conditional.
+//! renewing its lease back to the queue, and publishes `queued` jobs whose retry backoff is over
+//! or whose message never went out or was lost. Duplicate messages are harmless: the claim is conditional.
 
 use crate::config::Lifecycle;
 use crate::db;
@@ -34,18 +34,17 @@ pub async fn sweep(
     publisher: &Publisher,
     lifecycle: &Lifecycle,
 ) -> anyhow::Result<usize> {
-    let mut ids = db::jobs_requeue_expired(pool).await?;
-    if !ids.is_empty() {
-        tracing::info!(count = ids.len(), "requeued jobs whose lease expired");
+    let expired = db::jobs_requeue_expired(pool, lifecycle.backoff).await?;
+    if expired > 0 {
+        tracing::info!(count = expired, "requeued jobs whose lease expired");
     }
-    let stale = db::jobs_due_for_publish(pool, lifecycle.republish_after, 1000).await?;
-    if !stale.is_empty() {
+    let ids = db::jobs_due_for_publish(pool, lifecycle.republish_after, 1000).await?;
+    if !ids.is_empty() {
         tracing::info!(
-            count = stale.len(),
-            "publishing queued jobs with no live message"
+            count = ids.len(),
+            "publishing queued jobs: retries due, or no live message"
         );
     }
-    ids.extend(stale);
     for id in &ids {
         // A failure here leaves the job queued with `published_at` set: the next sweep after
         // `republish_after` tries again.

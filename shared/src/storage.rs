@@ -1,6 +1,7 @@
 //! S3 access through aws-sdk-s3 with the endpoint from the standard AWS variables
 //! (`AWS_ENDPOINT_URL` for the dev server) and path-style addressing.
 
+use crate::config::Limits;
 use crate::dataset::{self, Table};
 use crate::domain::{JobError, S3Uri};
 use aws_sdk_s3::Client;
@@ -56,13 +57,14 @@ impl Storage {
         uri: &S3Uri,
         label_column: &str,
         require_label: bool,
+        limits: &Limits,
     ) -> Result<Table, JobError> {
         let object = self.get(uri).await?;
         let reader = tokio::io::BufReader::with_capacity(256 * 1024, object.into_async_read());
         if uri.key.ends_with(".npy") {
-            dataset::read_npy(reader, label_column, require_label).await
+            dataset::read_npy(reader, label_column, require_label, limits).await
         } else {
-            dataset::read_csv(reader, label_column, require_label).await
+            dataset::read_csv(reader, label_column, require_label, limits).await
         }
     }
 

@@ -66,6 +66,9 @@ async fn main() -> anyhow::Result<()> {
                 std::env::var("GPUQ_TEST_BUCKET").unwrap_or("gpuq-test".into()),
             )
             .env("GPUQ_API_ADDR", format!("127.0.0.1:{port}"))
+            // Measures the service, not the per-tenant rate limit.
+            .env("GPUQ_RATE_LIMIT_PER_SECOND", "1000000")
+            .env("GPUQ_RATE_LIMIT_BURST", "1000000")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()
@@ -73,11 +76,9 @@ async fn main() -> anyhow::Result<()> {
     };
     let mut children = Children(vec![spawn("gpuq-api")]);
     let url = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(concurrency)
-        .build()?;
+    let probe = reqwest::Client::new();
     for _ in 0..100 {
-        if client
+        if probe
             .get(format!("{url}/readyz"))
             .send()
             .await
@@ -87,6 +88,17 @@ async fn main() -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let pool = gpuq_shared::db::connect(&db_url, 1).await?;
+    let key = gpuq_api::create_key(&pool, "bench").await?.token;
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {key}").parse()?,
+    );
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .default_headers(headers)
+        .build()?;
     for _ in 0..workers {
         children.0.push(spawn("gpuq-worker"));
     }

@@ -3,7 +3,7 @@
 //! Postgres, RabbitMQ, S3 server and Vulkan device that `scripts/dev test` starts.
 
 use gpuq_shared::S3Uri;
-use gpuq_shared::config::{Lifecycle, Settings};
+use gpuq_shared::config::{Backoff, Lifecycle, Limits, Settings};
 use gpuq_shared::storage::Storage;
 use serde_json::Value;
 use sqlx::PgPool;
@@ -17,7 +17,12 @@ pub use reqwest::StatusCode;
 
 pub struct TestApp {
     pub url: String,
+    /// Sends this test's tenant's API key with every request.
     pub client: reqwest::Client,
+    /// The tenant `client` acts for.
+    pub tenant: String,
+    /// Its API key.
+    pub key: String,
     pub pool: PgPool,
     pub settings: Settings,
     pub storage: Storage,
@@ -34,6 +39,9 @@ pub struct Options {
     /// Jobs each in-process worker runs at once.
     pub concurrency: usize,
     pub lifecycle: Lifecycle,
+    pub limits: Limits,
+    /// Each tenant's requests per second (and burst) at the API.
+    pub rate_limit: (f64, u32),
 }
 
 impl Default for Options {
@@ -46,7 +54,14 @@ impl Default for Options {
                 republish_after: Duration::from_secs(3),
                 reaper_interval: Duration::from_millis(500),
                 max_attempts: 3,
+                backoff: Backoff {
+                    base: Duration::from_millis(200),
+                    max: Duration::from_secs(2),
+                },
+                default_timeout_s: 600,
             },
+            limits: Limits::default(),
+            rate_limit: (10_000.0, 10_000),
         }
     }
 }
@@ -83,6 +98,7 @@ impl TestApp {
             bucket: env_or("GPUQ_TEST_BUCKET", "gpuq-test"),
             s3_prefix: format!("t-{tag}"),
             lifecycle: opts.lifecycle,
+            limits: opts.limits,
         };
         let shutdown = CancellationToken::new();
         let api_settings = gpuq_api::ApiSettings {
@@ -90,6 +106,10 @@ impl TestApp {
             addr: "127.0.0.1:0".into(),
             max_body_bytes: 1024 * 1024,
             reaper: true,
+            rate_per_second: opts.rate_limit.0,
+            rate_burst: opts.rate_limit.1,
+            header_timeout: Duration::from_secs(2),
+            db_connections: 6,
         };
         let app = gpuq_api::Application::build(api_settings, &shutdown)
             .await
@@ -104,9 +124,13 @@ impl TestApp {
             .ensure_bucket(&settings.bucket)
             .await
             .expect("S3 server is running");
+        let tenant = "acme".to_string();
+        let key = gpuq_api::create_key(&pool, &tenant).await.unwrap().token;
         let mut me = Self {
             url,
-            client: reqwest::Client::new(),
+            client: client_with_key(&key),
+            tenant,
+            key,
             pool,
             settings,
             storage,
@@ -137,8 +161,14 @@ impl TestApp {
 
     /// Starts a real `gpuq-worker` process on this test's database, queue and prefix.
     pub fn spawn_worker_process(&mut self) -> u32 {
+        self.spawn_worker_process_with(&[])
+    }
+
+    /// As [`spawn_worker_process`](Self::spawn_worker_process), with extra environment.
+    pub fn spawn_worker_process_with(&mut self, env: &[(&str, &str)]) -> u32 {
         let s = &self.settings;
-        let child = Command::new(worker_binary())
+        let mut command = Command::new(worker_binary());
+        let child = command
             .env("DATABASE_URL", &s.database_url)
             .env("AMQP_URL", &s.amqp_url)
             .env("GPUQ_QUEUE", &s.queue)
@@ -156,7 +186,21 @@ impl TestApp {
                 "GPUQ_REAPER_INTERVAL_SECONDS",
                 s.lifecycle.reaper_interval.as_secs_f64().to_string(),
             )
+            .env(
+                "GPUQ_RETRY_BASE_SECONDS",
+                s.lifecycle.backoff.base.as_secs_f64().to_string(),
+            )
+            .env(
+                "GPUQ_RETRY_MAX_SECONDS",
+                s.lifecycle.backoff.max.as_secs_f64().to_string(),
+            )
             .env("RUST_LOG", "info")
+            // Few slots, so few connections: many tests share one Postgres (100 connections).
+            .env(
+                "GPUQ_WORKER_CONCURRENCY",
+                self.concurrency.to_string(),
+            )
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -166,11 +210,23 @@ impl TestApp {
         pid
     }
 
-    /// Stores `bytes` under this test's prefix and returns its URI.
+    /// Stores `bytes` under this test's tenant's prefix and returns its URI.
     pub async fn put(&self, name: &str, bytes: Vec<u8>) -> String {
-        let uri = S3Uri::new(&self.settings.bucket, self.settings.object_key(name));
+        let prefix = self.settings.tenant_prefix(&self.tenant);
+        self.put_at(&format!("{prefix}{name}"), bytes).await
+    }
+
+    /// Stores `bytes` under `key` of the test bucket (anywhere) and returns its URI.
+    pub async fn put_at(&self, key: &str, bytes: Vec<u8>) -> String {
+        let uri = S3Uri::new(&self.settings.bucket, key);
         self.storage.put(&uri, bytes, "text/csv").await.unwrap();
         uri.to_string()
+    }
+
+    /// A client acting for another tenant (created if new), with a fresh key of its own.
+    pub async fn client_for(&self, tenant: &str) -> reqwest::Client {
+        let key = gpuq_api::create_key(&self.pool, tenant).await.unwrap();
+        client_with_key(&key.token)
     }
 
     pub async fn get_object(&self, uri: &str) -> Vec<u8> {
@@ -223,6 +279,11 @@ impl TestApp {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let (status, job) = self.get(&format!("/v1/jobs/{id}?wait=10")).await;
+            if status == StatusCode::SERVICE_UNAVAILABLE {
+                // What a client does with a 503: try again shortly.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
             assert_eq!(status, StatusCode::OK, "{job}");
             let status: gpuq_shared::JobStatus = job["status"].as_str().unwrap().parse().unwrap();
             if status.is_terminal() {
@@ -255,6 +316,22 @@ impl TestApp {
         }
     }
 
+    /// Whether the worker process `pid` has exited (and been reaped).
+    pub fn worker_exited(&mut self, pid: u32) -> bool {
+        self.children
+            .iter_mut()
+            .find(|c| c.id() == pid)
+            .is_some_and(|c| c.try_wait().unwrap().is_some())
+    }
+
+    /// The job as stored, straight from Postgres.
+    pub async fn job_row(&self, id: &str) -> gpuq_shared::db::JobRecord {
+        gpuq_shared::db::job_get(&self.pool, id.parse().unwrap())
+            .await
+            .unwrap()
+            .expect("the job exists")
+    }
+
     pub async fn model_rows_for(&self, job_id: &str) -> i64 {
         gpuq_shared::db::models_for_job(&self.pool, job_id.parse().unwrap())
             .await
@@ -272,6 +349,62 @@ impl Drop for TestApp {
             let _ = c.wait();
         }
     }
+}
+
+/// Stops or starts the shared RabbitMQ (`stop_app`, `start_app`). Only the serial fault suite
+/// may call this: every other test talks to the same broker.
+pub fn rabbitmq(action: &str) {
+    let done = Command::new("rabbitmqctl")
+        .args(["-q", action])
+        .status()
+        .unwrap();
+    assert!(done.success(), "rabbitmqctl {action}");
+}
+
+/// Evaluates an Erlang expression on the shared broker (for its settings); returns the output.
+pub fn rabbitmq_eval(expr: &str) -> String {
+    let out = Command::new("rabbitmqctl")
+        .args(["-q", "eval", expr])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "rabbitmqctl eval {expr}");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Stops, starts or restarts the shared PostgreSQL cluster. Only the serial fault suite may
+/// call this.
+pub fn postgres(action: &str) {
+    let version = std::fs::read_dir("/etc/postgresql")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .max()
+        .expect("a PostgreSQL cluster under /etc/postgresql");
+    let done = Command::new("pg_ctlcluster")
+        .args(["--skip-systemctl-redirect", &version.to_string(), "main", action])
+        .args(if action == "start" { vec![] } else { vec!["-m", "fast"] })
+        .status()
+        .unwrap();
+    assert!(done.success(), "pg_ctlcluster {action}");
+}
+
+/// Sends `signal` (`KILL`, `STOP`, `CONT`, `TERM`) to process `pid`.
+pub fn signal(pid: u32, signal: &str) {
+    let sent = Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill -{signal} {pid}");
+}
+
+/// A client that sends `Authorization: Bearer <key>` with every request.
+pub fn client_with_key(key: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let value = reqwest::header::HeaderValue::from_str(&format!("Bearer {key}")).unwrap();
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap()
 }
 
 /// `target/<profile>/gpuq-worker`, beside the directory of the running test binary.

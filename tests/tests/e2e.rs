@@ -127,9 +127,9 @@ async fn bad_inputs_fail_the_job_with_a_code_and_the_worker_keeps_serving() {
     let app = TestApp::spawn().await;
 
     let missing = format!(
-        "s3://{}/{}",
+        "s3://{}/{}nope.csv",
         app.settings.bucket,
-        app.settings.object_key("nope.csv")
+        app.settings.tenant_prefix(&app.tenant)
     );
     let job = app
         .run(json!({"type": "train", "algorithm": "logreg", "input": {"uri": missing}}))

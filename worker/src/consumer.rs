@@ -36,14 +36,21 @@ pub async fn run(
             }
         }
     }
-    if tokio::time::timeout(drain, slots.acquire_many(concurrency as u32))
+    let all = concurrency as u32;
+    if tokio::time::timeout(drain, slots.acquire_many(all))
         .await
         .is_err()
     {
-        tracing::warn!(
-            "drain deadline passed: stopping the jobs in hand (their leases will lapse)"
-        );
+        tracing::warn!("drain deadline passed: handing the jobs in hand back to the queue");
         ctx.abort.cancel();
+        // Each stops at its next check and records the hand-back; one that cannot is left to
+        // the reaper once its lease lapses.
+        if tokio::time::timeout(Duration::from_secs(15), slots.acquire_many(all))
+            .await
+            .is_err()
+        {
+            tracing::warn!("some jobs did not stop; the reaper will requeue them");
+        }
     }
 }
 

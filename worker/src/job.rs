@@ -2,14 +2,14 @@
 //! a blocking thread, write the outcome with a fenced update. Every outcome is turned into a
 //! state transition here and only here.
 
-use crate::algorithms::{self, Control, LoadedModel, Trained};
+use crate::algorithms::{self, Control, LoadedModel, StopReason, Trained};
 use crate::gpu::Gpu;
 use gpuq_shared::config::Settings;
 use gpuq_shared::dataset::{self, Table};
 use gpuq_shared::db::{self, JobRecord, NewModel};
 use gpuq_shared::queue::Publisher;
 use gpuq_shared::storage::Storage;
-use gpuq_shared::{Algorithm, JobError, JobId, JobStatus, ModelId, S3Uri};
+use gpuq_shared::{Algorithm, JobError, JobId, ModelId, S3Uri, auth};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -20,6 +20,8 @@ use tokio_util::sync::CancellationToken;
 pub const INLINE_PREDICTIONS: usize = 100;
 /// Inline inputs up to this many rows get inline results only (no S3 object).
 pub const INLINE_ONLY_ROWS: usize = 1000;
+/// How long a job told to stop (timeout, shutdown) gets to reach its next check.
+const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// What every job of this worker shares.
 pub struct WorkerContext {
@@ -39,6 +41,7 @@ pub struct WorkerContext {
 struct CachedModel {
     model: LoadedModel,
     params: Value,
+    tenant: String,
 }
 
 /// How a job ended well.
@@ -88,20 +91,52 @@ impl WorkerContext {
             self.settings.lifecycle.lease,
             ctl.clone(),
         ));
-        let outcome = self.execute(&job, &ctl).await;
+        let timeout = Duration::from_secs(job.timeout_s.max(1) as u64);
+        let work = self.execute(&job, &ctl);
+        tokio::pin!(work);
+        let outcome = tokio::select! {
+            outcome = &mut work => outcome,
+            _ = tokio::time::sleep(timeout) => {
+                ctl.stop(StopReason::TimedOut);
+                finish_within_grace(&mut work).await
+            }
+            _ = self.abort.cancelled() => finish_within_grace(&mut work).await,
+        };
         heartbeat.abort();
-        if ctl.should_stop() {
-            tracing::info!(job = %id, "stopped: canceled or lease lost; writing nothing");
-            return;
-        }
-        let written = match outcome {
-            Ok(done) => self.write_success(id, attempt, &job, done).await,
-            Err(e) => self.write_failure(id, attempt, &e).await,
+        let written = match (ctl.stop_reason(), outcome) {
+            (Some(StopReason::Released), _) => {
+                tracing::info!(job = %id, "stopped: canceled or lease lost; writing nothing");
+                return;
+            }
+            // Finished just as it was told to stop: the result stands.
+            (_, Ok(done)) => self.write_success(id, attempt, &job, done).await,
+            (Some(StopReason::TimedOut), Err(_)) => {
+                let e = JobError::fatal(
+                    "timeout",
+                    format!("the job ran past its timeout_s of {} s", job.timeout_s),
+                );
+                self.write_failure(id, attempt, &e).await
+            }
+            (Some(StopReason::Shutdown), Err(_)) => self.hand_back(id, attempt).await,
+            (None, Err(e)) => self.write_failure(id, attempt, &e).await,
         };
         if let Err(e) = written {
             // The lease will expire and the reaper will hand the job on: nothing is lost.
             tracing::error!(job = %id, error = %e, "could not record the outcome");
         }
+    }
+
+    /// The worker is shutting down and the job did not finish in time: queue it again at once
+    /// for another worker, without spending one of its attempts.
+    async fn hand_back(&self, id: JobId, attempt: i32) -> Result<(), db::DbError> {
+        let reason = format!("worker {} shut down before the job finished", self.worker_id);
+        if db::job_release(&self.pool, id, attempt, &reason).await? {
+            tracing::info!(job = %id, attempt, "handed back on shutdown");
+            if let Err(e) = self.publisher.publish(id).await {
+                tracing::warn!(job = %id, error = %e, "publish failed; the reaper will do it");
+            }
+        }
+        Ok(())
     }
 
     async fn write_success(
@@ -121,6 +156,7 @@ impl WorkerContext {
                 let result = json!({ "model_id": model_id, "metrics": metrics });
                 let new_model = NewModel {
                     id: model_id,
+                    tenant: &job.tenant_id,
                     algorithm: &job.algorithm,
                     n_features: trained.n_features as i32,
                     n_classes: trained.n_classes as i32,
@@ -152,33 +188,36 @@ impl WorkerContext {
         e: &JobError,
     ) -> Result<(), db::DbError> {
         tracing::warn!(job = %id, attempt, code = %e.code, message = %e.message, "attempt failed");
-        let status = retry_db(|| db::job_set_failed_or_retry(&self.pool, id, attempt, e)).await?;
-        if status == Some(JobStatus::Queued)
-            && let Err(err) = self.publisher.publish(id).await
-        {
-            tracing::warn!(job = %id, error = %err, "republish failed; the reaper will do it");
-        }
+        let backoff = self.settings.lifecycle.backoff;
+        // Back to the queue: the reaper publishes it once its backoff is over.
+        let status =
+            retry_db(|| db::job_set_failed_or_retry(&self.pool, id, attempt, e, backoff)).await?;
+        tracing::info!(job = %id, attempt, status = ?status, "failure recorded");
         Ok(())
     }
 
     async fn execute(&self, job: &JobRecord, ctl: &Arc<Control>) -> Result<Completion, JobError> {
         match job.job_type.as_str() {
             "train" => self.train(job, ctl).await,
-            _ => self.infer(job).await,
+            _ => self.infer(job, ctl).await,
         }
     }
 
+    /// The job's input, from S3 (only inside what its tenant may read) or inline.
     async fn load_input(
         &self,
-        input: &Value,
+        job: &JobRecord,
         label_column: &str,
         require_label: bool,
     ) -> Result<Table, JobError> {
+        let input = &job.input;
         if let Some(uri) = input.get("uri").and_then(Value::as_str) {
             let uri: S3Uri = uri.parse().map_err(JobError::invalid_input)?;
+            self.check_input_allowed(job, &uri).await?;
+            let limits = &self.settings.limits;
             return self
                 .storage
-                .read_table(&uri, label_column, require_label)
+                .read_table(&uri, label_column, require_label, limits)
                 .await;
         }
         let rows: Vec<Vec<f64>> =
@@ -195,6 +234,30 @@ impl WorkerContext {
         dataset::from_rows(&rows, labels.as_deref())
     }
 
+    /// The API checked this at submit; checked again here, before any S3 call, so a message or
+    /// row that did not come through the API cannot make a worker read another tenant's data.
+    async fn check_input_allowed(&self, job: &JobRecord, uri: &S3Uri) -> Result<(), JobError> {
+        let tenant = db::tenant_get(&self.pool, &job.tenant_id)
+            .await
+            .map_err(|e| JobError::transient("database_error", e.to_string()))?
+            .ok_or_else(|| JobError::fatal("forbidden_input", "the job's tenant does not exist"))?;
+        let own = self.settings.tenant_prefix(&tenant.id);
+        if auth::may_read(uri, &self.settings.bucket, &own, &tenant.input_prefixes) {
+            Ok(())
+        } else {
+            Err(JobError::fatal(
+                "forbidden_input",
+                format!("{uri} is outside what tenant `{}` may read", tenant.id),
+            ))
+        }
+    }
+
+    /// Where an object this job writes goes: under its tenant's prefix.
+    fn output_uri(&self, job: &JobRecord, suffix: &str) -> S3Uri {
+        let prefix = self.settings.tenant_prefix(&job.tenant_id);
+        S3Uri::new(&self.settings.bucket, format!("{prefix}{suffix}"))
+    }
+
     async fn train(&self, job: &JobRecord, ctl: &Arc<Control>) -> Result<Completion, JobError> {
         let algorithm: Algorithm = job
             .algorithm
@@ -208,7 +271,7 @@ impl WorkerContext {
             .to_string();
         ctl.report(0.0, "reading input".into());
         let table = self
-            .load_input(&job.input, &label_column, algorithm.needs_labels())
+            .load_input(job, &label_column, algorithm.needs_labels())
             .await?;
         ctl.report(
             0.0,
@@ -222,11 +285,7 @@ impl WorkerContext {
             blocking(move || algorithms::train(algorithm, &gpu, table, &params, &c)).await?;
         let model_id = ModelId::new();
         // A fresh key per attempt: a late attempt can never overwrite the winner's artifact.
-        let uri = S3Uri::new(
-            &self.settings.bucket,
-            self.settings
-                .object_key(&format!("models/{model_id}.safetensors")),
-        );
+        let uri = self.output_uri(job, &format!("models/{model_id}.safetensors"));
         self.storage
             .put(
                 &uri,
@@ -241,12 +300,12 @@ impl WorkerContext {
         })
     }
 
-    async fn infer(&self, job: &JobRecord) -> Result<Completion, JobError> {
+    async fn infer(&self, job: &JobRecord, ctl: &Control) -> Result<Completion, JobError> {
         let model_id = ModelId(
             job.model_id
                 .ok_or_else(|| JobError::invalid_input("infer job without model_id"))?,
         );
-        let model = self.model(model_id).await?;
+        let model = self.model(&job.tenant_id, model_id).await?;
         let label_column = job
             .params
             .get("label_column")
@@ -254,7 +313,8 @@ impl WorkerContext {
             .and_then(Value::as_str)
             .unwrap_or("label")
             .to_string();
-        let table = self.load_input(&job.input, &label_column, false).await?;
+        let table = self.load_input(job, &label_column, false).await?;
+        ctl.check()?;
         let n = table.features.rows;
         let inline_only = job.input.get("rows").is_some() && n <= INLINE_ONLY_ROWS;
         let rows_json = inline_only || n <= INLINE_PREDICTIONS;
@@ -264,11 +324,7 @@ impl WorkerContext {
         let output_uri = if inline_only {
             None
         } else {
-            let uri = S3Uri::new(
-                &self.settings.bucket,
-                self.settings
-                    .object_key(&format!("outputs/{}/predictions.csv", job.id)),
-            );
+            let uri = self.output_uri(job, &format!("outputs/{}/predictions.csv", job.id));
             self.storage
                 .put(&uri, inference.csv.into_bytes(), "text/csv")
                 .await?;
@@ -284,12 +340,14 @@ impl WorkerContext {
         Ok(Completion::Inferred { result })
     }
 
-    /// The model on the GPU, loading its record and artifact on first use.
-    async fn model(&self, id: ModelId) -> Result<Arc<CachedModel>, JobError> {
-        if let Some(m) = self.models.lock().expect("model cache").get(&id) {
-            return Ok(m.clone());
+    /// The tenant's model on the GPU, loading its record and artifact on first use. Another
+    /// tenant's model does not exist for this job.
+    async fn model(&self, tenant: &str, id: ModelId) -> Result<Arc<CachedModel>, JobError> {
+        let cached = self.models.lock().expect("model cache").get(&id).cloned();
+        if let Some(m) = cached.filter(|m| m.tenant == tenant) {
+            return Ok(m);
         }
-        let record = db::model_get(&self.pool, id)
+        let record = db::model_get_for(&self.pool, tenant, id)
             .await
             .map_err(|e| JobError::transient("database_error", e.to_string()))?
             .ok_or_else(|| {
@@ -312,7 +370,11 @@ impl WorkerContext {
         let gpu = self.gpu.clone();
         let params = record.params;
         let model = blocking(move || LoadedModel::load(&gpu, &bytes)).await?;
-        let loaded = Arc::new(CachedModel { model, params });
+        let loaded = Arc::new(CachedModel {
+            model,
+            params,
+            tenant: record.tenant_id,
+        });
         let mut cache = self.models.lock().expect("model cache");
         if cache.len() >= 256 {
             cache.clear();
@@ -320,6 +382,15 @@ impl WorkerContext {
         cache.insert(id, loaded.clone());
         Ok(loaded)
     }
+}
+
+/// Once a job has been told to stop: its outcome if it gets there within [`STOP_GRACE`].
+async fn finish_within_grace(
+    work: &mut std::pin::Pin<&mut impl Future<Output = Result<Completion, JobError>>>,
+) -> Result<Completion, JobError> {
+    tokio::time::timeout(STOP_GRACE, work.as_mut())
+        .await
+        .unwrap_or_else(|_| Err(JobError::fatal("stopped", "did not stop within the grace period")))
 }
 
 /// Runs GPU work on a blocking thread; a panic there fails the attempt (retryably) instead of

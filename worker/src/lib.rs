@@ -49,7 +49,8 @@ pub async fn run_with_abort(
     let gpu = tokio::task::spawn_blocking(gpu::Gpu::new).await??;
     tracing::info!(adapter = %gpu.info.name, backend = ?gpu.info.backend, "GPU ready");
     let s = &settings.shared;
-    let pool = db::connect(&s.database_url, (settings.concurrency as u32 + 4).min(32)).await?;
+    // A job needs a connection only for its claim, lease renewals and outcome, briefly each.
+    let pool = db::connect(&s.database_url, (settings.concurrency as u32 / 2 + 4).min(24)).await?;
     db::migrate(&pool).await?;
     let publisher = Arc::new(Publisher::connect(&s.amqp_url, &s.queue).await?);
     let storage = Storage::from_env().await;

@@ -26,7 +26,7 @@ fn digits_train(rows: usize) -> Table {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
-    rt.block_on(read_csv(head.as_bytes(), "label", true))
+    rt.block_on(read_csv(head.as_bytes(), "label", true, &Default::default()))
         .unwrap()
 }
 

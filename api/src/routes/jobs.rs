@@ -1,34 +1,39 @@
 //! `POST /v1/jobs`, `GET /v1/jobs/{id}`, `GET /v1/jobs`, `POST /v1/jobs/{id}/cancel`.
 
 use super::{body_or_error, parse_id, parse_limit, query_params};
+use crate::auth::Tenant;
 use crate::error::ApiError;
 use crate::waiters::parse_wait;
-use crate::{AppState, submit, view};
+use crate::{AppState, view};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use gpuq_shared::db::{self, JobFilter, NewJob};
-use gpuq_shared::{JobId, JobStatus, JobType};
+use gpuq_shared::db::{self, Idempotent, JobFilter, NewJob};
+use gpuq_shared::{JobId, JobStatus, JobType, S3Uri, auth, submit};
 use serde_json::{Value, json};
 use std::time::Duration;
 
 /// Records the job, publishes it, answers `202` with the job and its `Location`. With
-/// `Prefer: wait=N` it first waits up to N seconds for the job to finish.
+/// `Prefer: wait=N` it first waits up to N seconds for the job to finish. With an
+/// `Idempotency-Key`, a repeat of the same request answers with the job the first one made.
 pub async fn submit(
     State(s): State<AppState>,
+    Extension(tenant): Extension<Tenant>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body_or_error(body, s.max_body_bytes)?;
-    let sub = submit::parse(&body)?;
+    let sub = submit::parse(&body, &s.settings.limits)?;
     let wait = prefer_wait(&headers);
+    let idempotency_key = idempotency_key(&headers)?;
+    check_input_allowed(&s, &tenant, &sub.input)?;
 
     let algorithm = match (sub.job_type, sub.model_id) {
         (JobType::Infer, Some(model_id)) => {
-            let model = db::model_get(&s.pool, model_id)
+            let model = db::model_get_for(&s.pool, &tenant.id, model_id)
                 .await?
                 .ok_or_else(|| ApiError::NotFound(format!("no model {model_id}")))?;
             if let Some(a) = sub.algorithm.filter(|a| a.as_str() != model.algorithm) {
@@ -62,23 +67,42 @@ pub async fn submit(
 
     // Subscribe before the job exists, so its finishing cannot be missed.
     let waiting = wait.map(|w| (w, s.waiters.subscribe()));
-    let job = db::job_insert(
-        &s.pool,
-        &NewJob {
-            id: JobId::new(),
-            job_type: sub.job_type.as_str(),
-            algorithm: &algorithm,
-            model_id: sub.model_id,
-            max_attempts: sub.max_attempts.unwrap_or(s.default_max_attempts),
-            params: &sub.params,
-            input: &sub.input,
-        },
-    )
-    .await?;
+    let new_job = NewJob {
+        id: JobId::new(),
+        tenant: &tenant.id,
+        job_type: sub.job_type.as_str(),
+        algorithm: &algorithm,
+        model_id: sub.model_id,
+        max_attempts: sub
+            .max_attempts
+            .unwrap_or(s.settings.lifecycle.max_attempts),
+        params: &sub.params,
+        input: &sub.input,
+        timeout_s: sub
+            .timeout_s
+            .unwrap_or(s.settings.lifecycle.default_timeout_s) as i32,
+    };
+    let (job, created) = match &idempotency_key {
+        None => (db::job_insert(&s.pool, &new_job).await?, true),
+        Some(key) => {
+            // The same request, whatever its JSON spacing or key order: hash its parsed form.
+            let canonical: Value = serde_json::from_slice(&body).expect("parsed above");
+            let digest = auth::body_sha256(canonical.to_string().as_bytes());
+            match db::job_insert_idempotent(&s.pool, &new_job, key, &digest).await? {
+                Idempotent::Created(job) => (job, true),
+                Idempotent::Existing(job) => (job, false),
+                Idempotent::KeyReused => {
+                    return Err(ApiError::Conflict(format!(
+                        "Idempotency-Key `{key}` was used for a different request"
+                    )));
+                }
+            }
+        }
+    };
     let id = JobId(job.id);
     // The job is safe in Postgres: if the broker is down the reaper publishes it later, so a
-    // failed publish does not fail the request.
-    if let Err(e) = s.publisher.publish(id).await {
+    // failed publish does not fail the request. A replayed request publishes nothing.
+    if created && let Err(e) = s.publisher.publish(id).await {
         tracing::warn!(job = %id, error = %e, "publish failed; the reaper will publish the job");
     }
     let job = match waiting {
@@ -92,11 +116,57 @@ pub async fn submit(
     let mut response = (StatusCode::ACCEPTED, Json(view::job(&job))).into_response();
     let location = HeaderValue::from_str(&format!("/v1/jobs/{id}")).expect("ascii");
     response.headers_mut().insert(header::LOCATION, location);
+    if !created {
+        let replayed = HeaderValue::from_static("true");
+        response.headers_mut().insert("idempotent-replayed", replayed);
+    }
     if let Some(w) = wait {
         let applied = HeaderValue::from_str(&format!("wait={}", w.as_secs_f64())).expect("ascii");
         response.headers_mut().insert("preference-applied", applied);
     }
     Ok(response)
+}
+
+/// `Idempotency-Key`: 1 to 255 visible ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(raw) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    match raw.to_str() {
+        Ok(k) if (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()) => {
+            Ok(Some(k.to_string()))
+        }
+        _ => Err(ApiError::BadRequest {
+            code: "invalid_idempotency_key",
+            message: "Idempotency-Key must be 1 to 255 visible ASCII characters".into(),
+        }),
+    }
+}
+
+/// An `s3://` input must lie inside what the tenant may read; refused before anything else
+/// happens, and checked again by the worker.
+fn check_input_allowed(s: &AppState, tenant: &Tenant, input: &Value) -> Result<(), ApiError> {
+    let Some(uri) = input.get("uri").and_then(Value::as_str) else {
+        return Ok(());
+    };
+    let uri: S3Uri = uri.parse().map_err(|m: String| ApiError::invalid("input.uri", m))?;
+    let own = s.settings.tenant_prefix(&tenant.id);
+    if auth::may_read(&uri, &s.settings.bucket, &own, &tenant.input_prefixes) {
+        return Ok(());
+    }
+    Err(ApiError::Forbidden {
+        code: "forbidden_input",
+        field: "input.uri".into(),
+        message: format!(
+            "this tenant may only read inputs under s3://{}/{own}{}",
+            s.settings.bucket,
+            if tenant.input_prefixes.is_empty() {
+                String::new()
+            } else {
+                format!(" or {}", tenant.input_prefixes.join(", "))
+            }
+        ),
+    })
 }
 
 /// `Prefer: wait=N` (RFC 7240), N in seconds.
@@ -112,6 +182,7 @@ fn prefer_wait(headers: &HeaderMap) -> Option<Duration> {
 /// The job; with `?wait=N`, once it is finished or N seconds have passed.
 pub async fn get(
     State(s): State<AppState>,
+    Extension(tenant): Extension<Tenant>,
     Path(id): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
@@ -123,9 +194,9 @@ pub async fn get(
                 code: "invalid_parameter",
                 message: format!("wait must be a number of seconds, not `{w}`"),
             })?;
-            s.waiters.wait_for(&s.pool, id, wait).await?
+            s.waiters.wait_for(&s.pool, &tenant.id, id, wait).await?
         }
-        None => db::job_get(&s.pool, id).await?,
+        None => db::job_get_for(&s.pool, &tenant.id, id).await?,
     };
     let job = job.ok_or_else(|| ApiError::NotFound(format!("no job {id}")))?;
     Ok(Json(view::job(&job)))
@@ -134,6 +205,7 @@ pub async fn get(
 /// Newest first, filtered by `status` and `type`, paged by the `after` cursor.
 pub async fn list(
     State(s): State<AppState>,
+    Extension(tenant): Extension<Tenant>,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     let q = query_params(raw, &["status", "type", "limit", "after"])?;
@@ -142,6 +214,7 @@ pub async fn list(
         message: m,
     };
     let filter = JobFilter {
+        tenant: tenant.id,
         status: q
             .get("status")
             .map(|v| v.parse::<JobStatus>())
@@ -172,10 +245,11 @@ pub async fn list(
 /// sees the cancel at its next lease renewal and stops.
 pub async fn cancel(
     State(s): State<AppState>,
+    Extension(tenant): Extension<Tenant>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let id: JobId = parse_id(&id, "job")?;
-    match db::job_set_canceled(&s.pool, id).await? {
+    match db::job_set_canceled(&s.pool, &tenant.id, id).await? {
         None => Err(ApiError::NotFound(format!("no job {id}"))),
         Some((job, true)) => Ok(Json(view::job(&job))),
         Some((job, false)) => Err(ApiError::Conflict(format!(

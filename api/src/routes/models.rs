@@ -1,19 +1,21 @@
 //! `GET /v1/models/{id}` and `GET /v1/models`.
 
 use super::{parse_id, parse_limit, query_params};
+use crate::auth::Tenant;
 use crate::error::ApiError;
 use crate::{AppState, view};
 use axum::Json;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Extension, Path, RawQuery, State};
 use gpuq_shared::{ModelId, db};
 use serde_json::{Value, json};
 
 pub async fn get(
     State(s): State<AppState>,
+    Extension(tenant): Extension<Tenant>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let id: ModelId = parse_id(&id, "model")?;
-    let model = db::model_get(&s.pool, id)
+    let model = db::model_get_for(&s.pool, &tenant.id, id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no model {id}")))?;
     Ok(Json(view::model(&model)))
@@ -21,6 +23,7 @@ pub async fn get(
 
 pub async fn list(
     State(s): State<AppState>,
+    Extension(tenant): Extension<Tenant>,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     let q = query_params(raw, &["limit", "after"])?;
@@ -29,7 +32,7 @@ pub async fn list(
         .get("after")
         .map(|a| parse_id::<ModelId>(a, "cursor"))
         .transpose()?;
-    let models = db::model_list(&s.pool, after, limit).await?;
+    let models = db::model_list(&s.pool, &tenant.id, after, limit).await?;
     let next = (models.len() as i64 == limit)
         .then(|| models.last().map(|m| m.id))
         .flatten();

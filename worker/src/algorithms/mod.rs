@@ -16,16 +16,29 @@ use gpuq_shared::params::{AnomalyParams, KmeansParams, KnnParams, LogregParams, 
 use gpuq_shared::{Algorithm, JobError};
 use serde_json::{Map, Value, json};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use tokio_util::sync::CancellationToken;
 
 /// Shared between a job's GPU thread and its heartbeat task: the progress to report and the
 /// request to stop (cancel, or the lease was lost).
 pub struct Control {
-    stop: AtomicBool,
+    /// Why the job must stop: 0 while it may go on, else a [`StopReason`] code. The first
+    /// reason set wins.
+    stop: AtomicU8,
     /// The worker's abort: fired when it shuts down without waiting for jobs in hand.
     abort: CancellationToken,
     progress: Mutex<Option<(f32, String)>>,
+}
+
+/// Why a running job was told to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// Canceled, or its lease passed to another worker: write nothing.
+    Released = 1,
+    /// It ran past its `timeout_s`: it fails with `timeout`.
+    TimedOut = 2,
+    /// The worker is shutting down past its drain deadline: hand the job back.
+    Shutdown = 3,
 }
 
 impl Default for Control {
@@ -37,7 +50,7 @@ impl Default for Control {
 impl Control {
     pub fn new(abort: CancellationToken) -> Self {
         Self {
-            stop: AtomicBool::new(false),
+            stop: AtomicU8::new(0),
             abort,
             progress: Mutex::new(None),
         }
@@ -52,23 +65,40 @@ impl Control {
         self.progress.lock().expect("progress lock").take()
     }
 
+    /// Tells the job to stop for `reason` (unless it was already told to, for another).
+    pub fn stop(&self, reason: StopReason) {
+        let _ = self
+            .stop
+            .compare_exchange(0, reason as u8, Ordering::SeqCst, Ordering::SeqCst);
+    }
+
+    /// Canceled, or the lease lost: the attempt no longer holds the job.
     pub fn request_stop(&self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop(StopReason::Released);
+    }
+
+    pub fn stop_reason(&self) -> Option<StopReason> {
+        match self.stop.load(Ordering::SeqCst) {
+            1 => Some(StopReason::Released),
+            2 => Some(StopReason::TimedOut),
+            3 => Some(StopReason::Shutdown),
+            _ if self.abort.is_cancelled() => Some(StopReason::Shutdown),
+            _ => None,
+        }
     }
 
     pub fn should_stop(&self) -> bool {
-        self.stop.load(Ordering::Relaxed) || self.abort.is_cancelled()
+        self.stop_reason().is_some()
     }
 
     /// `Err(stopped)` once the job must stop; training loops call it between batches.
     pub fn check(&self) -> Result<(), JobError> {
-        if self.should_stop() {
-            Err(JobError::fatal(
+        match self.stop_reason() {
+            None => Ok(()),
+            Some(reason) => Err(JobError::fatal(
                 "stopped",
-                "the job was canceled or its lease lost",
-            ))
-        } else {
-            Ok(())
+                format!("the job was stopped ({reason:?})"),
+            )),
         }
     }
 }

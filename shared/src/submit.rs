@@ -1,9 +1,34 @@
-//! Parses a submit body into a job to record. Every problem names the field it is in.
+//! Parses a submit body (`POST /v1/jobs`) into a job to record. Every problem names the field
+//! it is in. Pure: no I/O, so the API calls it and a fuzzer can hammer it.
 
-use crate::error::ApiError;
-use gpuq_shared::params::{self, ParamError};
-use gpuq_shared::{Algorithm, JobType, ModelId, S3Uri};
+use crate::config::Limits;
+use crate::domain::{Algorithm, JobType, ModelId, S3Uri};
+use crate::params::{self, ParamError};
 use serde_json::{Map, Value, json};
+
+/// Why a body was refused: `BadRequest` (400) when it is not a JSON object at all, `Invalid`
+/// (422) when a field is wrong; `field` is its dotted path.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SubmitError {
+    #[error("{message}")]
+    BadRequest { code: &'static str, message: String },
+    #[error("{field}: {message}")]
+    Invalid {
+        code: &'static str,
+        field: String,
+        message: String,
+    },
+}
+
+impl SubmitError {
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        SubmitError::Invalid {
+            code: "invalid_field",
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
 
 /// A submission that passed validation (model existence is checked by the handler).
 #[derive(Debug)]
@@ -17,44 +42,48 @@ pub struct Submission {
     pub inline_width: Option<usize>,
     pub params: Value,
     pub max_attempts: Option<i32>,
+    /// Seconds one attempt may run; `None` leaves it to the deployment's default.
+    pub timeout_s: Option<u32>,
 }
 
-const FIELDS: [&str; 6] = [
+const FIELDS: [&str; 7] = [
     "type",
     "algorithm",
     "model_id",
     "input",
     "params",
     "max_attempts",
+    "timeout_s",
 ];
 
-fn missing(field: &str) -> ApiError {
-    ApiError::Invalid {
+fn missing(field: &str) -> SubmitError {
+    SubmitError::Invalid {
         code: "missing_field",
         field: field.into(),
         message: "is required".into(),
     }
 }
 
-impl From<ParamError> for ApiError {
+impl From<ParamError> for SubmitError {
     fn from(e: ParamError) -> Self {
-        ApiError::invalid(e.field, e.message)
+        SubmitError::invalid(e.field, e.message)
     }
 }
 
-pub fn parse(body: &[u8]) -> Result<Submission, ApiError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| ApiError::BadRequest {
+/// Parses and validates a submit body against the deployment's `limits`.
+pub fn parse(body: &[u8], limits: &Limits) -> Result<Submission, SubmitError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| SubmitError::BadRequest {
         code: "malformed_json",
         message: format!("the body is not valid JSON: {e}"),
     })?;
     let Value::Object(obj) = value else {
-        return Err(ApiError::BadRequest {
+        return Err(SubmitError::BadRequest {
             code: "malformed_json",
             message: "the body must be a JSON object".into(),
         });
     };
     if let Some(k) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-        return Err(ApiError::invalid(
+        return Err(SubmitError::invalid(
             k.clone(),
             format!("unknown field (known: {})", FIELDS.join(", ")),
         ));
@@ -63,31 +92,31 @@ pub fn parse(body: &[u8]) -> Result<Submission, ApiError> {
         None | Some(Value::Null) => return Err(missing("type")),
         Some(Value::String(s)) => s
             .parse()
-            .map_err(|m: String| ApiError::invalid("type", m))?,
-        Some(_) => return Err(ApiError::invalid("type", "must be a string")),
+            .map_err(|m: String| SubmitError::invalid("type", m))?,
+        Some(_) => return Err(SubmitError::invalid("type", "must be a string")),
     };
     let algorithm = match obj.get("algorithm") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(
             s.parse()
-                .map_err(|m: String| ApiError::invalid("algorithm", m))?,
+                .map_err(|m: String| SubmitError::invalid("algorithm", m))?,
         ),
-        Some(_) => return Err(ApiError::invalid("algorithm", "must be a string")),
+        Some(_) => return Err(SubmitError::invalid("algorithm", "must be a string")),
     };
     let model_id = match obj.get("model_id") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(
             s.parse::<ModelId>()
-                .map_err(|_| ApiError::invalid("model_id", "must be a UUID"))?,
+                .map_err(|_| SubmitError::invalid("model_id", "must be a UUID"))?,
         ),
-        Some(_) => return Err(ApiError::invalid("model_id", "must be a string")),
+        Some(_) => return Err(SubmitError::invalid("model_id", "must be a string")),
     };
     let params_in = obj.get("params").cloned().unwrap_or(Value::Null);
     let (algorithm, params) = match job_type {
         JobType::Train => {
             let algorithm = algorithm.ok_or_else(|| missing("algorithm"))?;
             if model_id.is_some() {
-                return Err(ApiError::invalid(
+                return Err(SubmitError::invalid(
                     "model_id",
                     "a train job makes a model; it takes none",
                 ));
@@ -104,16 +133,48 @@ pub fn parse(body: &[u8]) -> Result<Submission, ApiError> {
             (algorithm, params::normalize_infer(&params_in)?)
         }
     };
+    check_iterations(&params, limits)?;
     let labels_required = job_type == JobType::Train && algorithm.is_some_and(|a| a.needs_labels());
     let (input, inline_width) = parse_input(obj.get("input"), labels_required)?;
+    if let (Some(width), Some(rows)) = (inline_width, input["rows"].as_array()) {
+        let values = width.saturating_mul(rows.len());
+        if values > limits.max_inline_values || width > limits.max_features {
+            return Err(SubmitError::Invalid {
+                code: "input_too_large",
+                field: "input.rows".into(),
+                message: format!(
+                    "{} rows × {width} features is over this deployment's inline limit of {} \
+                     values and {} features: upload the data to S3 and pass its `uri`",
+                    rows.len(),
+                    limits.max_inline_values,
+                    limits.max_features
+                ),
+            });
+        }
+    }
     let max_attempts = match obj.get("max_attempts") {
         None | Some(Value::Null) => None,
         Some(v) => match v.as_u64() {
             Some(n @ 1..=20) => Some(n as i32),
             _ => {
-                return Err(ApiError::invalid(
+                return Err(SubmitError::invalid(
                     "max_attempts",
                     "must be a whole number from 1 to 20",
+                ));
+            }
+        },
+    };
+    let timeout_s = match obj.get("timeout_s") {
+        None | Some(Value::Null) => None,
+        Some(v) => match v.as_u64() {
+            Some(n) if n >= 1 && n <= u64::from(limits.max_timeout_s) => Some(n as u32),
+            _ => {
+                return Err(SubmitError::invalid(
+                    "timeout_s",
+                    format!(
+                        "must be a whole number of seconds from 1 to {}",
+                        limits.max_timeout_s
+                    ),
                 ));
             }
         },
@@ -126,19 +187,44 @@ pub fn parse(body: &[u8]) -> Result<Submission, ApiError> {
         inline_width,
         params,
         max_attempts,
+        timeout_s,
     })
+}
+
+/// Epochs (logreg, mlp) and `max_iter × n_init` (kmeans) within the deployment's cap.
+fn check_iterations(params: &Value, limits: &Limits) -> Result<(), SubmitError> {
+    let get = |k: &str| params.get(k).and_then(Value::as_u64);
+    let (field, asked) = match (get("epochs"), get("max_iter")) {
+        (Some(epochs), _) => ("params.epochs", epochs),
+        (None, Some(iters)) => (
+            "params.max_iter",
+            iters.saturating_mul(get("n_init").unwrap_or(1)),
+        ),
+        (None, None) => return Ok(()),
+    };
+    if asked > limits.max_epochs {
+        return Err(SubmitError::Invalid {
+            code: "over_limit",
+            field: field.into(),
+            message: format!(
+                "asks for {asked} passes over the data; this deployment allows {}",
+                limits.max_epochs
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// `{"uri": "s3://…"}` or `{"rows": [[…], …], "labels": […]}`; returns the stored form.
 fn parse_input(
     input: Option<&Value>,
     labels_required: bool,
-) -> Result<(Value, Option<usize>), ApiError> {
+) -> Result<(Value, Option<usize>), SubmitError> {
     let obj: &Map<String, Value> = match input {
         None | Some(Value::Null) => return Err(missing("input")),
         Some(Value::Object(o)) => o,
         Some(_) => {
-            return Err(ApiError::invalid(
+            return Err(SubmitError::invalid(
                 "input",
                 "must be an object with `uri` or `rows`",
             ));
@@ -148,32 +234,32 @@ fn parse_input(
         .keys()
         .find(|k| !["uri", "rows", "labels"].contains(&k.as_str()))
     {
-        return Err(ApiError::invalid(
+        return Err(SubmitError::invalid(
             format!("input.{k}"),
             "unknown field (known: uri, rows, labels)",
         ));
     }
     match (obj.get("uri"), obj.get("rows")) {
-        (Some(_), Some(_)) => Err(ApiError::invalid(
+        (Some(_), Some(_)) => Err(SubmitError::invalid(
             "input",
             "give either `uri` or `rows`, not both",
         )),
-        (None, None) => Err(ApiError::invalid(
+        (None, None) => Err(SubmitError::invalid(
             "input",
             "needs `uri` (s3://bucket/key) or inline `rows`",
         )),
         (Some(uri), None) => {
             if obj.contains_key("labels") {
-                return Err(ApiError::invalid(
+                return Err(SubmitError::invalid(
                     "input.labels",
                     "only goes with inline `rows`",
                 ));
             }
             let uri: S3Uri = uri
                 .as_str()
-                .ok_or_else(|| ApiError::invalid("input.uri", "must be a string"))?
+                .ok_or_else(|| SubmitError::invalid("input.uri", "must be a string"))?
                 .parse()
-                .map_err(|m: String| ApiError::invalid("input.uri", m))?;
+                .map_err(|m: String| SubmitError::invalid("input.uri", m))?;
             Ok((json!({ "uri": uri.to_string() }), None))
         }
         (None, Some(rows)) => {
@@ -184,16 +270,16 @@ fn parse_input(
                 None => Ok((json!({ "rows": rows }), Some(width))),
                 Some(labels) => {
                     let labels = labels.as_array().ok_or_else(|| {
-                        ApiError::invalid("input.labels", "must be an array of numbers")
+                        SubmitError::invalid("input.labels", "must be an array of numbers")
                     })?;
                     if labels.len() != n {
-                        return Err(ApiError::invalid(
+                        return Err(SubmitError::invalid(
                             "input.labels",
                             format!("has {} labels for {n} rows", labels.len()),
                         ));
                     }
                     if let Some(i) = labels.iter().position(|l| !l.is_number()) {
-                        return Err(ApiError::invalid(
+                        return Err(SubmitError::invalid(
                             format!("input.labels[{i}]"),
                             "must be a number",
                         ));
@@ -206,21 +292,21 @@ fn parse_input(
 }
 
 /// Rows must be a non-empty rectangular array of arrays of numbers; returns their width.
-fn check_rows(rows: &Value) -> Result<usize, ApiError> {
+fn check_rows(rows: &Value) -> Result<usize, SubmitError> {
     let rows = rows
         .as_array()
         .filter(|r| !r.is_empty())
-        .ok_or_else(|| ApiError::invalid("input.rows", "must be a non-empty array of rows"))?;
+        .ok_or_else(|| SubmitError::invalid("input.rows", "must be a non-empty array of rows"))?;
     let mut width = None;
     for (i, row) in rows.iter().enumerate() {
         let cells = row.as_array().filter(|c| !c.is_empty()).ok_or_else(|| {
-            ApiError::invalid(
+            SubmitError::invalid(
                 format!("input.rows[{i}]"),
                 "must be a non-empty array of numbers",
             )
         })?;
         if let Some(j) = cells.iter().position(|c| !c.is_number()) {
-            return Err(ApiError::invalid(
+            return Err(SubmitError::invalid(
                 format!("input.rows[{i}][{j}]"),
                 "must be a number",
             ));
@@ -228,7 +314,7 @@ fn check_rows(rows: &Value) -> Result<usize, ApiError> {
         match width {
             None => width = Some(cells.len()),
             Some(w) if w != cells.len() => {
-                return Err(ApiError::invalid(
+                return Err(SubmitError::invalid(
                     format!("input.rows[{i}]"),
                     format!("has {} values where row 0 has {w}", cells.len()),
                 ));
@@ -244,8 +330,8 @@ mod tests {
     use super::*;
 
     fn field_of(body: &str) -> String {
-        match parse(body.as_bytes()).unwrap_err() {
-            ApiError::Invalid { field, .. } => field,
+        match parse(body.as_bytes(), &Limits::default()).unwrap_err() {
+            SubmitError::Invalid { field, .. } => field,
             other => panic!("expected a field error, got {other:?}"),
         }
     }
@@ -254,6 +340,7 @@ mod tests {
     fn a_train_job_with_inline_rows_parses_and_fills_default_params() {
         let s = parse(
             br#"{"type":"train","algorithm":"logreg","input":{"rows":[[1,2]],"labels":[0]}}"#,
+            &Limits::default(),
         )
         .unwrap();
         assert_eq!(s.job_type, JobType::Train);
@@ -300,12 +387,51 @@ mod tests {
     #[test]
     fn malformed_json_is_a_bad_request() {
         assert!(matches!(
-            parse(b"{\"type\":"),
-            Err(ApiError::BadRequest {
+            parse(b"{\"type\":", &Limits::default()),
+            Err(SubmitError::BadRequest {
                 code: "malformed_json",
                 ..
             })
         ));
-        assert!(matches!(parse(b"[1]"), Err(ApiError::BadRequest { .. })));
+        assert!(matches!(
+            parse(b"[1]", &Limits::default()),
+            Err(SubmitError::BadRequest { .. })
+        ));
+    }
+
+    #[test]
+    fn deployment_limits_are_enforced_with_the_field_named() {
+        let limits = Limits {
+            max_epochs: 50,
+            max_inline_values: 4,
+            max_timeout_s: 60,
+            ..Limits::default()
+        };
+        let err = |body: &str| match parse(body.as_bytes(), &limits).unwrap_err() {
+            SubmitError::Invalid { code, field, .. } => (code, field),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            err(r#"{"type":"train","algorithm":"logreg","input":{"uri":"s3://bbb/k"},"params":{"epochs":51}}"#),
+            ("over_limit", "params.epochs".to_string())
+        );
+        assert_eq!(
+            err(r#"{"type":"train","algorithm":"kmeans","input":{"uri":"s3://bbb/k"},"params":{"max_iter":10,"n_init":6}}"#),
+            ("over_limit", "params.max_iter".to_string())
+        );
+        assert_eq!(
+            err(r#"{"type":"train","algorithm":"logreg","input":{"rows":[[1,2],[3,4],[5,6]],"labels":[0,1,0]},"params":{"epochs":5}}"#),
+            ("input_too_large", "input.rows".to_string())
+        );
+        assert_eq!(
+            err(r#"{"type":"train","algorithm":"logreg","input":{"uri":"s3://bbb/k"},"params":{"epochs":5},"timeout_s":61}"#),
+            ("invalid_field", "timeout_s".to_string())
+        );
+        let ok = parse(
+            br#"{"type":"train","algorithm":"logreg","input":{"uri":"s3://bbb/k"},"params":{"epochs":50},"timeout_s":60}"#,
+            &limits,
+        )
+        .unwrap();
+        assert_eq!(ok.timeout_s, Some(60));
     }
 }
