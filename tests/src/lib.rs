@@ -166,9 +166,21 @@ impl TestApp {
 
     /// As [`spawn_worker_process`](Self::spawn_worker_process), with extra environment.
     pub fn spawn_worker_process_with(&mut self, env: &[(&str, &str)]) -> u32 {
+        let child = self
+            .worker_command(env)
+            .spawn()
+            .expect("the gpuq-worker binary runs (scripts/dev test builds it)");
+        let pid = child.id();
+        self.children.push(child);
+        pid
+    }
+
+    /// The command that starts a `gpuq-worker` process for this test, for callers that manage
+    /// the child themselves.
+    pub fn worker_command(&self, env: &[(&str, &str)]) -> Command {
         let s = &self.settings;
         let mut command = Command::new(worker_binary());
-        let child = command
+        command
             .env("DATABASE_URL", &s.database_url)
             .env("AMQP_URL", &s.amqp_url)
             .env("GPUQ_QUEUE", &s.queue)
@@ -202,12 +214,8 @@ impl TestApp {
             )
             .envs(env.iter().copied())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("the gpuq-worker binary runs (scripts/dev test builds it)");
-        let pid = child.id();
-        self.children.push(child);
-        pid
+            .stderr(Stdio::inherit());
+        command
     }
 
     /// Stores `bytes` under this test's tenant's prefix and returns its URI.
@@ -437,3 +445,63 @@ pub fn data(path: &str) -> Vec<u8> {
 pub fn reference(name: &str) -> serde_json::Value {
     serde_json::from_slice(&data(&format!("reference/{name}"))).unwrap()
 }
+
+/// Submits like a careful client: the same `Idempotency-Key` on every try, trying again on
+/// `503`, `429` and dropped connections. Returns the job id.
+pub async fn submit_retrying(app: &TestApp, body: &Value, key: &str, unavailable: &std::sync::atomic::AtomicUsize) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let sent = app
+            .client
+            .post(format!("{}/v1/jobs", app.url))
+            .header("idempotency-key", key)
+            .json(body)
+            .timeout(Duration::from_secs(15))
+            .send()
+            .await;
+        match sent {
+            Ok(r) if r.status() == StatusCode::ACCEPTED => {
+                return r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+            }
+            Ok(r) if r.status() == StatusCode::TOO_MANY_REQUESTS => {
+                let wait = r.headers()["retry-after"].to_str().unwrap().parse().unwrap_or(1);
+                tokio::time::sleep(Duration::from_secs(wait)).await;
+                continue;
+            }
+            Ok(r) if r.status() == StatusCode::SERVICE_UNAVAILABLE => {
+                let b: Value = r.json().await.unwrap();
+                assert_eq!(b["error"]["code"], "unavailable", "{b}");
+                unavailable.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Ok(r) => panic!("submit answered {}: {}", r.status(), r.text().await.unwrap()),
+            Err(_) => {}
+        }
+        assert!(std::time::Instant::now() < deadline, "could not submit {key} for 2 minutes");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until every job is terminal (reading Postgres, riding out its restarts); returns
+/// (succeeded, failed ids with their errors).
+pub async fn wait_all(app: &TestApp, ids: &[String], limit: Duration) -> (usize, Vec<String>) {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let rows: Result<Vec<(String, Option<Value>)>, _> = sqlx::query_as(
+            "SELECT status, error FROM jobs WHERE id = ANY($1::uuid[])",
+        )
+        .bind(ids)
+        .fetch_all(&app.pool)
+        .await;
+        if let Ok(rows) = rows {
+            let done = rows.iter().filter(|(s, _)| ["succeeded", "failed", "canceled"].contains(&s.as_str())).count();
+            if rows.len() == ids.len() && done == ids.len() {
+                let failed = rows.iter().filter(|(s, _)| s != "succeeded")
+                    .map(|(s, e)| format!("{s}: {e:?}")).collect::<Vec<_>>();
+                return (rows.len() - failed.len(), failed);
+            }
+            assert!(std::time::Instant::now() < deadline, "{done} of {} terminal after {limit:?}", ids.len());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+

@@ -3,65 +3,11 @@
 //! test uses, so they are `#[ignore]`d in the parallel run and `scripts/dev test` runs them
 //! afterwards, one at a time (`--ignored --test-threads 1`).
 
-use gpuq_tests::{Options, StatusCode, TestApp, postgres, rabbitmq, rabbitmq_eval};
-use serde_json::{Value, json};
+use gpuq_tests::{Options, TestApp, postgres, rabbitmq, rabbitmq_eval, submit_retrying, wait_all};
+use serde_json::json;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-
-/// Submits like a careful client: the same `Idempotency-Key` on every try, trying again on
-/// `503`, `429` and dropped connections. Returns the job id.
-async fn submit_retrying(app: &TestApp, body: &Value, key: &str, unavailable: &AtomicUsize) -> String {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let sent = app
-            .client
-            .post(format!("{}/v1/jobs", app.url))
-            .header("idempotency-key", key)
-            .json(body)
-            .timeout(Duration::from_secs(15))
-            .send()
-            .await;
-        match sent {
-            Ok(r) if r.status() == StatusCode::ACCEPTED => {
-                return r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
-            }
-            Ok(r) if r.status() == StatusCode::SERVICE_UNAVAILABLE => {
-                let b: Value = r.json().await.unwrap();
-                assert_eq!(b["error"]["code"], "unavailable", "{b}");
-                unavailable.fetch_add(1, Ordering::Relaxed);
-            }
-            Ok(r) => panic!("submit answered {}: {}", r.status(), r.text().await.unwrap()),
-            Err(_) => {}
-        }
-        assert!(Instant::now() < deadline, "could not submit {key} for 2 minutes");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// Waits until every job is terminal (reading Postgres, riding out its restarts); returns
-/// (succeeded, failed ids with their errors).
-async fn wait_all(app: &TestApp, ids: &[String], limit: Duration) -> (usize, Vec<String>) {
-    let deadline = Instant::now() + limit;
-    loop {
-        let rows: Result<Vec<(String, Option<Value>)>, _> = sqlx::query_as(
-            "SELECT status, error FROM jobs WHERE id = ANY($1::uuid[])",
-        )
-        .bind(ids)
-        .fetch_all(&app.pool)
-        .await;
-        if let Ok(rows) = rows {
-            let done = rows.iter().filter(|(s, _)| ["succeeded", "failed", "canceled"].contains(&s.as_str())).count();
-            if rows.len() == ids.len() && done == ids.len() {
-                let failed = rows.iter().filter(|(s, _)| s != "succeeded")
-                    .map(|(s, e)| format!("{s}: {e:?}")).collect::<Vec<_>>();
-                return (rows.len() - failed.len(), failed);
-            }
-            assert!(Instant::now() < deadline, "{done} of {} terminal after {limit:?}", ids.len());
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "stops the shared RabbitMQ and PostgreSQL: run by scripts/dev test, serially"]

@@ -287,3 +287,46 @@ async fn secrets_from_the_environment_never_reach_logs_or_errors() {
                 "{} leaked a secret:\n{text}", bin.display());
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_details_get_clear_errors_and_unicode_is_just_text() {
+    let app = TestApp::spawn().await;
+    let url = format!("{}/v1/jobs", app.url);
+    let utf8 = |s: &str| reqwest::header::HeaderValue::from_bytes(s.as_bytes()).unwrap();
+    let (s, b) = app
+        .send(app.client.post(&url).header("idempotency-key", utf8("ключ-1")).json(&tiny_train()))
+        .await;
+    assert_eq!((s.as_u16(), b["error"]["code"].as_str()), (400, Some("invalid_idempotency_key")), "{b}");
+    let (s, b) = app
+        .send(reqwest::Client::new().get(&url).header("authorization", utf8("Bearer ключ")))
+        .await;
+    assert_eq!((s.as_u16(), b["error"]["code"].as_str()), (401, Some("unauthorized")), "{b}");
+    for (body, field) in [
+        (json!({"type": "train", "algorithm": "knn", "params": {"k": -3},
+            "input": {"rows": [[1.0]], "labels": [0]}}), "params.k"),
+        (json!({"type": "train", "algorithm": "kmeans", "params": {"k": 0},
+            "input": {"rows": [[1.0]]}}), "params.k"),
+        (json!({"type": "train", "algorithm": "logreg", "input": {"rows": [], "labels": []}}), "input.rows"),
+    ] {
+        let (s, b) = app.post("/v1/jobs", &body).await;
+        assert!(s == 400 || s == 422, "{body}: {s} {b}");
+        if !field.is_empty() {
+            assert_eq!(b["error"]["field"], field, "{body}: {b}");
+        }
+    }
+    // A number JSON cannot hold as a double is refused, not read as infinity.
+    let (s, b) = app
+        .post_raw("/v1/jobs", br#"{"type":"train","algorithm":"logreg","input":{"rows":[[1e400]],"labels":[0]}}"#.to_vec())
+        .await;
+    assert_eq!((s.as_u16(), b["error"]["code"].as_str()), (400, Some("malformed_json")), "{b}");
+    // Column names are text: unicode and quotes in the header are kept, not a problem.
+    let uri = app
+        .put("unicode.csv", "größe,\"ширина 📏\",label\n0,1,0\n1,0,1\n0.1,0.9,0\n0.9,0.1,1\n".as_bytes().to_vec())
+        .await;
+    let job = app
+        .run(json!({"type": "train", "algorithm": "logreg", "params": {"epochs": 5}, "input": {"uri": uri}}))
+        .await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let (_, model) = app.get(&format!("/v1/models/{}", job["result"]["model_id"].as_str().unwrap())).await;
+    assert_eq!(model["n_features"], 2, "{model}");
+}

@@ -76,6 +76,10 @@ impl GpuKnn {
         let feature_columns: Vec<String> = a.meta("feature_columns")?;
         let classes: Vec<f64> = a.meta("classes")?;
         let k: usize = a.meta("k")?;
+        // The same bounds training enforces (`KnnParams`).
+        if !(1..=1024).contains(&k) {
+            return Err(artifact::corrupt(format!("k = {k} is outside 1..=1024")));
+        }
         let metric_name: String = a.meta("metric")?;
         let metric = Metric::parse(&metric_name)
             .ok_or_else(|| artifact::corrupt(format!("unknown metric {metric_name}")))?;

@@ -9,7 +9,7 @@ pub mod linalg;
 pub mod logreg;
 pub mod mlp;
 
-use crate::artifact::Artifact;
+use crate::artifact::{self, Artifact};
 use crate::gpu::{Gpu, GpuError};
 use gpuq_shared::dataset::Table;
 use gpuq_shared::params::{AnomalyParams, KmeansParams, KnnParams, LogregParams, MlpParams};
@@ -186,14 +186,19 @@ impl LoadedModel {
     /// Parses an artifact and uploads what inference needs.
     pub fn load(gpu: &Gpu, bytes: &[u8]) -> Result<Self, JobError> {
         let a = Artifact::parse(bytes)?;
+        // Every model takes at least one feature; a file that says otherwise is not ours.
+        if a.meta::<Vec<String>>("feature_columns")?.is_empty() {
+            return Err(artifact::corrupt("it names no feature columns"));
+        }
         Ok(match a.algorithm() {
             "kmeans" => Self::Kmeans(kmeans::GpuKmeans::load(gpu, &a)?),
             "knn" => Self::Knn(knn::GpuKnn::load(gpu, &a)?),
             "anomaly" => Self::Anomaly(anomaly::GpuAnomaly::load(gpu, &a)?),
-            _ => Self::Classifier(classifier::GpuClassifier::upload(
+            "logreg" | "mlp" => Self::Classifier(classifier::GpuClassifier::upload(
                 gpu,
                 classifier::ClassifierModel::from_artifact(&a)?,
             )),
+            other => return Err(artifact::corrupt(format!("unknown algorithm `{other}`"))),
         })
     }
 
