@@ -74,7 +74,8 @@ impl RateLimiter {
         let (tokens, at) = buckets
             .entry(tenant.to_string())
             .or_insert((self.burst, now));
-        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.per_second).min(self.burst);
+        *tokens =
+            (*tokens + now.duration_since(*at).as_secs_f64() * self.per_second).min(self.burst);
         *at = now;
         if *tokens >= 1.0 {
             *tokens -= 1.0;
@@ -98,7 +99,10 @@ mod tests {
             assert!(limiter.take("a").is_ok());
         }
         let wait = limiter.take("a").unwrap_err();
-        assert!(wait > Duration::ZERO && wait <= Duration::from_millis(100), "{wait:?}");
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_millis(100),
+            "{wait:?}"
+        );
         assert!(limiter.take("b").is_ok(), "tenants have separate buckets");
         std::thread::sleep(Duration::from_millis(120));
         assert!(limiter.take("a").is_ok());

@@ -61,7 +61,10 @@ impl ApiSettings {
             reaper: parse_var("GPUQ_API_REAPER", 1u8)? == 1,
             rate_per_second: parse_var("GPUQ_RATE_LIMIT_PER_SECOND", 50.0)?,
             rate_burst: parse_var("GPUQ_RATE_LIMIT_BURST", 100)?,
-            header_timeout: Duration::from_secs_f64(parse_var("GPUQ_HEADER_TIMEOUT_SECONDS", 10.0)?),
+            header_timeout: Duration::from_secs_f64(parse_var(
+                "GPUQ_HEADER_TIMEOUT_SECONDS",
+                10.0,
+            )?),
             db_connections: parse_var("GPUQ_API_DB_CONNECTIONS", 16)?,
         })
     }
@@ -79,7 +82,10 @@ impl Application {
         settings: ApiSettings,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<Self> {
-        let pool = db::connect(&settings.shared.database_url, settings.db_connections).await?;
+        let url = &settings.shared.database_url;
+        let pool = db::connect_waiting(url, settings.db_connections, shutdown)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("stopped before the database was reachable"))?;
         db::migrate(&pool).await?;
         let (url, queue) = (&settings.shared.amqp_url, &settings.shared.queue);
         // Start even while the broker is down: `/readyz` says so, submits are recorded and the

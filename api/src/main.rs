@@ -36,7 +36,10 @@ async fn admin(args: &[&str]) -> anyhow::Result<()> {
     match args {
         ["key", "create", tenant] => {
             let key = gpuq_api::create_key(&pool, tenant).await?;
-            eprintln!("API key {} for tenant `{tenant}` (shown once; stored only as a hash):", key.id);
+            eprintln!(
+                "API key {} for tenant `{tenant}` (shown once; stored only as a hash):",
+                key.id
+            );
             println!("{}", key.token);
         }
         ["key", "revoke", id] => {

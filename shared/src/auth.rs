@@ -61,20 +61,23 @@ pub fn body_sha256(bytes: &[u8]) -> [u8; 32] {
 pub fn may_read(uri: &S3Uri, bucket: &str, own_prefix: &str, granted: &[String]) -> bool {
     let key = &uri.key;
     let segments: Vec<&str> = key.split('/').collect();
-    let odd_segment = segments.iter().enumerate().any(|(i, seg)| {
-        matches!(*seg, ".." | ".") || (seg.is_empty() && i + 1 < segments.len())
-    });
+    let odd_segment = segments
+        .iter()
+        .enumerate()
+        .any(|(i, seg)| matches!(*seg, ".." | ".") || (seg.is_empty() && i + 1 < segments.len()));
     if odd_segment || key.contains('\\') || key.chars().any(char::is_control) {
         return false;
     }
     let inside = |b: &str, prefix: &str| {
-        uri.bucket == b && prefix.ends_with('/') && key.starts_with(prefix) && key.len() > prefix.len()
+        uri.bucket == b
+            && prefix.ends_with('/')
+            && key.starts_with(prefix)
+            && key.len() > prefix.len()
     };
     inside(bucket, own_prefix)
-        || granted.iter().any(|g| {
-            g.parse::<S3Uri>()
-                .is_ok_and(|p| inside(&p.bucket, &p.key))
-        })
+        || granted
+            .iter()
+            .any(|g| g.parse::<S3Uri>().is_ok_and(|p| inside(&p.bucket, &p.key)))
 }
 
 /// Whether `tenant` is a valid tenant name (it becomes part of S3 keys).
@@ -83,8 +86,7 @@ pub fn valid_tenant(tenant: &str) -> bool {
     !b.is_empty()
         && b.len() <= 63
         && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
-        && b
-            .iter()
+        && b.iter()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-' || *c == b'_')
 }
 
@@ -102,7 +104,14 @@ mod tests {
         let (_, other_secret) = parse(&other.token).unwrap();
         assert!(!secret_matches(other_secret, &k.secret_sha256));
         assert_ne!(k.token, other.token);
-        for bad in ["", "gpuq_", "gpuq_abc_def", "Bearer x", &k.token[1..], &format!("{}x", k.token)] {
+        for bad in [
+            "",
+            "gpuq_",
+            "gpuq_abc_def",
+            "Bearer x",
+            &k.token[1..],
+            &format!("{}x", k.token),
+        ] {
             assert!(parse(bad).is_none(), "{bad}");
         }
     }

@@ -441,19 +441,30 @@ mod tests {
         };
         assert!(read("a,b,label\n1,2,0\n3,4,1\n").await.is_ok());
         for over in ["a,b,label\n1,2,0\n3,4,1\n5,6,0\n", "a,b,c,label\n1,2,3,0\n"] {
-            assert_eq!(read(over).await.unwrap_err().code, "input_too_large", "{over}");
+            assert_eq!(
+                read(over).await.unwrap_err().code,
+                "input_too_large",
+                "{over}"
+            );
         }
         let long_line = format!("a,label\n{},1\n", "1".repeat(10_000));
-        let e = read_csv(long_line.as_bytes(), "label", true, &limits).await.unwrap_err();
+        let e = read_csv(long_line.as_bytes(), "label", true, &limits)
+            .await
+            .unwrap_err();
         assert_eq!(e.code, "input_too_large");
         let e = read_npy(&npy("<f4", "(3, 2)", &[0; 24])[..], "label", false, &limits)
             .await
             .unwrap_err();
         assert_eq!(e.code, "input_too_large");
         // A huge claimed shape with no data behind it: refused, and nothing huge reserved.
-        let e = read_npy(&npy("<f4", "(100000, 3)", &[0; 8])[..], "label", false, &Limits::default())
-            .await
-            .unwrap_err();
+        let e = read_npy(
+            &npy("<f4", "(100000, 3)", &[0; 8])[..],
+            "label",
+            false,
+            &Limits::default(),
+        )
+        .await
+        .unwrap_err();
         assert_eq!(e.code, "invalid_input");
     }
 
@@ -480,14 +491,24 @@ mod tests {
             max_features: 3,
             ..Limits::default()
         };
-        let e = read_csv(&b"`,b,b,l\n1,4,5,1"[..], "0", false, &limits).await.unwrap_err();
+        let e = read_csv(&b"`,b,b,l\n1,4,5,1"[..], "0", false, &limits)
+            .await
+            .unwrap_err();
         assert_eq!(e.code, "input_too_large", "{}", e.message);
-        assert!(read_csv(&b"a,b,c,label\n1,4,5,1"[..], "label", true, &limits).await.is_ok());
+        assert!(
+            read_csv(&b"a,b,c,label\n1,4,5,1"[..], "label", true, &limits)
+                .await
+                .is_ok()
+        );
         let e = read_npy(&npy("<f4", "(1, 4)", &[0; 16])[..], "label", false, &limits)
             .await
             .unwrap_err();
         assert_eq!(e.code, "input_too_large", "{}", e.message);
-        assert!(read_npy(&npy("<f4", "(1, 4)", &[0; 16])[..], "3", true, &limits).await.is_ok());
+        assert!(
+            read_npy(&npy("<f4", "(1, 4)", &[0; 16])[..], "3", true, &limits)
+                .await
+                .is_ok()
+        );
     }
 
     #[tokio::test]
@@ -497,7 +518,9 @@ mod tests {
             .flat_map(|v| v.to_le_bytes())
             .collect();
         let bytes = npy("<f8", "(2, 3)", &vals);
-        let t = read_npy(&bytes[..], "2", true, &Limits::default()).await.unwrap();
+        let t = read_npy(&bytes[..], "2", true, &Limits::default())
+            .await
+            .unwrap();
         assert_eq!(t.features.data, vec![1.0, 2.0, 3.0, 4.0]);
         assert_eq!(t.labels.unwrap(), vec![0.0, 1.0]);
     }
@@ -505,17 +528,32 @@ mod tests {
     #[tokio::test]
     async fn npy_truncated_or_wrong_dtype_is_invalid_input() {
         let vals: Vec<u8> = [1.0f32, 2.0].iter().flat_map(|v| v.to_le_bytes()).collect();
-        let e = read_npy(&npy("<f4", "(2, 2)", &vals)[..], "label", false, &Limits::default())
-            .await
-            .unwrap_err();
+        let e = read_npy(
+            &npy("<f4", "(2, 2)", &vals)[..],
+            "label",
+            false,
+            &Limits::default(),
+        )
+        .await
+        .unwrap_err();
         assert_eq!(e.code, "invalid_input");
-        let e = read_npy(&npy("<i8", "(1, 1)", &[0; 8])[..], "label", false, &Limits::default())
-            .await
-            .unwrap_err();
+        let e = read_npy(
+            &npy("<i8", "(1, 1)", &[0; 8])[..],
+            "label",
+            false,
+            &Limits::default(),
+        )
+        .await
+        .unwrap_err();
         assert!(e.message.contains("float32 or float64"), "{}", e.message);
-        let e = read_npy(&npy("<f4", "(2,)", &vals)[..], "label", false, &Limits::default())
-            .await
-            .unwrap_err();
+        let e = read_npy(
+            &npy("<f4", "(2,)", &vals)[..],
+            "label",
+            false,
+            &Limits::default(),
+        )
+        .await
+        .unwrap_err();
         assert!(e.message.contains("2-D"), "{}", e.message);
     }
 }

@@ -39,6 +39,30 @@ pub async fn connect(url: &str, max: u32) -> Result<PgPool, DbError> {
         .await
 }
 
+/// As [`connect`], but while the database is unreachable (a fresh deployment, a restart) it
+/// waits and tries again, with backoff, until `stop`; `None` when stopped first.
+pub async fn connect_waiting(
+    url: &str,
+    max: u32,
+    stop: &tokio_util::sync::CancellationToken,
+) -> Result<Option<PgPool>, DbError> {
+    let mut delay = Duration::from_millis(250);
+    loop {
+        match connect(url, max).await {
+            Ok(pool) => return Ok(Some(pool)),
+            Err(e) if is_unavailable(&e) => {
+                tracing::warn!(error = %e, retry_in = ?delay, "database unreachable; waiting");
+                tokio::select! {
+                    _ = stop.cancelled() => return Ok(None),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Applies the migrations in `migrations/` (forward-only).
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     sqlx::migrate!("../migrations").run(pool).await
@@ -264,9 +288,7 @@ pub async fn job_set_canceled(
     .await?;
     match canceled {
         Some(job) => Ok(Some((job, true))),
-        None => Ok(job_get_for(pool, tenant, id)
-            .await?
-            .map(|job| (job, false))),
+        None => Ok(job_get_for(pool, tenant, id).await?.map(|job| (job, false))),
     }
 }
 

@@ -412,19 +412,27 @@ mod tests {
             other => panic!("{other:?}"),
         };
         assert_eq!(
-            err(r#"{"type":"train","algorithm":"logreg","input":{"uri":"s3://bbb/k"},"params":{"epochs":51}}"#),
+            err(
+                r#"{"type":"train","algorithm":"logreg","input":{"uri":"s3://bbb/k"},"params":{"epochs":51}}"#
+            ),
             ("over_limit", "params.epochs".to_string())
         );
         assert_eq!(
-            err(r#"{"type":"train","algorithm":"kmeans","input":{"uri":"s3://bbb/k"},"params":{"max_iter":10,"n_init":6}}"#),
+            err(
+                r#"{"type":"train","algorithm":"kmeans","input":{"uri":"s3://bbb/k"},"params":{"max_iter":10,"n_init":6}}"#
+            ),
             ("over_limit", "params.max_iter".to_string())
         );
         assert_eq!(
-            err(r#"{"type":"train","algorithm":"logreg","input":{"rows":[[1,2],[3,4],[5,6]],"labels":[0,1,0]},"params":{"epochs":5}}"#),
+            err(
+                r#"{"type":"train","algorithm":"logreg","input":{"rows":[[1,2],[3,4],[5,6]],"labels":[0,1,0]},"params":{"epochs":5}}"#
+            ),
             ("input_too_large", "input.rows".to_string())
         );
         assert_eq!(
-            err(r#"{"type":"train","algorithm":"logreg","input":{"uri":"s3://bbb/k"},"params":{"epochs":5},"timeout_s":61}"#),
+            err(
+                r#"{"type":"train","algorithm":"logreg","input":{"uri":"s3://bbb/k"},"params":{"epochs":5},"timeout_s":61}"#
+            ),
             ("invalid_field", "timeout_s".to_string())
         );
         let ok = parse(

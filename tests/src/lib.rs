@@ -208,10 +208,7 @@ impl TestApp {
             )
             .env("RUST_LOG", "info")
             // Few slots, so few connections: many tests share one Postgres (100 connections).
-            .env(
-                "GPUQ_WORKER_CONCURRENCY",
-                self.concurrency.to_string(),
-            )
+            .env("GPUQ_WORKER_CONCURRENCY", self.concurrency.to_string())
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
@@ -388,8 +385,17 @@ pub fn postgres(action: &str) {
         .max()
         .expect("a PostgreSQL cluster under /etc/postgresql");
     let done = Command::new("pg_ctlcluster")
-        .args(["--skip-systemctl-redirect", &version.to_string(), "main", action])
-        .args(if action == "start" { vec![] } else { vec!["-m", "fast"] })
+        .args([
+            "--skip-systemctl-redirect",
+            &version.to_string(),
+            "main",
+            action,
+        ])
+        .args(if action == "start" {
+            vec![]
+        } else {
+            vec!["-m", "fast"]
+        })
         .status()
         .unwrap();
     assert!(done.success(), "pg_ctlcluster {action}");
@@ -448,7 +454,12 @@ pub fn reference(name: &str) -> serde_json::Value {
 
 /// Submits like a careful client: the same `Idempotency-Key` on every try, trying again on
 /// `503`, `429` and dropped connections. Returns the job id.
-pub async fn submit_retrying(app: &TestApp, body: &Value, key: &str, unavailable: &std::sync::atomic::AtomicUsize) -> String {
+pub async fn submit_retrying(
+    app: &TestApp,
+    body: &Value,
+    key: &str,
+    unavailable: &std::sync::atomic::AtomicUsize,
+) -> String {
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     loop {
         let sent = app
@@ -461,10 +472,17 @@ pub async fn submit_retrying(app: &TestApp, body: &Value, key: &str, unavailable
             .await;
         match sent {
             Ok(r) if r.status() == StatusCode::ACCEPTED => {
-                return r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+                return r.json::<Value>().await.unwrap()["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string();
             }
             Ok(r) if r.status() == StatusCode::TOO_MANY_REQUESTS => {
-                let wait = r.headers()["retry-after"].to_str().unwrap().parse().unwrap_or(1);
+                let wait = r.headers()["retry-after"]
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap_or(1);
                 tokio::time::sleep(Duration::from_secs(wait)).await;
                 continue;
             }
@@ -473,10 +491,17 @@ pub async fn submit_retrying(app: &TestApp, body: &Value, key: &str, unavailable
                 assert_eq!(b["error"]["code"], "unavailable", "{b}");
                 unavailable.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
-            Ok(r) => panic!("submit answered {}: {}", r.status(), r.text().await.unwrap()),
+            Ok(r) => panic!(
+                "submit answered {}: {}",
+                r.status(),
+                r.text().await.unwrap()
+            ),
             Err(_) => {}
         }
-        assert!(std::time::Instant::now() < deadline, "could not submit {key} for 2 minutes");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "could not submit {key} for 2 minutes"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -486,22 +511,30 @@ pub async fn submit_retrying(app: &TestApp, body: &Value, key: &str, unavailable
 pub async fn wait_all(app: &TestApp, ids: &[String], limit: Duration) -> (usize, Vec<String>) {
     let deadline = std::time::Instant::now() + limit;
     loop {
-        let rows: Result<Vec<(String, Option<Value>)>, _> = sqlx::query_as(
-            "SELECT status, error FROM jobs WHERE id = ANY($1::uuid[])",
-        )
-        .bind(ids)
-        .fetch_all(&app.pool)
-        .await;
+        let rows: Result<Vec<(String, Option<Value>)>, _> =
+            sqlx::query_as("SELECT status, error FROM jobs WHERE id = ANY($1::uuid[])")
+                .bind(ids)
+                .fetch_all(&app.pool)
+                .await;
         if let Ok(rows) = rows {
-            let done = rows.iter().filter(|(s, _)| ["succeeded", "failed", "canceled"].contains(&s.as_str())).count();
+            let done = rows
+                .iter()
+                .filter(|(s, _)| ["succeeded", "failed", "canceled"].contains(&s.as_str()))
+                .count();
             if rows.len() == ids.len() && done == ids.len() {
-                let failed = rows.iter().filter(|(s, _)| s != "succeeded")
-                    .map(|(s, e)| format!("{s}: {e:?}")).collect::<Vec<_>>();
+                let failed = rows
+                    .iter()
+                    .filter(|(s, _)| s != "succeeded")
+                    .map(|(s, e)| format!("{s}: {e:?}"))
+                    .collect::<Vec<_>>();
                 return (rows.len() - failed.len(), failed);
             }
-            assert!(std::time::Instant::now() < deadline, "{done} of {} terminal after {limit:?}", ids.len());
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{done} of {} terminal after {limit:?}",
+                ids.len()
+            );
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
-

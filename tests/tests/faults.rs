@@ -12,7 +12,10 @@ use std::time::{Duration, Instant};
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "stops the shared RabbitMQ and PostgreSQL: run by scripts/dev test, serially"]
 async fn three_hundred_jobs_across_a_rabbitmq_and_a_postgres_restart_all_succeed() {
-    let mut opts = Options { workers: 0, ..Options::default() };
+    let mut opts = Options {
+        workers: 0,
+        ..Options::default()
+    };
     opts.lifecycle.lease = Duration::from_secs(10);
     let mut app = TestApp::spawn_with(opts).await;
     app.spawn_worker_process();
@@ -29,8 +32,8 @@ async fn three_hundred_jobs_across_a_rabbitmq_and_a_postgres_restart_all_succeed
         let (app, submitted, unavailable) = (app.clone(), submitted.clone(), unavailable.clone());
         tokio::spawn(async move {
             let mut ids = Vec::new();
-            for i in 0..300 {
-                let body = if i % 10 == 0 {
+            for i in 0..300u32 {
+                let body = if i.is_multiple_of(10) {
                     json!({"type": "train", "algorithm": "logreg", "params": {"epochs": 10},
                         "input": {"rows": [[0.0, 1.0], [1.0, 0.0]], "labels": [0, 1]}})
                 } else {
@@ -57,37 +60,65 @@ async fn three_hundred_jobs_across_a_rabbitmq_and_a_postgres_restart_all_succeed
     let t = Instant::now();
     let (s, b) = app.get("/readyz").await;
     let readyz_in = t.elapsed();
-    assert_eq!((s.as_u16(), b["error"]["checks"]["rabbitmq"].as_bool()), (503, Some(false)), "{b}");
+    assert_eq!(
+        (s.as_u16(), b["error"]["checks"]["rabbitmq"].as_bool()),
+        (503, Some(false)),
+        "{b}"
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
     rabbitmq("start_app");
-    println!("RabbitMQ down for {:?}; /readyz answered 503 in {readyz_in:?}", t.elapsed());
+    println!(
+        "RabbitMQ down for {:?}; /readyz answered 503 in {readyz_in:?}",
+        t.elapsed()
+    );
 
     reach(150).await;
     postgres("stop");
     let t = Instant::now();
     let (s, b) = app.get("/v1/jobs").await;
     let unavailable_in = t.elapsed();
-    assert_eq!((s.as_u16(), b["error"]["code"].as_str()), (503, Some("unavailable")), "{b}");
-    assert!(unavailable_in < Duration::from_secs(5), "503 took {unavailable_in:?}");
+    assert_eq!(
+        (s.as_u16(), b["error"]["code"].as_str()),
+        (503, Some("unavailable")),
+        "{b}"
+    );
+    assert!(
+        unavailable_in < Duration::from_secs(5),
+        "503 took {unavailable_in:?}"
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     postgres("start");
-    println!("PostgreSQL down for {:?}; the API answered 503 in {unavailable_in:?}", t.elapsed());
+    println!(
+        "PostgreSQL down for {:?}; the API answered 503 in {unavailable_in:?}",
+        t.elapsed()
+    );
 
     let ids = submitter.await.unwrap();
     let (succeeded, failed) = wait_all(&app, &ids, Duration::from_secs(300)).await;
     println!(
         "300 jobs: {succeeded} succeeded, {} not, in {:?}; the submitter met {} 503s",
-        failed.len(), started.elapsed(), unavailable.load(Ordering::Relaxed)
+        failed.len(),
+        started.elapsed(),
+        unavailable.load(Ordering::Relaxed)
     );
     assert!(failed.is_empty(), "{failed:?}");
     let unique: std::collections::HashSet<_> = ids.iter().collect();
     assert_eq!(unique.len(), 300, "one job per idempotency key");
-    let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs").fetch_one(&app.pool).await.unwrap();
+    let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
     assert_eq!(jobs, 301, "no job doubled by retried submissions");
     let doubled: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM (SELECT job_id FROM models GROUP BY job_id HAVING count(*) > 1) d")
-        .fetch_one(&app.pool).await.unwrap();
-    let models: i64 = sqlx::query_scalar("SELECT count(*) FROM models").fetch_one(&app.pool).await.unwrap();
+        "SELECT count(*) FROM (SELECT job_id FROM models GROUP BY job_id HAVING count(*) > 1) d",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    let models: i64 = sqlx::query_scalar("SELECT count(*) FROM models")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
     assert_eq!((models, doubled), (31, 0), "one model per train job");
 }
 
@@ -103,7 +134,9 @@ impl ConsumerTimeout {
             before: rabbitmq_eval("application:get_env(rabbit, consumer_timeout)."),
             tick_before: rabbitmq_eval("application:get_env(rabbit, channel_tick_interval)."),
         };
-        rabbitmq_eval(&format!("application:set_env(rabbit, consumer_timeout, {ms})."));
+        rabbitmq_eval(&format!(
+            "application:set_env(rabbit, consumer_timeout, {ms})."
+        ));
         // The broker checks the timeout on each channel tick (60 s by default).
         rabbitmq_eval("application:set_env(rabbit, channel_tick_interval, 500).");
         me
@@ -112,8 +145,14 @@ impl ConsumerTimeout {
 
 impl Drop for ConsumerTimeout {
     fn drop(&mut self) {
-        for (key, before) in [("consumer_timeout", &self.before), ("channel_tick_interval", &self.tick_before)] {
-            let restore = match before.strip_prefix("{ok,").and_then(|v| v.strip_suffix('}')) {
+        for (key, before) in [
+            ("consumer_timeout", &self.before),
+            ("channel_tick_interval", &self.tick_before),
+        ] {
+            let restore = match before
+                .strip_prefix("{ok,")
+                .and_then(|v| v.strip_suffix('}'))
+            {
                 Some(v) => format!("application:set_env(rabbit, {key}, {v})."),
                 None => format!("application:unset_env(rabbit, {key})."),
             };
@@ -127,32 +166,69 @@ impl Drop for ConsumerTimeout {
 async fn jobs_longer_than_rabbitmqs_consumer_timeout_still_finish() {
     use futures_util::StreamExt;
     let _lowered = ConsumerTimeout::lower_to(2000);
-    let mut app = TestApp::spawn_with(Options { workers: 0, ..Options::default() }).await;
+    let mut app = TestApp::spawn_with(Options {
+        workers: 0,
+        ..Options::default()
+    })
+    .await;
 
     // The lowered timeout is in force: a delivery held unacked gets its channel closed.
-    let conn = gpuq_shared::queue::connect(&app.settings.amqp_url).await.unwrap();
+    let conn = gpuq_shared::queue::connect(&app.settings.amqp_url)
+        .await
+        .unwrap();
     let channel = conn.create_channel().await.unwrap();
     let probe = format!("{}.probe", app.settings.queue);
     gpuq_shared::queue::declare(&channel, &probe).await.unwrap();
-    channel.basic_publish("".into(), probe.as_str().into(), Default::default(), b"x", Default::default())
-        .await.unwrap().await.unwrap();
-    let mut held = channel.basic_consume(probe.as_str().into(), "probe".into(), Default::default(),
-        Default::default()).await.unwrap();
+    channel
+        .basic_publish(
+            "".into(),
+            probe.as_str().into(),
+            Default::default(),
+            b"x",
+            Default::default(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let mut held = channel
+        .basic_consume(
+            probe.as_str().into(),
+            "probe".into(),
+            Default::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
     let _delivery = held.next().await.unwrap().unwrap();
     let t = Instant::now();
     while channel.status().connected() {
-        assert!(t.elapsed() < Duration::from_secs(20), "the broker never enforced the timeout");
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the broker never enforced the timeout"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    println!("the broker closed a channel holding an unacked delivery after {:?}", t.elapsed());
+    println!(
+        "the broker closed a channel holding an unacked delivery after {:?}",
+        t.elapsed()
+    );
 
     // A worker with one slot: a job several times longer than the timeout, and one behind it.
     app.spawn_worker_process_with(&[("GPUQ_WORKER_CONCURRENCY", "1")]);
-    let train = app.put("digits/train.csv", gpuq_tests::digits("train")).await;
-    let long = app.submit(json!({"type": "train", "algorithm": "logreg",
-        "input": {"uri": train}, "params": {"epochs": 500}})).await;
-    let next = app.submit(json!({"type": "train", "algorithm": "logreg", "params": {"epochs": 5},
-        "input": {"rows": [[0.0], [1.0]], "labels": [0, 1]}})).await;
+    let train = app
+        .put("digits/train.csv", gpuq_tests::digits("train"))
+        .await;
+    let long = app
+        .submit(json!({"type": "train", "algorithm": "logreg",
+        "input": {"uri": train}, "params": {"epochs": 500}}))
+        .await;
+    let next = app
+        .submit(
+            json!({"type": "train", "algorithm": "logreg", "params": {"epochs": 5},
+        "input": {"rows": [[0.0], [1.0]], "labels": [0, 1]}}),
+        )
+        .await;
     let t = Instant::now();
     let long = app.wait(&long, Duration::from_secs(300)).await;
     let took = t.elapsed();
@@ -160,6 +236,9 @@ async fn jobs_longer_than_rabbitmqs_consumer_timeout_still_finish() {
     println!("the long job took {took:?} against a 2 s consumer timeout");
     assert_eq!(long["status"], "succeeded", "{long}");
     assert_eq!(long["attempt"], 1, "never handed on: {long}");
-    assert!(took > Duration::from_secs(4), "the job was not longer than the timeout: {took:?}");
+    assert!(
+        took > Duration::from_secs(4),
+        "the job was not longer than the timeout: {took:?}"
+    );
     assert_eq!(next["status"], "succeeded", "{next}");
 }

@@ -137,7 +137,11 @@ async fn a_worker_frozen_past_its_lease_is_fenced_out_when_it_wakes() {
     let after = app.job_row(&id).await;
     assert_eq!(after.status, "succeeded");
     assert_eq!(after.attempt, 2);
-    assert_eq!(after.result.as_ref(), Some(&done["result"]), "result unchanged");
+    assert_eq!(
+        after.result.as_ref(),
+        Some(&done["result"]),
+        "result unchanged"
+    );
     assert_eq!(app.model_rows_for(&id).await, 1, "exactly one model");
 }
 
@@ -157,14 +161,27 @@ async fn sigterm_hands_an_unfinished_job_back_without_spending_an_attempt() {
     signal(leaving, "TERM");
     let asked = std::time::Instant::now();
     while !app.worker_exited(leaving) {
-        assert!(asked.elapsed() < Duration::from_secs(20), "the worker did not exit");
+        assert!(
+            asked.elapsed() < Duration::from_secs(20),
+            "the worker did not exit"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let exit = asked.elapsed();
     let handed = app.job_row(&id).await;
-    assert_eq!(handed.status, "queued", "handed back at once, not left to the lease");
-    assert_eq!(handed.attempt_errors[0]["code"], "worker_shutdown", "{:?}", handed.attempt_errors);
-    assert_eq!(handed.max_attempts, 4, "the hand-back does not spend an attempt");
+    assert_eq!(
+        handed.status, "queued",
+        "handed back at once, not left to the lease"
+    );
+    assert_eq!(
+        handed.attempt_errors[0]["code"], "worker_shutdown",
+        "{:?}",
+        handed.attempt_errors
+    );
+    assert_eq!(
+        handed.max_attempts, 4,
+        "the hand-back does not spend an attempt"
+    );
     println!("worker exited {exit:?} after SIGTERM (drain 1 s)");
 
     app.spawn_worker_process();
@@ -193,8 +210,10 @@ async fn a_job_past_its_timeout_fails_with_timeout_and_frees_the_worker() {
     assert_eq!(job["timeout_s"], 2);
     // The only slot is free again.
     let next = app
-        .run(json!({"type": "train", "algorithm": "logreg", "params": {"epochs": 5},
-            "input": {"rows": [[0.0], [1.0]], "labels": [0, 1]}}))
+        .run(
+            json!({"type": "train", "algorithm": "logreg", "params": {"epochs": 5},
+            "input": {"rows": [[0.0], [1.0]], "labels": [0, 1]}}),
+        )
         .await;
     assert_eq!(next["status"], "succeeded", "{next}");
 }
@@ -210,11 +229,22 @@ async fn transient_failures_retry_after_a_backoff_keep_every_error_and_stop_at_m
         let tenant = app.tenant.clone();
         async move {
             let id = JobId::new();
-            db::job_insert(&pool, &db::NewJob {
-                id, tenant: &tenant, job_type: "train", algorithm: "logreg", model_id: None,
-                max_attempts, params: &json!({"epochs": 5}),
-                input: &json!({"rows": [[0.0], [1.0]], "labels": [0, 1]}), timeout_s: 60,
-            }).await.unwrap();
+            db::job_insert(
+                &pool,
+                &db::NewJob {
+                    id,
+                    tenant: &tenant,
+                    job_type: "train",
+                    algorithm: "logreg",
+                    model_id: None,
+                    max_attempts,
+                    params: &json!({"epochs": 5}),
+                    input: &json!({"rows": [[0.0], [1.0]], "labels": [0, 1]}),
+                    timeout_s: 60,
+                },
+            )
+            .await
+            .unwrap();
             id
         }
     };
@@ -226,15 +256,27 @@ async fn transient_failures_retry_after_a_backoff_keep_every_error_and_stop_at_m
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         let claimed = loop {
             // Take it ahead of the worker: fail it as a poisoned job would.
-            sqlx::query("UPDATE jobs SET run_after = NULL WHERE id = $1").bind(id.0).execute(&app.pool).await.unwrap();
-            if let Some(j) = db::job_set_running(&app.pool, id, "poison", lifecycle.lease).await.unwrap() {
+            sqlx::query("UPDATE jobs SET run_after = NULL WHERE id = $1")
+                .bind(id.0)
+                .execute(&app.pool)
+                .await
+                .unwrap();
+            if let Some(j) = db::job_set_running(&app.pool, id, "poison", lifecycle.lease)
+                .await
+                .unwrap()
+            {
                 break j;
             }
-            assert!(std::time::Instant::now() < deadline, "could not claim attempt {attempt}");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "could not claim attempt {attempt}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         assert_eq!(claimed.attempt, attempt);
-        db::job_set_failed_or_retry(&app.pool, id, attempt, &lost_gpu, lifecycle.backoff).await.unwrap();
+        db::job_set_failed_or_retry(&app.pool, id, attempt, &lost_gpu, lifecycle.backoff)
+            .await
+            .unwrap();
     }
     let last = app.job_row(&id.to_string()).await;
     assert_eq!(last.status, "failed");
@@ -243,13 +285,23 @@ async fn transient_failures_retry_after_a_backoff_keep_every_error_and_stop_at_m
 
     // Attempt 1 fails transiently: queued again, but not before its backoff (1–2 s here).
     let id = insert(3).await;
-    let claimed = db::job_set_running(&app.pool, id, "fake", lifecycle.lease).await.unwrap().unwrap();
+    let claimed = db::job_set_running(&app.pool, id, "fake", lifecycle.lease)
+        .await
+        .unwrap()
+        .unwrap();
     let failed_at = std::time::Instant::now();
-    let status = db::job_set_failed_or_retry(&app.pool, id, claimed.attempt, &lost_gpu, lifecycle.backoff)
-        .await.unwrap();
+    let status =
+        db::job_set_failed_or_retry(&app.pool, id, claimed.attempt, &lost_gpu, lifecycle.backoff)
+            .await
+            .unwrap();
     assert_eq!(status, Some(gpuq_shared::JobStatus::Queued));
-    assert!(db::job_set_running(&app.pool, id, "eager", lifecycle.lease).await.unwrap().is_none(),
-            "a duplicate message cannot run it before its backoff is over");
+    assert!(
+        db::job_set_running(&app.pool, id, "eager", lifecycle.lease)
+            .await
+            .unwrap()
+            .is_none(),
+        "a duplicate message cannot run it before its backoff is over"
+    );
     // A real worker runs it once the reaper publishes it after the backoff.
     let mut app = app;
     app.spawn_worker_in_process();
@@ -258,5 +310,8 @@ async fn transient_failures_retry_after_a_backoff_keep_every_error_and_stop_at_m
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(done["attempt"], 2);
     assert_eq!(done["attempt_errors"][0]["code"], "gpu_lost");
-    assert!(waited >= Duration::from_millis(900), "retried after {waited:?}, before its backoff");
+    assert!(
+        waited >= Duration::from_millis(900),
+        "retried after {waited:?}, before its backoff"
+    );
 }

@@ -40,15 +40,34 @@ impl Rng {
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "runs for many minutes: scripts/dev soak"]
 async fn soak_with_random_faults_loses_nothing_and_doubles_nothing() {
-    let total: usize = std::env::var("GPUQ_SOAK_JOBS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let total: usize = std::env::var("GPUQ_SOAK_JOBS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
     // Paced so faults land throughout: the service alone runs about 200 jobs/s here.
-    let rate: f64 = std::env::var("GPUQ_SOAK_RATE").ok().and_then(|v| v.parse().ok()).unwrap_or(50.0);
-    let seed: u64 = std::env::var("GPUQ_SOAK_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0x5eed);
-    let mut opts = Options { workers: 0, concurrency: 8, ..Options::default() };
+    let rate: f64 = std::env::var("GPUQ_SOAK_RATE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50.0);
+    let seed: u64 = std::env::var("GPUQ_SOAK_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0x5eed);
+    let mut opts = Options {
+        workers: 0,
+        concurrency: 8,
+        ..Options::default()
+    };
     opts.lifecycle.republish_after = Duration::from_secs(5);
     let app = Arc::new(TestApp::spawn_with(opts).await);
     let quiet = [("RUST_LOG", "warn")];
-    let spawn = || Worker(app.worker_command(&quiet).spawn().expect("gpuq-worker runs"));
+    let spawn = || {
+        Worker(
+            app.worker_command(&quiet)
+                .spawn()
+                .expect("gpuq-worker runs"),
+        )
+    };
     let mut workers: Vec<Worker> = (0..3).map(|_| spawn()).collect();
     let mut retired: Vec<Worker> = Vec::new();
     let trained = app.run(json!({"type": "train", "algorithm": "logreg", "params": {"epochs": 20},
@@ -62,18 +81,29 @@ async fn soak_with_random_faults_loses_nothing_and_doubles_nothing() {
     let ids = Arc::new(Mutex::new(Vec::<String>::with_capacity(total)));
     let trains = Arc::new(Mutex::new(HashSet::<String>::new()));
     let body_for = move |i: usize| -> (bool, Value) {
-        if i % 20 == 0 {
-            (true, json!({"type": "train", "algorithm": "logreg", "params": {"epochs": 5}, "max_attempts": 10,
-                "input": {"rows": [[0.0, 1.0], [1.0, 0.0]], "labels": [0, 1]}}))
+        if i.is_multiple_of(20) {
+            (
+                true,
+                json!({"type": "train", "algorithm": "logreg", "params": {"epochs": 5}, "max_attempts": 10,
+                "input": {"rows": [[0.0, 1.0], [1.0, 0.0]], "labels": [0, 1]}}),
+            )
         } else {
-            (false, json!({"type": "infer", "model_id": model, "max_attempts": 10,
-                "input": {"rows": [[(i % 97) as f64 / 97.0, 0.5]]}}))
+            (
+                false,
+                json!({"type": "infer", "model_id": model, "max_attempts": 10,
+                "input": {"rows": [[(i % 97) as f64 / 97.0, 0.5]]}}),
+            )
         }
     };
     let submitters: Vec<_> = (0..32)
         .map(|_| {
-            let (app, next, unavailable, ids, trains) =
-                (app.clone(), next.clone(), unavailable.clone(), ids.clone(), trains.clone());
+            let (app, next, unavailable, ids, trains) = (
+                app.clone(),
+                next.clone(),
+                unavailable.clone(),
+                ids.clone(),
+                trains.clone(),
+            );
             let body_for = body_for.clone();
             tokio::spawn(async move {
                 loop {
@@ -97,7 +127,12 @@ async fn soak_with_random_faults_loses_nothing_and_doubles_nothing() {
     let mut rng = Rng(seed);
     let mut faults: BTreeMap<&str, usize> = BTreeMap::new();
     // Service faults at fixed points of the run, so every run has them: (share submitted, which).
-    let mut service_faults = vec![(0.15, "rabbitmq"), (0.35, "postgres"), (0.55, "rabbitmq"), (0.75, "postgres")];
+    let mut service_faults = vec![
+        (0.15, "rabbitmq"),
+        (0.35, "postgres"),
+        (0.55, "rabbitmq"),
+        (0.75, "postgres"),
+    ];
     let publisher = Publisher::lazy(&app.settings.amqp_url, &app.settings.queue);
     let submitting_done = Arc::new(AtomicBool::new(false));
     let watcher = {
@@ -133,8 +168,10 @@ async fn soak_with_random_faults_loses_nothing_and_doubles_nothing() {
                 tokio::spawn(async move {
                     tokio::time::sleep(lease + Duration::from_secs(1)).await;
                     // It may have been killed meanwhile: then there is nothing to resume.
-                    let _ = std::process::Command::new("kill").args(["-CONT", &pid.to_string()])
-                        .stderr(std::process::Stdio::null()).status();
+                    let _ = std::process::Command::new("kill")
+                        .args(["-CONT", &pid.to_string()])
+                        .stderr(std::process::Stdio::null())
+                        .status();
                 });
                 "worker frozen past its lease, then resumed"
             }
@@ -147,7 +184,12 @@ async fn soak_with_random_faults_loses_nothing_and_doubles_nothing() {
             50..=69 => {
                 let some: Vec<String> = {
                     let ids = ids.lock().unwrap();
-                    (0..20).filter_map(|_| ids.get(rng.below(ids.len().max(1) as u64) as usize).cloned()).collect()
+                    (0..20)
+                        .filter_map(|_| {
+                            ids.get(rng.below(ids.len().max(1) as u64) as usize)
+                                .cloned()
+                        })
+                        .collect()
                 };
                 for id in some {
                     let _ = publisher.publish(id.parse().unwrap()).await;
@@ -158,13 +200,25 @@ async fn soak_with_random_faults_loses_nothing_and_doubles_nothing() {
                 // What an API that died between the insert and the publish leaves behind.
                 let t = &app;
                 let id = gpuq_shared::JobId::new();
-                gpuq_shared::db::job_insert(&t.pool, &gpuq_shared::db::NewJob {
-                    id, tenant: &t.tenant, job_type: "infer", algorithm: "logreg",
-                    model_id: trained["result"]["model_id"].as_str().unwrap().parse().ok(),
-                    max_attempts: 10, params: &json!({}), input: &json!({"rows": [[0.5, 0.5]]}),
-                    timeout_s: 600,
-                }).await.map(|_| ids.lock().unwrap().push(id.to_string())).ok()
-                    .map(|_| "job recorded, never published (API died)").unwrap_or("skipped: database down")
+                gpuq_shared::db::job_insert(
+                    &t.pool,
+                    &gpuq_shared::db::NewJob {
+                        id,
+                        tenant: &t.tenant,
+                        job_type: "infer",
+                        algorithm: "logreg",
+                        model_id: trained["result"]["model_id"].as_str().unwrap().parse().ok(),
+                        max_attempts: 10,
+                        params: &json!({}),
+                        input: &json!({"rows": [[0.5, 0.5]]}),
+                        timeout_s: 600,
+                    },
+                )
+                .await
+                .map(|_| ids.lock().unwrap().push(id.to_string()))
+                .ok()
+                .map(|_| "job recorded, never published (API died)")
+                .unwrap_or("skipped: database down")
             }
             90 => {
                 rabbitmq("stop_app");
@@ -182,7 +236,10 @@ async fn soak_with_random_faults_loses_nothing_and_doubles_nothing() {
         };
         *faults.entry(fault).or_default() += 1;
         let done = next.load(Ordering::Relaxed).min(total);
-        println!("[{:>6.1}s] {done:>6} submitted · {fault}", started.elapsed().as_secs_f64());
+        println!(
+            "[{:>6.1}s] {done:>6} submitted · {fault}",
+            started.elapsed().as_secs_f64()
+        );
     }
     watcher.await.unwrap();
     let submitted_in = started.elapsed();
@@ -192,32 +249,62 @@ async fn soak_with_random_faults_loses_nothing_and_doubles_nothing() {
 
     // The audit.
     let pool = &app.pool;
-    let in_db: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs").fetch_one(pool).await.unwrap();
+    let in_db: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
+        .fetch_one(pool)
+        .await
+        .unwrap();
     let unique: HashSet<&String> = ids.iter().collect();
     let lost = ids.len() - succeeded - failed.len();
     let doubled_jobs = in_db - 1 - unique.len() as i64;
     let doubled_models: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM (SELECT job_id FROM models GROUP BY job_id HAVING count(*) > 1) d",
-    ).fetch_one(pool).await.unwrap();
-    let models: i64 = sqlx::query_scalar("SELECT count(*) FROM models").fetch_one(pool).await.unwrap();
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    let models: i64 = sqlx::query_scalar("SELECT count(*) FROM models")
+        .fetch_one(pool)
+        .await
+        .unwrap();
     let train_succeeded: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM jobs WHERE type = 'train' AND status = 'succeeded'",
-    ).fetch_one(pool).await.unwrap();
-    let retried: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE jsonb_array_length(attempt_errors) > 0")
-        .fetch_one(pool).await.unwrap();
-    let no_result: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE status = 'succeeded' AND result IS NULL")
-        .fetch_one(pool).await.unwrap();
-    println!("\nsoak: {} jobs ({} train) + 1 setup job, seed {seed:#x}, paced at {rate} submissions/s",
-             ids.len(), trains.lock().unwrap().len());
-    println!("  submitted in {submitted_in:.1?}, all terminal after {finished_in:.1?} ({:.0} jobs/s)",
-             ids.len() as f64 / finished_in.as_secs_f64());
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    let retried: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM jobs WHERE jsonb_array_length(attempt_errors) > 0",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    let no_result: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM jobs WHERE status = 'succeeded' AND result IS NULL",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    println!(
+        "\nsoak: {} jobs ({} train) + 1 setup job, seed {seed:#x}, paced at {rate} submissions/s",
+        ids.len(),
+        trains.lock().unwrap().len()
+    );
+    println!(
+        "  submitted in {submitted_in:.1?}, all terminal after {finished_in:.1?} ({:.0} jobs/s)",
+        ids.len() as f64 / finished_in.as_secs_f64()
+    );
     for (fault, n) in &faults {
         println!("  fault: {n:>4} × {fault}");
     }
-    println!("  503s met by clients: {}", unavailable.load(Ordering::Relaxed));
+    println!(
+        "  503s met by clients: {}",
+        unavailable.load(Ordering::Relaxed)
+    );
     println!("  jobs that needed more than one attempt: {retried}");
-    println!("  audit: lost {lost}, not succeeded {}, doubled jobs {doubled_jobs}, train jobs with >1 model {doubled_models}, succeeded without result {no_result}",
-             failed.len());
+    println!(
+        "  audit: lost {lost}, not succeeded {}, doubled jobs {doubled_jobs}, train jobs with >1 model {doubled_models}, succeeded without result {no_result}",
+        failed.len()
+    );
     println!("  models {models} for {train_succeeded} succeeded train jobs");
     assert_eq!(lost, 0);
     assert_eq!(doubled_jobs, 0, "a retried submission made a second job");

@@ -129,7 +129,10 @@ impl WorkerContext {
     /// The worker is shutting down and the job did not finish in time: queue it again at once
     /// for another worker, without spending one of its attempts.
     async fn hand_back(&self, id: JobId, attempt: i32) -> Result<(), db::DbError> {
-        let reason = format!("worker {} shut down before the job finished", self.worker_id);
+        let reason = format!(
+            "worker {} shut down before the job finished",
+            self.worker_id
+        );
         if db::job_release(&self.pool, id, attempt, &reason).await? {
             tracing::info!(job = %id, attempt, "handed back on shutdown");
             if let Err(e) = self.publisher.publish(id).await {
@@ -390,7 +393,12 @@ async fn finish_within_grace(
 ) -> Result<Completion, JobError> {
     tokio::time::timeout(STOP_GRACE, work.as_mut())
         .await
-        .unwrap_or_else(|_| Err(JobError::fatal("stopped", "did not stop within the grace period")))
+        .unwrap_or_else(|_| {
+            Err(JobError::fatal(
+                "stopped",
+                "did not stop within the grace period",
+            ))
+        })
 }
 
 /// Runs GPU work on a blocking thread; a panic there fails the attempt (retryably) instead of

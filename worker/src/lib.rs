@@ -50,9 +50,13 @@ pub async fn run_with_abort(
     tracing::info!(adapter = %gpu.info.name, backend = ?gpu.info.backend, "GPU ready");
     let s = &settings.shared;
     // A job needs a connection only for its claim, lease renewals and outcome, briefly each.
-    let pool = db::connect(&s.database_url, (settings.concurrency as u32 / 2 + 4).min(24)).await?;
+    let connections = (settings.concurrency as u32 / 2 + 4).min(24);
+    let Some(pool) = db::connect_waiting(&s.database_url, connections, &shutdown).await? else {
+        return Ok(());
+    };
     db::migrate(&pool).await?;
-    let publisher = Arc::new(Publisher::connect(&s.amqp_url, &s.queue).await?);
+    // The consumer connects (and reconnects) to the broker itself; publishing connects on use.
+    let publisher = Arc::new(Publisher::lazy(&s.amqp_url, &s.queue));
     let storage = Storage::from_env().await;
     let worker_id = format!(
         "{}-{}-{}",

@@ -26,8 +26,13 @@ fn digits_train(rows: usize) -> Table {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
-    rt.block_on(read_csv(head.as_bytes(), "label", true, &Default::default()))
-        .unwrap()
+    rt.block_on(read_csv(
+        head.as_bytes(),
+        "label",
+        true,
+        &Default::default(),
+    ))
+    .unwrap()
 }
 
 fn train(algorithm: Algorithm, table: Table, params: Value) -> algorithms::Trained {
@@ -231,34 +236,124 @@ fn hostile_artifacts_are_refused_as_model_corrupt_and_never_panic() {
     use gpuq_worker::artifact::{Tensor, write};
     let two = json!(["a", "b"]);
     let cases: Vec<(&str, Vec<u8>)> = vec![
-        ("garbage", b"\xff\xff\xff\xff\xff\xff\xff\x7fnot safetensors".to_vec()),
-        ("no metadata", safetensors::serialize(
-            vec![("x", safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![1], &[0u8; 4]).unwrap())],
-            None,
-        ).unwrap()),
-        ("a layer with no outputs", write("logreg",
-            &[Tensor::F32("0.weight", vec![0, 2], &[]), Tensor::F32("0.bias", vec![0], &[])],
-            &[("feature_columns", two.clone()), ("classes", json!([0.0, 1.0]))])),
-        ("more classes than outputs", write("logreg",
-            &[Tensor::F32("0.weight", vec![2, 2], &[1.0; 4]), Tensor::F32("0.bias", vec![2], &[0.0; 2])],
-            &[("feature_columns", two.clone()), ("classes", json!([0.0, 1.0, 2.0]))])),
-        ("no features", write("logreg",
-            &[Tensor::F32("0.weight", vec![2, 0], &[]), Tensor::F32("0.bias", vec![2], &[0.0; 2])],
-            &[("feature_columns", json!([])), ("classes", json!([0.0, 1.0]))])),
-        ("no centroids", write("kmeans", &[Tensor::F32("centroids", vec![0, 2], &[])],
-            &[("feature_columns", two.clone())])),
-        ("knn label index past its classes", write("knn",
-            &[Tensor::F32("references", vec![1, 2], &[0.0, 1.0]), Tensor::U32("label_index", vec![1], &[5])],
-            &[("feature_columns", two.clone()), ("classes", json!([0.0, 1.0])), ("k", json!(1)),
-              ("metric", json!("euclidean"))])),
-        ("knn with k = 0", write("knn",
-            &[Tensor::F32("references", vec![1, 2], &[0.0, 1.0]), Tensor::U32("label_index", vec![1], &[0])],
-            &[("feature_columns", two.clone()), ("classes", json!([0.0, 1.0])), ("k", json!(0)),
-              ("metric", json!("euclidean"))])),
-        ("anomaly with an unknown method", write("anomaly", &[Tensor::F32("mean", vec![2], &[0.0; 2])],
-            &[("feature_columns", two.clone()), ("method", json!("bogus"))])),
-        ("an unknown algorithm", write("svm", &[Tensor::F32("w", vec![2], &[0.0; 2])],
-            &[("feature_columns", two.clone())])),
+        (
+            "garbage",
+            b"\xff\xff\xff\xff\xff\xff\xff\x7fnot safetensors".to_vec(),
+        ),
+        (
+            "no metadata",
+            safetensors::serialize(
+                vec![(
+                    "x",
+                    safetensors::tensor::TensorView::new(
+                        safetensors::Dtype::F32,
+                        vec![1],
+                        &[0u8; 4],
+                    )
+                    .unwrap(),
+                )],
+                None,
+            )
+            .unwrap(),
+        ),
+        (
+            "a layer with no outputs",
+            write(
+                "logreg",
+                &[
+                    Tensor::F32("0.weight", vec![0, 2], &[]),
+                    Tensor::F32("0.bias", vec![0], &[]),
+                ],
+                &[
+                    ("feature_columns", two.clone()),
+                    ("classes", json!([0.0, 1.0])),
+                ],
+            ),
+        ),
+        (
+            "more classes than outputs",
+            write(
+                "logreg",
+                &[
+                    Tensor::F32("0.weight", vec![2, 2], &[1.0; 4]),
+                    Tensor::F32("0.bias", vec![2], &[0.0; 2]),
+                ],
+                &[
+                    ("feature_columns", two.clone()),
+                    ("classes", json!([0.0, 1.0, 2.0])),
+                ],
+            ),
+        ),
+        (
+            "no features",
+            write(
+                "logreg",
+                &[
+                    Tensor::F32("0.weight", vec![2, 0], &[]),
+                    Tensor::F32("0.bias", vec![2], &[0.0; 2]),
+                ],
+                &[
+                    ("feature_columns", json!([])),
+                    ("classes", json!([0.0, 1.0])),
+                ],
+            ),
+        ),
+        (
+            "no centroids",
+            write(
+                "kmeans",
+                &[Tensor::F32("centroids", vec![0, 2], &[])],
+                &[("feature_columns", two.clone())],
+            ),
+        ),
+        (
+            "knn label index past its classes",
+            write(
+                "knn",
+                &[
+                    Tensor::F32("references", vec![1, 2], &[0.0, 1.0]),
+                    Tensor::U32("label_index", vec![1], &[5]),
+                ],
+                &[
+                    ("feature_columns", two.clone()),
+                    ("classes", json!([0.0, 1.0])),
+                    ("k", json!(1)),
+                    ("metric", json!("euclidean")),
+                ],
+            ),
+        ),
+        (
+            "knn with k = 0",
+            write(
+                "knn",
+                &[
+                    Tensor::F32("references", vec![1, 2], &[0.0, 1.0]),
+                    Tensor::U32("label_index", vec![1], &[0]),
+                ],
+                &[
+                    ("feature_columns", two.clone()),
+                    ("classes", json!([0.0, 1.0])),
+                    ("k", json!(0)),
+                    ("metric", json!("euclidean")),
+                ],
+            ),
+        ),
+        (
+            "anomaly with an unknown method",
+            write(
+                "anomaly",
+                &[Tensor::F32("mean", vec![2], &[0.0; 2])],
+                &[("feature_columns", two.clone()), ("method", json!("bogus"))],
+            ),
+        ),
+        (
+            "an unknown algorithm",
+            write(
+                "svm",
+                &[Tensor::F32("w", vec![2], &[0.0; 2])],
+                &[("feature_columns", two.clone())],
+            ),
+        ),
     ];
     let probe = from_rows(&[vec![0.5, 0.5]], None).unwrap();
     for (what, bytes) in cases {

@@ -118,7 +118,9 @@ pub async fn submit(
     response.headers_mut().insert(header::LOCATION, location);
     if !created {
         let replayed = HeaderValue::from_static("true");
-        response.headers_mut().insert("idempotent-replayed", replayed);
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", replayed);
     }
     if let Some(w) = wait {
         let applied = HeaderValue::from_str(&format!("wait={}", w.as_secs_f64())).expect("ascii");
@@ -149,7 +151,9 @@ fn check_input_allowed(s: &AppState, tenant: &Tenant, input: &Value) -> Result<(
     let Some(uri) = input.get("uri").and_then(Value::as_str) else {
         return Ok(());
     };
-    let uri: S3Uri = uri.parse().map_err(|m: String| ApiError::invalid("input.uri", m))?;
+    let uri: S3Uri = uri
+        .parse()
+        .map_err(|m: String| ApiError::invalid("input.uri", m))?;
     let own = s.settings.tenant_prefix(&tenant.id);
     if auth::may_read(&uri, &s.settings.bucket, &own, &tenant.input_prefixes) {
         return Ok(());
