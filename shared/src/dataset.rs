@@ -93,6 +93,13 @@ pub async fn read_csv<R: AsyncBufRead + Unpin>(
     if names.iter().any(|n| n.is_empty()) {
         return Err(invalid("line 1: the header row has an empty column name"));
     }
+    // A repeated name would make `label_column` (and the model's feature names) ambiguous.
+    let mut seen = std::collections::HashSet::new();
+    if let Some(dup) = names.iter().find(|n| !seen.insert(n.as_str())) {
+        return Err(invalid(format!(
+            "line 1: column `{dup}` appears more than once"
+        )));
+    }
     if names.len() > limits.max_features + 1 {
         return Err(too_large(format!(
             "{} columns; this deployment allows {} features",
@@ -422,6 +429,16 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn csv_repeated_column_names_are_refused() {
+        let e = csv("a,b,b,label\n1,2,3,0\n", true).await.unwrap_err();
+        assert!(
+            e.message.contains("`b` appears more than once"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[tokio::test]
     async fn csv_ragged_rows_and_empty_inputs_are_refused() {
         assert!(csv("a,b,label\n1,2\n", true).await.is_err());
         assert!(csv("a,b,label\n1,2,3,4\n", true).await.is_err());
@@ -491,7 +508,7 @@ mod tests {
             max_features: 3,
             ..Limits::default()
         };
-        let e = read_csv(&b"`,b,b,l\n1,4,5,1"[..], "0", false, &limits)
+        let e = read_csv(&b"`,b,c,l\n1,4,5,1"[..], "0", false, &limits)
             .await
             .unwrap_err();
         assert_eq!(e.code, "input_too_large", "{}", e.message);
