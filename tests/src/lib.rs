@@ -321,6 +321,34 @@ impl TestApp {
         }
     }
 
+    /// Records a job straight in Postgres for this test's tenant without publishing it: what an
+    /// API that died between its insert and its publish leaves behind, or a row that never came
+    /// through the API. `spec` reads like a submit body (`type`, `algorithm`, `model_id`,
+    /// `params`, `input`, `max_attempts`), unvalidated.
+    pub async fn record_unpublished(
+        &self,
+        spec: &Value,
+    ) -> Result<gpuq_shared::JobId, sqlx::Error> {
+        let id = gpuq_shared::JobId::new();
+        let model_id = spec["model_id"].as_str().map(|m| m.parse().unwrap());
+        gpuq_shared::db::job_insert(
+            &self.pool,
+            &gpuq_shared::db::NewJob {
+                id,
+                tenant: &self.tenant,
+                job_type: spec["type"].as_str().unwrap_or("train"),
+                algorithm: spec["algorithm"].as_str().unwrap_or("logreg"),
+                model_id,
+                max_attempts: spec["max_attempts"].as_i64().unwrap_or(3) as i32,
+                params: spec.get("params").unwrap_or(&serde_json::json!({})),
+                input: &spec["input"],
+                timeout_s: 600,
+            },
+        )
+        .await?;
+        Ok(id)
+    }
+
     /// Whether the worker process `pid` has exited (and been reaped).
     pub fn worker_exited(&mut self, pid: u32) -> bool {
         self.children

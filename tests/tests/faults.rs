@@ -68,11 +68,16 @@ async fn three_hundred_jobs_across_a_rabbitmq_and_a_postgres_restart_all_succeed
     // A submit while the broker is down is recorded at once; the reaper publishes it later.
     let t_submit = Instant::now();
     let during = app
-        .submit(json!({"type": "train", "algorithm": "logreg", "params": {"epochs": 5},
-            "input": {"rows": [[0.0], [1.0]], "labels": [0, 1]}}))
+        .submit(
+            json!({"type": "train", "algorithm": "logreg", "params": {"epochs": 5},
+            "input": {"rows": [[0.0], [1.0]], "labels": [0, 1]}}),
+        )
         .await;
     let submit_in = t_submit.elapsed();
-    assert!(submit_in < Duration::from_secs(3), "submit took {submit_in:?}");
+    assert!(
+        submit_in < Duration::from_secs(3),
+        "submit took {submit_in:?}"
+    );
     println!("a submit while RabbitMQ was down answered 202 in {submit_in:?}");
     tokio::time::sleep(Duration::from_secs(3)).await;
     rabbitmq("start_app");

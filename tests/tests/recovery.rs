@@ -4,7 +4,7 @@
 //! written exactly once.
 
 use gpuq_shared::queue::Publisher;
-use gpuq_shared::{JobError, JobId, db};
+use gpuq_shared::{JobError, db};
 use gpuq_tests::{Options, TestApp, digits, signal};
 use serde_json::json;
 use std::time::Duration;
@@ -56,25 +56,11 @@ async fn a_worker_killed_mid_training_leaves_the_job_to_the_next_worker_which_fi
 async fn a_job_recorded_but_never_published_is_published_by_the_reaper() {
     let app = TestApp::spawn().await;
     // What the API leaves behind if it dies between the insert and the publish.
-    let id = gpuq_shared::JobId::new();
-    let input = json!({"rows": [[0.0], [1.0]], "labels": [0, 1]});
-    let params = json!({"epochs": 2});
-    gpuq_shared::db::job_insert(
-        &app.pool,
-        &gpuq_shared::db::NewJob {
-            id,
-            tenant: &app.tenant,
-            job_type: "train",
-            algorithm: "logreg",
-            model_id: None,
-            max_attempts: 3,
-            params: &params,
-            input: &input,
-            timeout_s: 600,
-        },
-    )
-    .await
-    .unwrap();
+    let id = app
+        .record_unpublished(&json!({"type": "train", "params": {"epochs": 2},
+            "input": {"rows": [[0.0], [1.0]], "labels": [0, 1]}}))
+        .await
+        .unwrap();
     let done = app.wait(&json!({"id": id.to_string()}), LIMIT).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(done["attempt"], 1);
@@ -224,34 +210,14 @@ async fn transient_failures_retry_after_a_backoff_keep_every_error_and_stop_at_m
     opts.lifecycle.backoff.base = std::time::Duration::from_secs(2);
     let app = TestApp::spawn_with(Options { workers: 0, ..opts }).await;
     let lifecycle = app.settings.lifecycle.clone();
-    let insert = |max_attempts: i32| {
-        let pool = app.pool.clone();
-        let tenant = app.tenant.clone();
-        async move {
-            let id = JobId::new();
-            db::job_insert(
-                &pool,
-                &db::NewJob {
-                    id,
-                    tenant: &tenant,
-                    job_type: "train",
-                    algorithm: "logreg",
-                    model_id: None,
-                    max_attempts,
-                    params: &json!({"epochs": 5}),
-                    input: &json!({"rows": [[0.0], [1.0]], "labels": [0, 1]}),
-                    timeout_s: 60,
-                },
-            )
-            .await
-            .unwrap();
-            id
-        }
+    let spec = |max_attempts: i32| {
+        json!({"type": "train", "params": {"epochs": 5}, "max_attempts": max_attempts,
+            "input": {"rows": [[0.0], [1.0]], "labels": [0, 1]}})
     };
     let lost_gpu = JobError::transient("gpu_lost", "the device was lost");
 
     // A job that keeps failing stops at max_attempts with the final error and every attempt's.
-    let id = insert(2).await;
+    let id = app.record_unpublished(&spec(2)).await.unwrap();
     for attempt in 1..=2 {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         let claimed = loop {
@@ -284,7 +250,7 @@ async fn transient_failures_retry_after_a_backoff_keep_every_error_and_stop_at_m
     assert_eq!(last.attempt_errors.as_array().unwrap().len(), 2);
 
     // Attempt 1 fails transiently: queued again, but not before its backoff (1–2 s here).
-    let id = insert(3).await;
+    let id = app.record_unpublished(&spec(3)).await.unwrap();
     let claimed = db::job_set_running(&app.pool, id, "fake", lifecycle.lease)
         .await
         .unwrap()

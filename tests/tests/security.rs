@@ -175,24 +175,11 @@ async fn inputs_outside_the_tenants_prefix_are_refused_before_any_s3_call() {
     // The worker checks again: a job row that did not come through the API (here written
     // directly) naming a bucket that does not exist fails as forbidden, not as "not found" —
     // so no S3 call was made.
-    let id = gpuq_shared::JobId::new();
-    let input = json!({"uri": "s3://no-such-bucket-anywhere/tenants/acme/x.csv"});
-    gpuq_shared::db::job_insert(
-        &app.pool,
-        &gpuq_shared::db::NewJob {
-            id,
-            tenant: "acme",
-            job_type: "train",
-            algorithm: "logreg",
-            model_id: None,
-            max_attempts: 3,
-            params: &json!({"epochs": 5}),
-            input: &input,
-            timeout_s: 60,
-        },
-    )
-    .await
-    .unwrap();
+    let id = app
+        .record_unpublished(&json!({"type": "train", "params": {"epochs": 5},
+            "input": {"uri": "s3://no-such-bucket-anywhere/tenants/acme/x.csv"}}))
+        .await
+        .unwrap();
     let done = app.wait(&json!({"id": id.to_string()}), LIMIT).await;
     assert_eq!(
         (done["status"].as_str(), done["error"]["code"].as_str()),

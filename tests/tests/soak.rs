@@ -198,27 +198,15 @@ async fn soak_with_random_faults_loses_nothing_and_doubles_nothing() {
             }
             70..=84 => {
                 // What an API that died between the insert and the publish leaves behind.
-                let t = &app;
-                let id = gpuq_shared::JobId::new();
-                gpuq_shared::db::job_insert(
-                    &t.pool,
-                    &gpuq_shared::db::NewJob {
-                        id,
-                        tenant: &t.tenant,
-                        job_type: "infer",
-                        algorithm: "logreg",
-                        model_id: trained["result"]["model_id"].as_str().unwrap().parse().ok(),
-                        max_attempts: 10,
-                        params: &json!({}),
-                        input: &json!({"rows": [[0.5, 0.5]]}),
-                        timeout_s: 600,
-                    },
-                )
-                .await
-                .map(|_| ids.lock().unwrap().push(id.to_string()))
-                .ok()
-                .map(|_| "job recorded, never published (API died)")
-                .unwrap_or("skipped: database down")
+                let spec = json!({"type": "infer", "model_id": trained["result"]["model_id"],
+                    "max_attempts": 10, "input": {"rows": [[0.5, 0.5]]}});
+                match app.record_unpublished(&spec).await {
+                    Ok(id) => {
+                        ids.lock().unwrap().push(id.to_string());
+                        "job recorded, never published (API died)"
+                    }
+                    Err(_) => "skipped: database down",
+                }
             }
             90 => {
                 rabbitmq("stop_app");
