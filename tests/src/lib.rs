@@ -321,6 +321,12 @@ impl TestApp {
         }
     }
 
+    /// Shuts the API (and any in-process workers) down, as SIGTERM would: no new connections,
+    /// in-flight requests finish.
+    pub fn shut_down(&self) {
+        self.shutdown.cancel();
+    }
+
     /// Records a job straight in Postgres for this test's tenant without publishing it: what an
     /// API that died between its insert and its publish leaves behind, or a row that never came
     /// through the API. `spec` reads like a submit body (`type`, `algorithm`, `model_id`,

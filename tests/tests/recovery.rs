@@ -281,3 +281,44 @@ async fn transient_failures_retry_after_a_backoff_keep_every_error_and_stop_at_m
         "retried after {waited:?}, before its backoff"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_shutting_down_lets_in_flight_requests_finish_and_takes_no_new_ones() {
+    let app = TestApp::spawn_with(Options {
+        workers: 0,
+        ..Options::default()
+    })
+    .await;
+    let job = app
+        .submit(json!({"type": "train", "algorithm": "logreg",
+            "input": {"rows": [[0.0], [1.0]], "labels": [0, 1]}}))
+        .await;
+    let id = job["id"].as_str().unwrap();
+    // A long poll in flight when the shutdown begins…
+    let waiting = app
+        .client
+        .get(format!("{}/v1/jobs/{id}?wait=2", app.url))
+        .send();
+    let in_flight = tokio::spawn(waiting);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.shut_down();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // …a new connection is refused…
+    let late = reqwest::Client::new()
+        .get(format!("{}/healthz", app.url))
+        .send()
+        .await;
+    assert!(
+        late.is_err(),
+        "a new request was served after shutdown began"
+    );
+    // …and the one in flight gets its full answer.
+    let answer = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight request was answered");
+    assert_eq!(answer.status(), 200);
+    let body: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(body["id"], id);
+    assert_eq!(body["status"], "queued");
+}
