@@ -72,11 +72,20 @@ impl From<ParamError> for SubmitError {
 
 /// Parses and validates a submit body against the deployment's `limits`.
 pub fn parse(body: &[u8], limits: &Limits) -> Result<Submission, SubmitError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| SubmitError::BadRequest {
+    validate(&parse_json(body)?, limits)
+}
+
+/// The body as JSON, or `malformed_json`.
+pub fn parse_json(body: &[u8]) -> Result<Value, SubmitError> {
+    serde_json::from_slice(body).map_err(|e| SubmitError::BadRequest {
         code: "malformed_json",
         message: format!("the body is not valid JSON: {e}"),
-    })?;
-    let Value::Object(obj) = value else {
+    })
+}
+
+/// Validates a parsed submit body against the deployment's `limits`.
+pub fn validate(value: &Value, limits: &Limits) -> Result<Submission, SubmitError> {
+    let Some(obj) = value.as_object() else {
         return Err(SubmitError::BadRequest {
             code: "malformed_json",
             message: "the body must be a JSON object".into(),

@@ -26,7 +26,8 @@ pub async fn submit(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body_or_error(body, s.max_body_bytes)?;
-    let sub = submit::parse(&body, &s.settings.limits)?;
+    let value = submit::parse_json(&body)?;
+    let sub = submit::validate(&value, &s.settings.limits)?;
     let wait = prefer_wait(&headers);
     let idempotency_key = idempotency_key(&headers)?;
     check_input_allowed(&s, &tenant, &sub.input)?;
@@ -85,9 +86,9 @@ pub async fn submit(
     let (job, created) = match &idempotency_key {
         None => (db::job_insert(&s.pool, &new_job).await?, true),
         Some(key) => {
-            // The same request, whatever its JSON spacing or key order: hash its parsed form.
-            let canonical: Value = serde_json::from_slice(&body).expect("parsed above");
-            let digest = auth::body_sha256(canonical.to_string().as_bytes());
+            // The same request, whatever its JSON spacing or key order: hash its parsed form
+            // (objects serialise with sorted keys).
+            let digest = auth::body_sha256(value.to_string().as_bytes());
             match db::job_insert_idempotent(&s.pool, &new_job, key, &digest).await? {
                 Idempotent::Created(job) => (job, true),
                 Idempotent::Existing(job) => (job, false),

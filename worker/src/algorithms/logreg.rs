@@ -15,6 +15,15 @@ use gpuq_shared::params::LogregParams;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 
+/// A classifier's training data: the features, the class values and each row's class index.
+pub fn labelled(table: Table) -> Result<(Matrix, Vec<f64>, Vec<u32>), JobError> {
+    let labels = table
+        .labels
+        .ok_or_else(|| JobError::invalid_input("training needs a label column"))?;
+    let (classes, y) = class_indices(&labels)?;
+    Ok((table.features, classes, y))
+}
+
 /// Maps label values to class indices 0..k (sorted by value), for a classifier that needs
 /// at least two classes and at most 10 000 outputs.
 pub fn class_indices(labels: &[f32]) -> Result<(Vec<f64>, Vec<u32>), JobError> {
@@ -98,11 +107,7 @@ pub fn train(
     p: &LogregParams,
     ctl: &Control,
 ) -> Result<Trained, JobError> {
-    let labels = table
-        .labels
-        .ok_or_else(|| JobError::invalid_input("training needs a label column"))?;
-    let mut x = table.features;
-    let (classes, y) = class_indices(&labels)?;
+    let (mut x, classes, y) = labelled(table)?;
     let (n, f, k) = (x.rows, x.cols, classes.len());
     check_bindings(
         gpu,

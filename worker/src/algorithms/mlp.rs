@@ -5,7 +5,7 @@
 //! every kernel sums in a fixed order.
 
 use super::classifier::{ClassifierModel, Dense, Evaluator, GpuDense, training_metrics};
-use super::logreg::{class_indices, column_stats, scale, upload_rows};
+use super::logreg::{column_stats, labelled, scale, upload_rows};
 use super::{Control, Trained, check_bindings, gpu_lost};
 use crate::gpu::Gpu;
 use crate::gpu::gemm::GemmParams;
@@ -201,11 +201,7 @@ fn dense(layers: &[Layer]) -> Vec<GpuDense<'_>> {
 }
 
 pub fn train(gpu: &Gpu, table: Table, p: &MlpParams, ctl: &Control) -> Result<Trained, JobError> {
-    let labels = table
-        .labels
-        .ok_or_else(|| JobError::invalid_input("training needs a label column"))?;
-    let mut x = table.features;
-    let (classes, y) = class_indices(&labels)?;
+    let (mut x, classes, y) = labelled(table)?;
     let (n, f, k) = (x.rows, x.cols, classes.len());
     let mut rng = rand::rngs::StdRng::seed_from_u64(p.seed);
 
