@@ -75,8 +75,8 @@ pub struct Lifecycle {
 impl Settings {
     pub fn from_env() -> Result<Self, ConfigError> {
         Ok(Self {
-            database_url: var_or("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/gpuq"),
-            amqp_url: var_or("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
+            database_url: database_url(),
+            amqp_url: amqp_url(),
             queue: var_or("GPUQ_QUEUE", "gpuq.jobs"),
             bucket: var_or("GPUQ_BUCKET", "gpuq-dev"),
             s3_prefix: var_or("GPUQ_S3_PREFIX", ""),
@@ -141,6 +141,93 @@ impl std::fmt::Debug for Settings {
     }
 }
 
+/// `DATABASE_URL`; where it is unset, a URL made of libpq's own variables (`PGHOST`, `PGPORT`,
+/// `PGUSER`, `PGPASSWORD`, `PGDATABASE`, `PGSSLMODE`), the way a container gets a password
+/// from a secret store without a shell to splice it into a URL.
+pub fn database_url() -> String {
+    if let Some(url) = non_empty_var("DATABASE_URL") {
+        return url;
+    }
+    let mut url = url_from_parts(
+        "postgres",
+        "PGUSER",
+        "PGPASSWORD",
+        "PGHOST",
+        "PGPORT",
+        ("postgres", None, "127.0.0.1", "5432"),
+    );
+    url.push('/');
+    url.push_str(&percent_encode(
+        &non_empty_var("PGDATABASE").unwrap_or_else(|| "gpuq".into()),
+    ));
+    if let Some(mode) = non_empty_var("PGSSLMODE") {
+        url.push_str("?sslmode=");
+        url.push_str(&percent_encode(&mode));
+    }
+    url
+}
+
+/// `AMQP_URL`; where it is unset, a URL made of `AMQP_SCHEME` (`amqp` or `amqps`), `AMQP_HOST`,
+/// `AMQP_PORT`, `AMQP_USERNAME`, `AMQP_PASSWORD` and `AMQP_VHOST` (`/` by default).
+pub fn amqp_url() -> String {
+    if let Some(url) = non_empty_var("AMQP_URL") {
+        return url;
+    }
+    let scheme = non_empty_var("AMQP_SCHEME").unwrap_or_else(|| "amqp".into());
+    let port = if scheme == "amqps" { "5671" } else { "5672" };
+    let mut url = url_from_parts(
+        &scheme,
+        "AMQP_USERNAME",
+        "AMQP_PASSWORD",
+        "AMQP_HOST",
+        "AMQP_PORT",
+        ("guest", Some("guest"), "127.0.0.1", port),
+    );
+    url.push('/');
+    url.push_str(&percent_encode(
+        &non_empty_var("AMQP_VHOST").unwrap_or_else(|| "/".into()),
+    ));
+    url
+}
+
+/// `scheme://user:password@host:port`, each part from its variable or its default; the user
+/// and password percent-encoded, so a generated password may hold any character.
+fn url_from_parts(
+    scheme: &str,
+    user_var: &str,
+    password_var: &str,
+    host_var: &str,
+    port_var: &str,
+    (user, password, host, port): (&str, Option<&str>, &str, &str),
+) -> String {
+    let user = non_empty_var(user_var).unwrap_or_else(|| user.into());
+    let password = non_empty_var(password_var).or(password.map(String::from));
+    let host = non_empty_var(host_var).unwrap_or_else(|| host.into());
+    let port = non_empty_var(port_var).unwrap_or_else(|| port.into());
+    let credentials = match password {
+        Some(p) => format!("{}:{}", percent_encode(&user), percent_encode(&p)),
+        None => percent_encode(&user),
+    };
+    format!("{scheme}://{credentials}@{host}:{port}")
+}
+
+/// Encodes every byte but RFC 3986's unreserved characters.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn non_empty_var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
 /// `scheme://user:secret@host/…` → `scheme://user:***@host/…`.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
@@ -164,10 +251,7 @@ pub struct ConfigError {
 }
 
 pub fn var_or(name: &str, default: &str) -> String {
-    std::env::var(name)
-        .ok()
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| default.to_string())
+    non_empty_var(name).unwrap_or_else(|| default.to_string())
 }
 
 /// Reads and parses a variable, falling back to `default` when it is unset or empty.
@@ -196,5 +280,29 @@ mod tests {
             "amqp://guest:***@mq:5672/%2f"
         );
         assert_eq!(redact_url("postgres://db/gpuq"), "postgres://db/gpuq");
+    }
+
+    #[test]
+    fn parts_make_a_url_that_keeps_any_password_intact() {
+        let url = url_from_parts(
+            "amqps",
+            "GPUQ_TEST_UNSET_USER",
+            "GPUQ_TEST_UNSET_PASSWORD",
+            "GPUQ_TEST_UNSET_HOST",
+            "GPUQ_TEST_UNSET_PORT",
+            ("gpuq", None, "mq.example", "5671"),
+        );
+        assert_eq!(url, "amqps://gpuq@mq.example:5671");
+        let url = url_from_parts(
+            "amqp",
+            "GPUQ_TEST_UNSET_USER",
+            "GPUQ_TEST_UNSET_PASSWORD",
+            "GPUQ_TEST_UNSET_HOST",
+            "GPUQ_TEST_UNSET_PORT",
+            ("guest", Some("guest"), "127.0.0.1", "5672"),
+        );
+        assert_eq!(url, "amqp://guest:guest@127.0.0.1:5672");
+        assert_eq!(percent_encode("p@ss:w/rd%é"), "p%40ss%3Aw%2Frd%25%C3%A9");
+        assert_eq!(redact_url("postgres://u:p%40ss@db:5432/x"), "postgres://u:***@db:5432/x");
     }
 }
