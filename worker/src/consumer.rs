@@ -10,6 +10,7 @@ use gpuq_shared::queue::{self, JobMessage};
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -95,6 +96,10 @@ async fn consume(
                 let _ = delivery.acker.ack(BasicAckOptions::default()).await;
                 return;
             };
+            // Counted (and, on ECS, protected from scale-in) before the claim, so the task
+            // is never without protection while it holds a job.
+            let _running = Running::count(&ctx);
+            ctx.presence.protect().await;
             match claim(&ctx, job_id).await {
                 Ok(Some(run)) => {
                     let _ = delivery.acker.ack(BasicAckOptions::default()).await;
@@ -116,6 +121,23 @@ async fn consume(
                 }
             }
         });
+    }
+}
+
+/// Counts a job being claimed or run in `ctx.running` for as long as it lives (the pool's
+/// presence and the ECS task protection follow that count).
+struct Running(Arc<WorkerContext>);
+
+impl Running {
+    fn count(ctx: &Arc<WorkerContext>) -> Self {
+        ctx.running.fetch_add(1, Ordering::SeqCst);
+        Self(ctx.clone())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -4,6 +4,7 @@
 
 use crate::algorithms::{self, Control, LoadedModel, StopReason, Trained};
 use crate::gpu::Gpu;
+use crate::presence::Presence;
 use gpuq_shared::config::Settings;
 use gpuq_shared::dataset::{self, Table};
 use gpuq_shared::db::{self, JobRecord, NewModel};
@@ -12,6 +13,7 @@ use gpuq_shared::storage::Storage;
 use gpuq_shared::{Algorithm, JobError, JobId, ModelId, S3Uri, auth};
 use serde_json::{Value, json};
 use std::collections::HashMap;
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -33,6 +35,10 @@ pub struct WorkerContext {
     pub worker_id: String,
     /// Stops the GPU work of every job in hand (shutdown past its drain deadline).
     pub abort: CancellationToken,
+    /// Jobs this worker is claiming or running.
+    pub running: AtomicUsize,
+    /// The worker's row in `workers`, and its ECS task protection.
+    pub presence: Presence,
     /// Models already on the GPU, by id (models never change once written).
     models: Mutex<HashMap<ModelId, Arc<CachedModel>>>,
 }
@@ -66,6 +72,7 @@ impl WorkerContext {
         worker_id: String,
         abort: CancellationToken,
     ) -> Self {
+        let lease = settings.lifecycle.lease;
         Self {
             pool,
             storage,
@@ -74,6 +81,8 @@ impl WorkerContext {
             settings,
             worker_id,
             abort,
+            running: AtomicUsize::new(0),
+            presence: Presence::from_env(lease),
             models: Mutex::new(HashMap::new()),
         }
     }

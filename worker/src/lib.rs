@@ -6,6 +6,7 @@ pub mod artifact;
 pub mod consumer;
 pub mod gpu;
 pub mod job;
+pub mod presence;
 
 use gpuq_shared::config::{Settings, parse_var};
 use gpuq_shared::queue::Publisher;
@@ -58,12 +59,18 @@ pub async fn run_with_abort(
     // The consumer connects (and reconnects) to the broker itself; publishing connects on use.
     let publisher = Arc::new(Publisher::lazy(&s.amqp_url, &s.queue));
     let storage = Storage::from_env().await;
-    let worker_id = format!(
-        "{}-{}-{}",
-        std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into()),
-        std::process::id(),
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    );
+    // A supervisor (the scaler's local backend) names its children; else a name of our own.
+    let worker_id = std::env::var("GPUQ_WORKER_ID")
+        .ok()
+        .filter(|id| !id.is_empty())
+        .unwrap_or_else(|| {
+            format!(
+                "{}-{}-{}",
+                std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into()),
+                std::process::id(),
+                &uuid::Uuid::new_v4().simple().to_string()[..8]
+            )
+        });
     tracing::info!(%worker_id, "worker starting");
     let reaper_task = {
         let (pool, publisher, lifecycle, stop) = (
@@ -83,7 +90,16 @@ pub async fn run_with_abort(
         worker_id,
         abort,
     ));
+    let presence_stop = CancellationToken::new();
+    let presence_task = tokio::spawn(presence::run(
+        ctx.clone(),
+        settings.concurrency,
+        presence_stop.clone(),
+    ));
     consumer::run(ctx, settings.concurrency, settings.drain, shutdown).await;
+    // Only now, with nothing in hand, does the task lose its protection and the row its life.
+    presence_stop.cancel();
+    let _ = presence_task.await;
     let _ = reaper_task.await;
     Ok(())
 }
