@@ -215,6 +215,26 @@ impl TestApp {
         command
     }
 
+    /// The command that starts `gpuq-scaler` with `args` on this test's database, with the
+    /// environment a worker of this test gets (the local backend's children inherit it).
+    pub fn scaler_command(&self, args: &[&str], env: &[(&str, &str)]) -> Command {
+        let worker = self.worker_command(env);
+        let mut command = Command::new(sibling_binary("gpuq-scaler"));
+        for (k, v) in worker.get_envs() {
+            if let Some(v) = v {
+                command.env(k, v);
+            }
+        }
+        command
+            .args(args)
+            .arg("--worker-bin")
+            .arg(worker_binary())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        command
+    }
+
     /// Stores `bytes` under this test's tenant's prefix and returns its URI.
     pub async fn put(&self, name: &str, bytes: Vec<u8>) -> String {
         let prefix = self.settings.tenant_prefix(&self.tenant);
@@ -460,11 +480,92 @@ pub fn worker_binary() -> PathBuf {
     if let Ok(p) = std::env::var("GPUQ_WORKER_BIN") {
         return p.into();
     }
+    sibling_binary("gpuq-worker")
+}
+
+/// `target/<profile>/<name>`, beside the directory of the running test binary.
+pub fn sibling_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    exe.parent()
-        .and_then(|d| d.parent())
-        .unwrap()
-        .join("gpuq-worker")
+    exe.parent().and_then(|d| d.parent()).unwrap().join(name)
+}
+
+/// A running `gpuq-scaler` and the decision lines it has printed so far.
+pub struct Scaler {
+    pub process: Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+}
+
+impl Scaler {
+    pub fn spawn(mut command: Command) -> Self {
+        let mut process = command
+            .spawn()
+            .expect("the gpuq-scaler binary runs (scripts/dev test builds it)");
+        let stdout = process.stdout.take().expect("stdout is piped");
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let value: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("a decision line is JSON ({e}): {line}"));
+                eprintln!("decision: {line}");
+                sink.lock().unwrap().push(value);
+            }
+        });
+        Self { process, lines }
+    }
+
+    /// Every decision line so far.
+    pub fn lines(&self) -> Vec<Value> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// Waits for a decision line that satisfies `what`; panics after `limit`.
+    pub async fn wait_for(&self, limit: Duration, what: impl Fn(&Value) -> bool) -> Value {
+        self.wait_for_after(0, limit, what).await.1
+    }
+
+    /// Waits for a decision line, at index `from` or later, that satisfies `what`; returns its
+    /// index and the line. Panics after `limit`.
+    pub async fn wait_for_after(
+        &self,
+        from: usize,
+        limit: Duration,
+        what: impl Fn(&Value) -> bool,
+    ) -> (usize, Value) {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let found = self.lines().into_iter().enumerate().skip(from).find(|(_, l)| what(l));
+            if let Some(found) = found {
+                return found;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no such decision within {limit:?}; lines: {:#?}",
+                self.lines()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGTERM, then waits for the exit; true when it exited with success.
+    pub fn stop(&mut self) -> bool {
+        signal(self.process.id(), "TERM");
+        self.process.wait().map(|s| s.success()).unwrap_or(false)
+    }
+}
+
+impl Drop for Scaler {
+    fn drop(&mut self) {
+        if self.process.try_wait().ok().flatten().is_none() {
+            // Its local workers drain on SIGTERM too (they die with it).
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.process.id().to_string()])
+                .status();
+            let _ = self.process.wait();
+        }
+    }
 }
 
 /// The digits data set (scikit-learn's `load_digits`, 75/25 split) shipped in `tests/data`.

@@ -1,0 +1,170 @@
+//! The `local` backend: `gpuq-worker` processes as the scaler's children.
+//!
+//! - Each child is named (`GPUQ_WORKER_ID`), so the jobs table says which children are busy.
+//! - Scale-in stops an idle child with SIGTERM, so it drains; a busy child is never chosen.
+//! - Children get SIGTERM too when the scaler dies (`PR_SET_PDEATHSIG`), and drain.
+
+use gpuq_shared::db;
+use sqlx::PgPool;
+use std::path::PathBuf;
+use std::process::Stdio;
+use tokio::process::{Child, Command};
+
+pub struct LocalPool {
+    bin: PathBuf,
+    pool: PgPool,
+    /// Prefix of the children's worker ids: unique per scaler run.
+    prefix: String,
+    started: u64,
+    children: Vec<Worker>,
+}
+
+struct Worker {
+    id: String,
+    process: Child,
+    /// Sent SIGTERM: finishing what it holds, no longer part of the pool.
+    draining: bool,
+}
+
+/// What happened to the pool on one `scale_to`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    pub started: u32,
+    pub stopped: u32,
+    /// Surplus workers left running because each of them holds a job.
+    pub kept_busy: u32,
+}
+
+impl LocalPool {
+    pub fn new(bin: PathBuf, pool: PgPool) -> Self {
+        let prefix = format!(
+            "local-{}-{}",
+            std::process::id(),
+            &uuid::Uuid::new_v4().simple().to_string()[..6]
+        );
+        Self {
+            bin,
+            pool,
+            prefix,
+            started: 0,
+            children: Vec::new(),
+        }
+    }
+
+    /// The worker binary beside the scaler's own, as `cargo build` and the images lay them out.
+    pub fn default_bin() -> PathBuf {
+        std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(|dir| dir.join("gpuq-worker")))
+            .unwrap_or_else(|| PathBuf::from("gpuq-worker"))
+    }
+
+    /// Forgets children that have exited; counts those not draining.
+    pub fn current(&mut self) -> u32 {
+        self.children.retain_mut(|w| match w.process.try_wait() {
+            Ok(None) => true,
+            Ok(Some(status)) => {
+                if w.draining {
+                    tracing::info!(worker = %w.id, %status, "worker stopped");
+                } else {
+                    tracing::warn!(worker = %w.id, %status, "worker exited on its own");
+                }
+                false
+            }
+            Err(e) => {
+                tracing::warn!(worker = %w.id, error = %e, "cannot wait on worker; forgetting it");
+                false
+            }
+        });
+        self.children.iter().filter(|w| !w.draining).count() as u32
+    }
+
+    /// Children draining after a SIGTERM.
+    pub fn draining(&self) -> u32 {
+        self.children.iter().filter(|w| w.draining).count() as u32
+    }
+
+    /// Starts or stops children until `desired` are in the pool, never stopping a busy one.
+    pub async fn scale_to(&mut self, desired: u32) -> anyhow::Result<Applied> {
+        let mut applied = Applied::default();
+        let current = self.current();
+        for _ in current..desired {
+            self.spawn()?;
+            applied.started += 1;
+        }
+        if desired < current {
+            let serving: Vec<String> = self
+                .children
+                .iter()
+                .filter(|w| !w.draining)
+                .map(|w| w.id.clone())
+                .collect();
+            let busy = db::workers_busy(&self.pool, &serving).await?;
+            let surplus = current - desired;
+            // The most recently started idle workers go first: the oldest have warm caches.
+            for w in self.children.iter_mut().rev() {
+                if applied.stopped == surplus {
+                    break;
+                }
+                if w.draining || busy.contains(&w.id) {
+                    continue;
+                }
+                if let Some(pid) = w.process.id() {
+                    // SAFETY: kill(2) on our own child's pid, which we have not yet reaped.
+                    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+                }
+                w.draining = true;
+                applied.stopped += 1;
+                tracing::info!(worker = %w.id, "stopping idle worker (SIGTERM: it drains)");
+            }
+            applied.kept_busy = surplus - applied.stopped;
+        }
+        Ok(applied)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        self.started += 1;
+        let id = format!("{}-{}", self.prefix, self.started);
+        let mut command = Command::new(&self.bin);
+        command
+            .env("GPUQ_WORKER_ID", &id)
+            .stdin(Stdio::null())
+            // stdout is the scaler's decision log: the workers' own logs go to stderr.
+            .stdout(std::io::stderr())
+            .stderr(std::io::stderr());
+        // SAFETY: prctl is async-signal-safe; it runs in the child between fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let process = command
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot start {}: {e}", self.bin.display()))?;
+        tracing::info!(worker = %id, pid = process.id(), "started worker");
+        self.children.push(Worker {
+            id,
+            process,
+            draining: false,
+        });
+        Ok(())
+    }
+
+    /// Stops every child with SIGTERM and waits for each to drain and exit.
+    pub async fn shutdown(&mut self) {
+        for w in &mut self.children {
+            if let Some(pid) = w.process.id() {
+                // SAFETY: as in `scale_to`.
+                unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+            }
+            w.draining = true;
+        }
+        for w in &mut self.children {
+            let _ = w.process.wait().await;
+        }
+        self.children.clear();
+    }
+}
