@@ -4,6 +4,7 @@
 //!   gpuq-api key create TENANT          a new API key for TENANT (created if new), printed last
 //!   gpuq-api key revoke KEY_ID          the key stops working at once
 //!   gpuq-api tenant allow TENANT URI    TENANT's jobs may also read under `s3://bucket/prefix/`
+//!   gpuq-api workers                    the worker pool: one JSON line per worker, alive first
 
 use gpuq_api::{ApiSettings, Application};
 use gpuq_shared::{config::Settings, db};
@@ -11,11 +12,13 @@ use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    gpuq_shared::telemetry::init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     if !args.is_empty() {
+        // An admin command's stdout is its answer (a key, the pool): logs go to stderr.
+        gpuq_shared::telemetry::init_stderr();
         return admin(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
     }
+    gpuq_shared::telemetry::init();
     let settings = ApiSettings::from_env()?;
     let shutdown = CancellationToken::new();
     let app = Application::build(settings, &shutdown).await?;
@@ -55,8 +58,16 @@ async fn admin(args: &[&str]) -> anyhow::Result<()> {
             );
             eprintln!("tenant `{tenant}` may read under {uri}");
         }
+        ["workers"] => {
+            let workers = db::workers_list(&pool, std::time::Duration::from_secs(30)).await?;
+            for w in &workers {
+                println!("{w}");
+            }
+            let alive = workers.iter().filter(|w| w["alive"] == true).count();
+            eprintln!("{alive} alive, {} stopped within a day", workers.len() - alive);
+        }
         _ => anyhow::bail!(
-            "usage: gpuq-api [key create TENANT | key revoke KEY_ID | tenant allow TENANT s3://bucket/prefix/]"
+            "usage: gpuq-api [key create TENANT | key revoke KEY_ID | tenant allow TENANT s3://bucket/prefix/ | workers]"
         ),
     }
     Ok(())

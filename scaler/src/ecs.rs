@@ -6,6 +6,7 @@
 
 use aws_sdk_cloudwatch::types::{Dimension, MetricDatum, StandardUnit};
 use aws_sdk_ecs::config::retry::RetryConfig;
+use std::time::{Duration, Instant};
 
 pub struct EcsService {
     ecs: aws_sdk_ecs::Client,
@@ -13,7 +14,12 @@ pub struct EcsService {
     service: String,
     /// Publishes `BacklogPerWorker` here when set.
     metrics: Option<(aws_sdk_cloudwatch::Client, String)>,
+    /// When the metric last went out: once a minute is CloudWatch's standard resolution, and
+    /// every PutMetricData is billed.
+    last_published: Option<Instant>,
 }
+
+const METRIC_PERIOD: Duration = Duration::from_secs(60);
 
 /// The service as ECS reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +42,7 @@ impl EcsService {
             cluster,
             service,
             metrics,
+            last_published: None,
         }
     }
 
@@ -80,10 +87,14 @@ impl EcsService {
 
     /// `BacklogPerWorker` = (queued + running) / running tasks (the backlog itself when none
     /// runs), for users who prefer ECS target tracking on it to this scaler's own decisions.
-    pub async fn publish_backlog(&self, backlog: u64, running_tasks: u32) -> anyhow::Result<()> {
+    /// At most once per minute.
+    pub async fn publish_backlog(&mut self, backlog: u64, running_tasks: u32) -> anyhow::Result<()> {
         let Some((cloudwatch, namespace)) = &self.metrics else {
             return Ok(());
         };
+        if self.last_published.is_some_and(|at| at.elapsed() < METRIC_PERIOD) {
+            return Ok(());
+        }
         let value = backlog as f64 / running_tasks.max(1) as f64;
         let dimension = |name: &str, value: &str| Dimension::builder().name(name).value(value).build();
         let datum = MetricDatum::builder()
@@ -100,6 +111,7 @@ impl EcsService {
             .send()
             .await
             .map_err(|e| anyhow::anyhow!("PutMetricData: {}", error_text(&e)))?;
+        self.last_published = Some(Instant::now());
         Ok(())
     }
 }

@@ -8,6 +8,7 @@ use gpuq_shared::db;
 use sqlx::PgPool;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
 
 pub struct LocalPool {
@@ -17,11 +18,20 @@ pub struct LocalPool {
     prefix: String,
     started: u64,
     children: Vec<Worker>,
+    /// Workers that exited on their own soon after starting, in a row: each doubles the wait
+    /// before the next start, so a worker that cannot start (no GPU, bad settings) is not
+    /// restarted in a tight loop.
+    early_exits: u32,
+    spawn_not_before: Option<Instant>,
 }
+
+/// A worker that exits on its own sooner than this after its start counts as a failed start.
+const EARLY_EXIT: Duration = Duration::from_secs(30);
 
 struct Worker {
     id: String,
     process: Child,
+    started_at: Instant,
     /// Sent SIGTERM: finishing what it holds, no longer part of the pool.
     draining: bool,
 }
@@ -48,6 +58,8 @@ impl LocalPool {
             prefix,
             started: 0,
             children: Vec::new(),
+            early_exits: 0,
+            spawn_not_before: None,
         }
     }
 
@@ -61,6 +73,7 @@ impl LocalPool {
 
     /// Forgets children that have exited; counts those not draining.
     pub fn current(&mut self) -> u32 {
+        let mut early_exit = false;
         self.children.retain_mut(|w| match w.process.try_wait() {
             Ok(None) => true,
             Ok(Some(status)) => {
@@ -68,6 +81,7 @@ impl LocalPool {
                     tracing::info!(worker = %w.id, %status, "worker stopped");
                 } else {
                     tracing::warn!(worker = %w.id, %status, "worker exited on its own");
+                    early_exit |= w.started_at.elapsed() < EARLY_EXIT;
                 }
                 false
             }
@@ -76,6 +90,19 @@ impl LocalPool {
                 false
             }
         });
+        if self
+            .children
+            .iter()
+            .any(|w| !w.draining && w.started_at.elapsed() >= EARLY_EXIT)
+        {
+            self.early_exits = 0;
+        }
+        if early_exit {
+            self.early_exits += 1;
+            let wait = Duration::from_secs(1 << self.early_exits.min(6)); // 2 s … 64 s
+            tracing::warn!(retry_in = ?wait, "worker failed soon after its start; waiting");
+            self.spawn_not_before = Some(Instant::now() + wait);
+        }
         self.children.iter().filter(|w| !w.draining).count() as u32
     }
 
@@ -88,9 +115,12 @@ impl LocalPool {
     pub async fn scale_to(&mut self, desired: u32) -> anyhow::Result<Applied> {
         let mut applied = Applied::default();
         let current = self.current();
-        for _ in current..desired {
-            self.spawn()?;
-            applied.started += 1;
+        let may_spawn = self.spawn_not_before.is_none_or(|t| Instant::now() >= t);
+        if may_spawn {
+            for _ in current..desired {
+                self.spawn()?;
+                applied.started += 1;
+            }
         }
         if desired < current {
             let serving: Vec<String> = self
@@ -148,6 +178,7 @@ impl LocalPool {
         self.children.push(Worker {
             id,
             process,
+            started_at: Instant::now(),
             draining: false,
         });
         Ok(())
@@ -166,5 +197,33 @@ impl LocalPool {
             let _ = w.process.wait().await;
         }
         self.children.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_worker_that_dies_at_start_is_not_restarted_in_a_tight_loop() {
+        // Never queried: scale-out alone needs no database.
+        let pg = sqlx::postgres::PgPoolOptions::new()
+            .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+            .unwrap();
+        let mut pool = LocalPool::new(PathBuf::from("/bin/false"), pg);
+        assert_eq!(pool.scale_to(1).await.unwrap().started, 1);
+        while pool.current() > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(pool.scale_to(2).await.unwrap().started, 0, "backing off");
+        assert_eq!(pool.early_exits, 1);
+        pool.spawn_not_before = Some(Instant::now());
+        assert_eq!(pool.scale_to(1).await.unwrap().started, 1, "tries again after the wait");
+        while pool.current() > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(pool.early_exits, 2, "a second failure doubles the wait");
+        let wait = pool.spawn_not_before.unwrap() - Instant::now();
+        assert!(wait > Duration::from_secs(3) && wait <= Duration::from_secs(4), "{wait:?}");
     }
 }

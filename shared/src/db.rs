@@ -809,3 +809,22 @@ pub async fn workers_alive(pool: &PgPool, within: Duration) -> Result<i64, DbErr
     .fetch_one(pool)
     .await
 }
+
+/// The pool as the workers report it, newest first: those alive, then those stopped within the
+/// last day, each as one JSON object (for `gpuq-api workers`).
+pub async fn workers_list(pool: &PgPool, alive_within: Duration) -> Result<Vec<Value>, DbError> {
+    sqlx::query_scalar(
+        "SELECT to_jsonb(w) FROM (
+             SELECT id, stopped_at IS NULL
+                        AND heartbeat_at > now() - $1 * interval '1 millisecond' AS alive,
+                    running_jobs, concurrency, adapter, backend, device_type, driver, limits,
+                    hostname, pid, version, started_at, heartbeat_at, stopped_at
+             FROM workers
+             WHERE stopped_at IS NULL OR stopped_at > now() - interval '1 day'
+             ORDER BY stopped_at IS NULL DESC, started_at DESC
+             LIMIT 1000) w",
+    )
+    .bind(alive_within.as_millis() as f64)
+    .fetch_all(pool)
+    .await
+}

@@ -185,6 +185,20 @@ async fn a_worker_on_ecs_is_protected_from_scale_in_exactly_while_it_holds_a_job
     assert!(!adapter.is_empty());
     assert_eq!(concurrency, 4);
     assert!(limits["max_storage_buffer_binding_size"].as_u64().unwrap() > 0);
+    // Operators see it with `gpuq-api workers`.
+    let listed = std::process::Command::new(gpuq_tests::sibling_binary("gpuq-api"))
+        .arg("workers")
+        .env("DATABASE_URL", &app.settings.database_url)
+        .output()
+        .unwrap();
+    assert!(listed.status.success());
+    let listed: Vec<Value> = String::from_utf8(listed.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!((&listed[0]["alive"], &listed[0]["adapter"]), (&json!(true), &json!(adapter)));
     signal(pid, "TERM");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while !app.worker_exited(pid) {
