@@ -142,6 +142,7 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
         Backend::Local => Pool::Local(local::LocalPool::new(
             args.worker_bin.clone().unwrap_or_else(local::LocalPool::default_bin),
             pg.clone(),
+            args.target_backlog,
         )),
         Backend::Ecs => {
             let (Some(cluster), Some(service)) = (args.cluster.clone(), args.service.clone())

@@ -13,6 +13,8 @@ use tokio::process::{Child, Command};
 
 pub struct LocalPool {
     bin: PathBuf,
+    /// `GPUQ_WORKER_CONCURRENCY` for children, where the environment does not set it.
+    concurrency: u32,
     pool: PgPool,
     /// Prefix of the children's worker ids: unique per scaler run.
     prefix: String,
@@ -46,7 +48,11 @@ pub struct Applied {
 }
 
 impl LocalPool {
-    pub fn new(bin: PathBuf, pool: PgPool) -> Self {
+    /// Children run `concurrency` jobs at once (and prefetch as many) unless
+    /// `GPUQ_WORKER_CONCURRENCY` says otherwise: the scaler passes its target backlog, the load
+    /// it sized each worker for. A worker that prefetched more would leave the workers started
+    /// for a burst with nothing to do.
+    pub fn new(bin: PathBuf, pool: PgPool, concurrency: u32) -> Self {
         let prefix = format!(
             "local-{}-{}",
             std::process::id(),
@@ -54,6 +60,7 @@ impl LocalPool {
         );
         Self {
             bin,
+            concurrency,
             pool,
             prefix,
             started: 0,
@@ -158,6 +165,13 @@ impl LocalPool {
         let mut command = Command::new(&self.bin);
         command
             .env("GPUQ_WORKER_ID", &id)
+            .env(
+                "GPUQ_WORKER_CONCURRENCY",
+                std::env::var("GPUQ_WORKER_CONCURRENCY")
+                    .ok()
+                    .filter(|c| !c.is_empty())
+                    .unwrap_or_else(|| self.concurrency.to_string()),
+            )
             .stdin(Stdio::null())
             // stdout is the scaler's decision log: the workers' own logs go to stderr.
             .stdout(std::io::stderr())
@@ -210,7 +224,7 @@ mod tests {
         let pg = sqlx::postgres::PgPoolOptions::new()
             .connect_lazy("postgres://nobody@127.0.0.1:1/none")
             .unwrap();
-        let mut pool = LocalPool::new(PathBuf::from("/bin/false"), pg);
+        let mut pool = LocalPool::new(PathBuf::from("/bin/false"), pg, 8);
         assert_eq!(pool.scale_to(1).await.unwrap().started, 1);
         while pool.current() > 0 {
             tokio::time::sleep(Duration::from_millis(20)).await;
