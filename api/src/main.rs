@@ -8,7 +8,6 @@
 
 use gpuq_api::{ApiSettings, Application};
 use gpuq_shared::{config::Settings, db};
-use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -20,15 +19,9 @@ async fn main() -> anyhow::Result<()> {
     }
     gpuq_shared::telemetry::init();
     let settings = ApiSettings::from_env()?;
-    let shutdown = CancellationToken::new();
+    let shutdown = gpuq_shared::shutdown::on_signal("draining in-flight requests");
     let app = Application::build(settings, &shutdown).await?;
     tracing::info!(port = app.port(), "gpuq-api listening");
-    let stop = shutdown.clone();
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        tracing::info!("shutting down: draining in-flight requests");
-        stop.cancel();
-    });
     app.run_until_stopped(shutdown).await
 }
 
@@ -64,20 +57,14 @@ async fn admin(args: &[&str]) -> anyhow::Result<()> {
                 println!("{w}");
             }
             let alive = workers.iter().filter(|w| w["alive"] == true).count();
-            eprintln!("{alive} alive, {} stopped within a day", workers.len() - alive);
+            eprintln!(
+                "{alive} alive, {} stopped within a day",
+                workers.len() - alive
+            );
         }
         _ => anyhow::bail!(
             "usage: gpuq-api [key create TENANT | key revoke KEY_ID | tenant allow TENANT s3://bucket/prefix/ | workers]"
         ),
     }
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

@@ -64,7 +64,11 @@ impl EcsService {
             );
         }
         let Some(s) = out.services().first() else {
-            anyhow::bail!("DescribeServices: no service {} in {}", self.service, self.cluster);
+            anyhow::bail!(
+                "DescribeServices: no service {} in {}",
+                self.service,
+                self.cluster
+            );
         };
         Ok(ServiceCounts {
             desired: s.desired_count().max(0) as u32,
@@ -88,15 +92,23 @@ impl EcsService {
     /// `BacklogPerWorker` = (queued + running) / running tasks (the backlog itself when none
     /// runs), for users who prefer ECS target tracking on it to this scaler's own decisions.
     /// At most once per minute.
-    pub async fn publish_backlog(&mut self, backlog: u64, running_tasks: u32) -> anyhow::Result<()> {
+    pub async fn publish_backlog(
+        &mut self,
+        backlog: u64,
+        running_tasks: u32,
+    ) -> anyhow::Result<()> {
         let Some((cloudwatch, namespace)) = &self.metrics else {
             return Ok(());
         };
-        if self.last_published.is_some_and(|at| at.elapsed() < METRIC_PERIOD) {
+        if self
+            .last_published
+            .is_some_and(|at| at.elapsed() < METRIC_PERIOD)
+        {
             return Ok(());
         }
         let value = backlog as f64 / running_tasks.max(1) as f64;
-        let dimension = |name: &str, value: &str| Dimension::builder().name(name).value(value).build();
+        let dimension =
+            |name: &str, value: &str| Dimension::builder().name(name).value(value).build();
         let datum = MetricDatum::builder()
             .metric_name("BacklogPerWorker")
             .dimensions(dimension("ClusterName", &self.cluster))

@@ -74,7 +74,8 @@ impl Args {
             self.max
         );
         let seconds = |name: &str, s: f64| {
-            Duration::try_from_secs_f64(s).map_err(|_| anyhow::anyhow!("{name}: {s} is not a duration"))
+            Duration::try_from_secs_f64(s)
+                .map_err(|_| anyhow::anyhow!("{name}: {s} is not a duration"))
         };
         Ok(Policy {
             min: self.min,
@@ -140,7 +141,9 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
     db::migrate(&pg).await?;
     let mut pool = match args.backend {
         Backend::Local => Pool::Local(local::LocalPool::new(
-            args.worker_bin.clone().unwrap_or_else(local::LocalPool::default_bin),
+            args.worker_bin
+                .clone()
+                .unwrap_or_else(local::LocalPool::default_bin),
             pg.clone(),
             args.target_backlog,
         )),
@@ -149,7 +152,9 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
             else {
                 anyhow::bail!("--backend ecs needs --cluster and --service");
             };
-            Pool::Ecs(ecs::EcsService::new(cluster, service, args.cloudwatch_namespace.clone()).await)
+            Pool::Ecs(
+                ecs::EcsService::new(cluster, service, args.cloudwatch_namespace.clone()).await,
+            )
         }
     };
     tracing::info!(?policy, backend = ?args.backend, "scaler started");
@@ -165,7 +170,8 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
             }
             Err(e) => {
                 failures += 1;
-                let wait = (interval * 2u32.saturating_pow(failures.min(6))).min(Duration::from_secs(60));
+                let wait =
+                    (interval * 2u32.saturating_pow(failures.min(6))).min(Duration::from_secs(60));
                 tracing::warn!(error = %e, retry_in = ?wait, "scaler tick failed");
                 wait
             }
@@ -237,7 +243,9 @@ async fn tick(
     if applied {
         *memory = next_memory;
     }
-    let workers = db::workers_alive(pg, Duration::from_secs(30)).await.unwrap_or(-1);
+    let workers = db::workers_alive(pg, Duration::from_secs(30))
+        .await
+        .unwrap_or(-1);
     let line = DecisionLine {
         ts: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         queued: backlog.queued,
@@ -250,8 +258,23 @@ async fn tick(
     };
     // One line per decision: printed when anything but the time differs from the last one.
     let changed = last_line.as_ref().is_none_or(|last| {
-        (last.queued, last.running, last.current, last.desired, last.reason, last.workers, last.backend)
-            != (line.queued, line.running, line.current, line.desired, line.reason, line.workers, line.backend)
+        (
+            last.queued,
+            last.running,
+            last.current,
+            last.desired,
+            last.reason,
+            last.workers,
+            last.backend,
+        ) != (
+            line.queued,
+            line.running,
+            line.current,
+            line.desired,
+            line.reason,
+            line.workers,
+            line.backend,
+        )
     });
     if changed {
         let mut out = std::io::stdout().lock();

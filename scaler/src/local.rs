@@ -232,12 +232,19 @@ mod tests {
         assert_eq!(pool.scale_to(2).await.unwrap().started, 0, "backing off");
         assert_eq!(pool.early_exits, 1);
         pool.spawn_not_before = Some(Instant::now());
-        assert_eq!(pool.scale_to(1).await.unwrap().started, 1, "tries again after the wait");
+        assert_eq!(
+            pool.scale_to(1).await.unwrap().started,
+            1,
+            "tries again after the wait"
+        );
         while pool.current() > 0 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert_eq!(pool.early_exits, 2, "a second failure doubles the wait");
         let wait = pool.spawn_not_before.unwrap() - Instant::now();
-        assert!(wait > Duration::from_secs(3) && wait <= Duration::from_secs(4), "{wait:?}");
+        assert!(
+            wait > Duration::from_secs(3) && wait <= Duration::from_secs(4),
+            "{wait:?}"
+        );
     }
 }

@@ -1,7 +1,6 @@
 //! `gpuq-scaler`: see the library's documentation and `gpuq-scaler --help`.
 
 use clap::Parser;
-use tokio_util::sync::CancellationToken;
 
 // One thread: the scaler is light, and the local backend's children tie their lives to the
 // thread that started them (PR_SET_PDEATHSIG), which must be one that lives as long as we do.
@@ -11,17 +10,6 @@ async fn main() -> anyhow::Result<()> {
     // stdout carries the decision log alone.
     gpuq_shared::telemetry::init_stderr();
     args.policy()?;
-    let shutdown = CancellationToken::new();
-    let stop = shutdown.clone();
-    tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        tracing::info!("shutting down");
-        stop.cancel();
-    });
+    let shutdown = gpuq_shared::shutdown::on_signal("stopping; local workers drain first");
     gpuq_scaler::run(args, shutdown).await
 }

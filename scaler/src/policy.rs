@@ -92,12 +92,20 @@ impl Policy {
         } else if need > o.current {
             Decision {
                 desired: need,
-                reason: if at_max { Reason::AtMax } else { Reason::ScaleOut },
+                reason: if at_max {
+                    Reason::AtMax
+                } else {
+                    Reason::ScaleOut
+                },
             }
         } else if need == o.current {
             Decision {
                 desired: need,
-                reason: if at_max { Reason::AtMax } else { Reason::Steady },
+                reason: if at_max {
+                    Reason::AtMax
+                } else {
+                    Reason::Steady
+                },
             }
         } else {
             let since = *memory.surplus_since.get_or_insert(now);
@@ -194,8 +202,16 @@ mod tests {
         let p = policy(0, 4);
         let ticks = simulate(&p, 0, &[(0, 0, 0), (1, 1, 0), (2, 24, 1)]);
         assert_eq!(ticks[0], (0, Reason::Steady));
-        assert_eq!(ticks[1], (1, Reason::ScaleOut), "the first queued job starts a worker");
-        assert_eq!(ticks[2], (4, Reason::ScaleOut), "25 jobs / 8 → 4, in one step");
+        assert_eq!(
+            ticks[1],
+            (1, Reason::ScaleOut),
+            "the first queued job starts a worker"
+        );
+        assert_eq!(
+            ticks[2],
+            (4, Reason::ScaleOut),
+            "25 jobs / 8 → 4, in one step"
+        );
     }
 
     #[test]
@@ -204,7 +220,11 @@ mod tests {
         let ticks = simulate(&p, 0, &[(0, 500, 0), (1, 480, 20), (2, 32, 0)]);
         assert_eq!(ticks[0], (4, Reason::AtMax));
         assert_eq!(ticks[1], (4, Reason::AtMax));
-        assert_eq!(ticks[2], (4, Reason::Steady), "32 / 8 = 4: exactly max, no longer short");
+        assert_eq!(
+            ticks[2],
+            (4, Reason::Steady),
+            "32 / 8 = 4: exactly max, no longer short"
+        );
     }
 
     #[test]
@@ -215,16 +235,27 @@ mod tests {
         let ticks = simulate(&p, 0, &script);
         assert_eq!(ticks[0].0, 4);
         // Idle from t=1: nothing changes before t=61.
-        assert!(ticks[1..61].iter().all(|&(n, r)| n == 4 && r == Reason::Cooldown));
+        assert!(
+            ticks[1..61]
+                .iter()
+                .all(|&(n, r)| n == 4 && r == Reason::Cooldown)
+        );
         assert_eq!(ticks[61], (3, Reason::ScaleIn));
         // One step per step_interval (10 s), never two at once.
-        assert!(ticks[62..71].iter().all(|&(n, r)| n == 3 && r == Reason::StepWait));
+        assert!(
+            ticks[62..71]
+                .iter()
+                .all(|&(n, r)| n == 3 && r == Reason::StepWait)
+        );
         assert_eq!(ticks[71], (2, Reason::ScaleIn));
         assert_eq!(ticks[81], (1, Reason::ScaleIn));
         assert_eq!(ticks[91], (0, Reason::ScaleIn));
         assert_eq!(ticks[100], (0, Reason::Steady));
         for pair in ticks.windows(2) {
-            assert!(pair[0].0 - pair[1].0.min(pair[0].0) <= 1, "never more than one step in");
+            assert!(
+                pair[0].0 - pair[1].0.min(pair[0].0) <= 1,
+                "never more than one step in"
+            );
         }
     }
 
@@ -265,7 +296,11 @@ mod tests {
         let mut script = vec![(0, 0, 0), (1, 40, 0)];
         script.extend((2..400).map(|s| (s, 0, 0)));
         let ticks = simulate(&p, 0, &script);
-        assert_eq!(ticks[0], (2, Reason::OutOfBounds), "an empty pool fills to min at once");
+        assert_eq!(
+            ticks[0],
+            (2, Reason::OutOfBounds),
+            "an empty pool fills to min at once"
+        );
         assert_eq!(ticks[1], (5, Reason::ScaleOut));
         assert!(ticks.iter().all(|&(n, _)| n >= 2));
         assert_eq!(ticks.last().unwrap(), &(2, Reason::Steady));
@@ -287,7 +322,11 @@ mod tests {
         script.extend((51..=111).map(|s| (s, 0, 0)));
         let ticks = simulate(&p, 0, &script);
         assert!(ticks[..111].iter().all(|&(n, _)| n == 4));
-        assert_eq!(ticks[111], (3, Reason::ScaleIn), "60 s after the last need, not before");
+        assert_eq!(
+            ticks[111],
+            (3, Reason::ScaleIn),
+            "60 s after the last need, not before"
+        );
     }
 
     #[test]

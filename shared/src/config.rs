@@ -303,6 +303,9 @@ mod tests {
         );
         assert_eq!(url, "amqp://guest:guest@127.0.0.1:5672");
         assert_eq!(percent_encode("p@ss:w/rd%é"), "p%40ss%3Aw%2Frd%25%C3%A9");
-        assert_eq!(redact_url("postgres://u:p%40ss@db:5432/x"), "postgres://u:***@db:5432/x");
+        assert_eq!(
+            redact_url("postgres://u:p%40ss@db:5432/x"),
+            "postgres://u:***@db:5432/x"
+        );
     }
 }

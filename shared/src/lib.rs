@@ -1,4 +1,4 @@
-//! Code shared by the gpuq API and workers: domain types, configuration, the Postgres layer
+//! Code shared by the gpuq API, workers and scaler: domain types, configuration, the Postgres layer
 //! (the only place with SQL), the AMQP topology, S3 access and the input data readers.
 
 pub mod auth;
@@ -12,6 +12,8 @@ pub mod params;
 pub mod queue;
 #[cfg(feature = "services")]
 pub mod reaper;
+#[cfg(feature = "services")]
+pub mod shutdown;
 #[cfg(feature = "services")]
 pub mod storage;
 pub mod submit;

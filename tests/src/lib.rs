@@ -536,7 +536,12 @@ impl Scaler {
     ) -> (usize, Value) {
         let deadline = std::time::Instant::now() + limit;
         loop {
-            let found = self.lines().into_iter().enumerate().skip(from).find(|(_, l)| what(l));
+            let found = self
+                .lines()
+                .into_iter()
+                .enumerate()
+                .skip(from)
+                .find(|(_, l)| what(l));
             if let Some(found) = found {
                 return found;
             }

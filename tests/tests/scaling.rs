@@ -26,20 +26,28 @@ async fn a_burst_grows_the_local_pool_from_zero_and_it_shrinks_back_after_the_id
     })
     .await;
     let train = app.put("digits/train.csv", digits("train")).await;
-    let args = [
-        "--backend", "local", "--min", "0", "--max", "4", "--target-backlog", "8",
-        "--idle-seconds", "3", "--step-seconds", "0.5", "--interval-seconds", "0.25",
-    ];
+    let args: Vec<&str> = concat!(
+        "--backend local --min 0 --max 4 --target-backlog 8 --idle-seconds 3 ",
+        "--step-seconds 0.5 --interval-seconds 0.25 ",
+    )
+    .split_whitespace()
+    .collect();
     // A generous drain: should a job be claimed by a worker just told to stop, it finishes.
     let mut scaler = Scaler::spawn(app.scaler_command(&args, &[("GPUQ_DRAIN_SECONDS", "120")]));
     let first = scaler.wait_for(LIMIT, |_| true).await;
-    assert_eq!((n(&first, "current"), n(&first, "desired")), (0, 0), "{first}");
+    assert_eq!(
+        (n(&first, "current"), n(&first, "desired")),
+        (0, 0),
+        "{first}"
+    );
 
     let mut ids = Vec::new();
     for _ in 0..24 {
         let job = app
-            .submit(json!({"type": "train", "algorithm": "logreg", "input": {"uri": train},
-                           "params": {"epochs": 10}}))
+            .submit(
+                json!({"type": "train", "algorithm": "logreg", "input": {"uri": train},
+                           "params": {"epochs": 10}}),
+            )
             .await;
         ids.push(job["id"].as_str().unwrap().to_string());
     }
@@ -59,14 +67,24 @@ async fn a_burst_grows_the_local_pool_from_zero_and_it_shrinks_back_after_the_id
     let peak = lines.iter().map(|l| n(l, "current")).max().unwrap();
     assert!(peak >= 2, "the pool grew to {peak}: {lines:#?}");
     assert!(
-        lines.iter().any(|l| l["reason"] == "scale_out" && n(l, "desired") == 3),
+        lines
+            .iter()
+            .any(|l| l["reason"] == "scale_out" && n(l, "desired") == 3),
         "24 jobs / 8 → 3 workers at once"
     );
     for pair in lines.windows(2) {
         let (a, b) = (n(&pair[0], "current"), n(&pair[1], "current"));
-        assert!(b + 1 >= a, "one scale-in step at a time: {} then {}", pair[0], pair[1]);
+        assert!(
+            b + 1 >= a,
+            "one scale-in step at a time: {} then {}",
+            pair[0],
+            pair[1]
+        );
     }
-    assert!(lines.iter().all(|l| n(l, "current") <= 4), "never past --max");
+    assert!(
+        lines.iter().all(|l| n(l, "current") <= 4),
+        "never past --max"
+    );
 
     // No job interrupted: each ran once, on one of at least two workers.
     let rows: Vec<(i32, Value, Option<String>)> = sqlx::query_as(
@@ -95,7 +113,10 @@ async fn a_burst_grows_the_local_pool_from_zero_and_it_shrinks_back_after_the_id
     assert!(reported.len() as u64 >= peak, "{reported:?}");
     for (id, adapter, backend, limits, stopped) in &reported {
         assert!(id.starts_with("local-"), "{id}");
-        assert!(!adapter.is_empty() && backend == "vulkan", "{adapter} {backend}");
+        assert!(
+            !adapter.is_empty() && backend == "vulkan",
+            "{adapter} {backend}"
+        );
         assert!(limits["max_buffer_size"].as_u64().unwrap() > 0, "{limits}");
         assert!(stopped, "{id} recorded its stop");
     }
@@ -104,7 +125,10 @@ async fn a_burst_grows_the_local_pool_from_zero_and_it_shrinks_back_after_the_id
 
 /// A stand-in for the ECS agent's task-protection endpoint: records each PUT (with the time it
 /// came); refuses the first one as ECS may, to show the worker tries again.
-async fn agent_stand_in() -> (String, Arc<Mutex<Vec<(chrono::DateTime<chrono::Utc>, Value)>>>) {
+async fn agent_stand_in() -> (
+    String,
+    Arc<Mutex<Vec<(chrono::DateTime<chrono::Utc>, Value)>>>,
+) {
     use axum::{Json, Router, routing::put};
     let seen = Arc::new(Mutex::new(Vec::new()));
     let record = seen.clone();
@@ -119,8 +143,10 @@ async fn agent_stand_in() -> (String, Arc<Mutex<Vec<(chrono::DateTime<chrono::Ut
                     return Json(json!({"failure": {"Arn": "arn:aws:ecs:task/x",
                         "Reason": "ThrottlingException", "Detail": null}}));
                 }
-                Json(json!({"protection": {"ProtectionEnabled": body["ProtectionEnabled"],
-                    "TaskArn": "arn:aws:ecs:us-east-1:000000000000:task/gpuq/x"}}))
+                Json(
+                    json!({"protection": {"ProtectionEnabled": body["ProtectionEnabled"],
+                    "TaskArn": "arn:aws:ecs:us-east-1:000000000000:task/gpuq/x"}}),
+                )
             }
         }),
     );
@@ -142,8 +168,10 @@ async fn a_worker_on_ecs_is_protected_from_scale_in_exactly_while_it_holds_a_job
     let pid = app.spawn_worker_process_with(&[("ECS_AGENT_URI", &agent)]);
 
     let job = app
-        .submit(json!({"type": "train", "algorithm": "logreg", "input": {"uri": train},
-                       "params": {"epochs": 300}}))
+        .submit(
+            json!({"type": "train", "algorithm": "logreg", "input": {"uri": train},
+                       "params": {"epochs": 300}}),
+        )
         .await;
     let done = app.wait(&job, LIMIT).await;
     assert_eq!(done["status"], "succeeded", "{done}");
@@ -158,7 +186,10 @@ async fn a_worker_on_ecs_is_protected_from_scale_in_exactly_while_it_holds_a_job
         .iter()
         .any(|(_, b)| b["ProtectionEnabled"] == false)
     {
-        assert!(std::time::Instant::now() < deadline, "protection never dropped");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "protection never dropped"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let seen = seen.lock().unwrap().clone();
@@ -166,15 +197,25 @@ async fn a_worker_on_ecs_is_protected_from_scale_in_exactly_while_it_holds_a_job
         .iter()
         .filter(|(_, b)| b["ProtectionEnabled"] == true)
         .collect();
-    assert!(enables.len() >= 2, "the refused first request was tried again: {seen:?}");
+    assert!(
+        enables.len() >= 2,
+        "the refused first request was tried again: {seen:?}"
+    );
     assert!(enables[0].0 <= started, "asked for before the claim");
     assert!(enables[1].0 <= finished, "in place while the job ran");
-    assert!(enables.iter().all(|(_, b)| b["ExpiresInMinutes"].as_u64() >= Some(1)));
+    assert!(
+        enables
+            .iter()
+            .all(|(_, b)| b["ExpiresInMinutes"].as_u64() >= Some(1))
+    );
     let dropped = seen
         .iter()
         .find(|(_, b)| b["ProtectionEnabled"] == false)
         .unwrap();
-    assert!(dropped.0 >= finished, "dropped only after the job finished: {seen:?}");
+    assert!(
+        dropped.0 >= finished,
+        "dropped only after the job finished: {seen:?}"
+    );
 
     // The worker's row: its adapter, limits and concurrency; stopped after SIGTERM.
     let (adapter, concurrency, limits): (String, i32, Value) =
@@ -198,7 +239,10 @@ async fn a_worker_on_ecs_is_protected_from_scale_in_exactly_while_it_holds_a_job
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(listed.len(), 1, "{listed:?}");
-    assert_eq!((&listed[0]["alive"], &listed[0]["adapter"]), (&json!(true), &json!(adapter)));
+    assert_eq!(
+        (&listed[0]["alive"], &listed[0]["adapter"]),
+        (&json!(true), &json!(adapter))
+    );
     signal(pid, "TERM");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while !app.worker_exited(pid) {
@@ -242,8 +286,14 @@ impl Moto {
             .unwrap_or_else(|e| panic!("{bin} runs (scripts/dev test installs moto[server]): {e}"));
         let url = format!("http://127.0.0.1:{port}");
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-            assert!(std::time::Instant::now() < deadline, "moto_server did not open {port}");
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "moto_server did not open {port}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         Self { process, url }
@@ -278,11 +328,13 @@ async fn a_backlog_of_35_sets_the_ecs_service_to_4_tasks_and_an_idle_queue_to_0(
     let moto = Moto::start().await;
     let aws = moto.config().await;
     let ecs = aws_sdk_ecs::Client::new(&aws);
-    let args = [
-        "--backend", "ecs", "--cluster", "gpuq", "--service", "gpuq-workers", "--min", "0",
-        "--max", "8", "--target-backlog", "10", "--idle-seconds", "2", "--step-seconds", "0.3",
-        "--interval-seconds", "0.25", "--cloudwatch-namespace", "gpuq-test",
-    ];
+    let args: Vec<&str> = concat!(
+        "--backend ecs --cluster gpuq --service gpuq-workers --min 0 --max 8 ",
+        "--target-backlog 10 --idle-seconds 2 --step-seconds 0.3 --interval-seconds 0.25 ",
+        "--cloudwatch-namespace gpuq-test ",
+    )
+    .split_whitespace()
+    .collect();
     let env = [
         ("AWS_ENDPOINT_URL", moto.url.as_str()),
         ("AWS_ACCESS_KEY_ID", "testing"),
@@ -302,10 +354,17 @@ async fn a_backlog_of_35_sets_the_ecs_service_to_4_tasks_and_an_idle_queue_to_0(
     // Started before the service exists: its errors are retried, never fatal.
     let mut scaler = Scaler::spawn(app.scaler_command(&args, &env));
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(scaler.process.try_wait().unwrap().is_none(), "the scaler rides out errors");
+    assert!(
+        scaler.process.try_wait().unwrap().is_none(),
+        "the scaler rides out errors"
+    );
     assert!(scaler.lines().is_empty(), "no decision without the service");
 
-    ecs.create_cluster().cluster_name("gpuq").send().await.unwrap();
+    ecs.create_cluster()
+        .cluster_name("gpuq")
+        .send()
+        .await
+        .unwrap();
     let container = aws_sdk_ecs::types::ContainerDefinition::builder()
         .name("worker")
         .image("gpuq-worker:latest")
@@ -345,7 +404,10 @@ async fn a_backlog_of_35_sets_the_ecs_service_to_4_tasks_and_an_idle_queue_to_0(
     assert_eq!(line["reason"], "scale_out");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while desired().await != 4 {
-        assert!(std::time::Instant::now() < deadline, "desiredCount never became 4");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "desiredCount never became 4"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Held at 4 while the backlog stays.
@@ -353,14 +415,19 @@ async fn a_backlog_of_35_sets_the_ecs_service_to_4_tasks_and_an_idle_queue_to_0(
     assert_eq!(desired().await, 4);
 
     // The backlog drains; after the idle time the service steps down to 0, one task at a time.
-    sqlx::query("UPDATE jobs SET status = 'succeeded', finished_at = now() WHERE id = ANY($1::uuid[])")
-        .bind(&ids)
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    sqlx::query(
+        "UPDATE jobs SET status = 'succeeded', finished_at = now() WHERE id = ANY($1::uuid[])",
+    )
+    .bind(&ids)
+    .execute(&app.pool)
+    .await
+    .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while desired().await != 0 {
-        assert!(std::time::Instant::now() < deadline, "desiredCount never returned to 0");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "desiredCount never returned to 0"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let lines = scaler.lines();
@@ -396,7 +463,9 @@ async fn a_backlog_of_35_sets_the_ecs_service_to_4_tasks_and_an_idle_queue_to_0(
         .metric_name("BacklogPerWorker")
         .set_dimensions(Some(metric.dimensions().to_vec()))
         .start_time(hour_ago)
-        .end_time(aws_sdk_cloudwatch::primitives::DateTime::from_secs(now.secs() + 60))
+        .end_time(aws_sdk_cloudwatch::primitives::DateTime::from_secs(
+            now.secs() + 60,
+        ))
         .period(60)
         .statistics(aws_sdk_cloudwatch::types::Statistic::Maximum)
         .send()

@@ -110,7 +110,10 @@ impl Protection {
         let status = response.status();
         let answer: serde_json::Value = response.json().await.unwrap_or_default();
         // The agent answers 200 with a `failure` (or `error`) member when ECS refused.
-        match (status.is_success(), answer.get("failure").or(answer.get("error"))) {
+        match (
+            status.is_success(),
+            answer.get("failure").or(answer.get("error")),
+        ) {
             (true, None) => Ok(()),
             (_, Some(why)) => Err(format!("{status}: {why}")),
             (false, None) => Err(status.to_string()),
