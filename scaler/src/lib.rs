@@ -66,7 +66,12 @@ pub struct Args {
 }
 
 impl Args {
+    /// The policy the flags describe, once they are known to make sense together.
     pub fn policy(&self) -> anyhow::Result<Policy> {
+        anyhow::ensure!(
+            self.backend != Backend::Ecs || (self.cluster.is_some() && self.service.is_some()),
+            "--backend ecs needs --cluster and --service (or GPUQ_ECS_CLUSTER, GPUQ_ECS_SERVICE)"
+        );
         anyhow::ensure!(
             self.min <= self.max,
             "--min ({}) must not exceed --max ({})",
@@ -284,4 +289,28 @@ async fn tick(
         *last_line = Some(line);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(line: &str) -> Args {
+        Args::try_parse_from(std::iter::once("gpuq-scaler").chain(line.split_whitespace())).unwrap()
+    }
+
+    #[test]
+    fn flags_that_cannot_work_together_are_refused_before_anything_starts() {
+        assert!(args("--min 5 --max 2").policy().is_err());
+        assert!(args("--backend ecs").policy().is_err());
+        assert!(args("--backend ecs --cluster c").policy().is_err());
+        assert!(args("--idle-seconds=-1").policy().is_err());
+        assert!(Args::try_parse_from(["gpuq-scaler", "--target-backlog", "0"]).is_err());
+        let p = args("--backend ecs --cluster c --service s --min 1 --max 8 --target-backlog 10 --idle-seconds 300")
+            .policy()
+            .unwrap();
+        assert_eq!((p.min, p.max, p.target_backlog), (1, 8, 10));
+        assert_eq!(p.idle, Duration::from_secs(300));
+        assert_eq!(p.step_interval, Duration::from_secs(10));
+    }
 }
