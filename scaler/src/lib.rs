@@ -99,10 +99,16 @@ impl Args {
     }
 }
 
-/// One line of the decision log.
-#[derive(Debug, Serialize, PartialEq)]
+/// One line of the decision log: the time, and what was decided on what.
+#[derive(Debug, Serialize)]
 struct DecisionLine {
     ts: String,
+    #[serde(flatten)]
+    decided: Decided,
+}
+
+#[derive(Debug, Serialize, PartialEq, Clone, Copy)]
+struct Decided {
     queued: u64,
     running: u64,
     current: u32,
@@ -164,10 +170,10 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
     };
     tracing::info!(?policy, backend = ?args.backend, "scaler started");
     let mut memory = Memory::default();
-    let mut last_line: Option<DecisionLine> = None;
+    let mut last: Option<Decided> = None;
     let mut failures = 0u32;
     loop {
-        let result = tick(&pg, &policy, &mut pool, &mut memory, &mut last_line).await;
+        let result = tick(&pg, &policy, &mut pool, &mut memory, &mut last).await;
         let wait = match result {
             Ok(()) => {
                 failures = 0;
@@ -198,7 +204,7 @@ async fn tick(
     policy: &Policy,
     pool: &mut Pool,
     memory: &mut Memory,
-    last_line: &mut Option<DecisionLine>,
+    last: &mut Option<Decided>,
 ) -> anyhow::Result<()> {
     let backlog = db::backlog(pg).await?;
     let (current, tasks) = match pool {
@@ -251,8 +257,7 @@ async fn tick(
     let workers = db::workers_alive(pg, Duration::from_secs(30))
         .await
         .unwrap_or(-1);
-    let line = DecisionLine {
-        ts: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    let decided = Decided {
         queued: backlog.queued,
         running: backlog.running,
         current,
@@ -262,31 +267,16 @@ async fn tick(
         backend,
     };
     // One line per decision: printed when anything but the time differs from the last one.
-    let changed = last_line.as_ref().is_none_or(|last| {
-        (
-            last.queued,
-            last.running,
-            last.current,
-            last.desired,
-            last.reason,
-            last.workers,
-            last.backend,
-        ) != (
-            line.queued,
-            line.running,
-            line.current,
-            line.desired,
-            line.reason,
-            line.workers,
-            line.backend,
-        )
-    });
-    if changed {
+    if *last != Some(decided) {
+        let line = DecisionLine {
+            ts: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            decided,
+        };
         let mut out = std::io::stdout().lock();
         serde_json::to_writer(&mut out, &line)?;
         writeln!(out)?;
         out.flush()?;
-        *last_line = Some(line);
+        *last = Some(decided);
     }
     Ok(())
 }

@@ -4,6 +4,7 @@
 //! - Scale-in stops an idle child with SIGTERM, so it drains; a busy child is never chosen.
 //! - Children get SIGTERM too when the scaler dies (`PR_SET_PDEATHSIG`), and drain.
 
+use gpuq_shared::config::non_empty_var;
 use gpuq_shared::db;
 use sqlx::PgPool;
 use std::path::PathBuf;
@@ -36,6 +37,17 @@ struct Worker {
     started_at: Instant,
     /// Sent SIGTERM: finishing what it holds, no longer part of the pool.
     draining: bool,
+}
+
+impl Worker {
+    /// SIGTERM: the worker stops taking jobs and drains; it leaves the pool at once.
+    fn terminate(&mut self) {
+        if let Some(pid) = self.process.id() {
+            // SAFETY: kill(2) on our own child's pid, which we have not yet reaped.
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        }
+        self.draining = true;
+    }
 }
 
 /// What happened to the pool on one `scale_to`.
@@ -146,11 +158,7 @@ impl LocalPool {
                 if w.draining || busy.contains(&w.id) {
                     continue;
                 }
-                if let Some(pid) = w.process.id() {
-                    // SAFETY: kill(2) on our own child's pid, which we have not yet reaped.
-                    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-                }
-                w.draining = true;
+                w.terminate();
                 applied.stopped += 1;
                 tracing::info!(worker = %w.id, "stopping idle worker (SIGTERM: it drains)");
             }
@@ -167,9 +175,7 @@ impl LocalPool {
             .env("GPUQ_WORKER_ID", &id)
             .env(
                 "GPUQ_WORKER_CONCURRENCY",
-                std::env::var("GPUQ_WORKER_CONCURRENCY")
-                    .ok()
-                    .filter(|c| !c.is_empty())
+                non_empty_var("GPUQ_WORKER_CONCURRENCY")
                     .unwrap_or_else(|| self.concurrency.to_string()),
             )
             .stdin(Stdio::null())
@@ -201,11 +207,7 @@ impl LocalPool {
     /// Stops every child with SIGTERM and waits for each to drain and exit.
     pub async fn shutdown(&mut self) {
         for w in &mut self.children {
-            if let Some(pid) = w.process.id() {
-                // SAFETY: as in `scale_to`.
-                unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-            }
-            w.draining = true;
+            w.terminate();
         }
         for w in &mut self.children {
             let _ = w.process.wait().await;

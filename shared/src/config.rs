@@ -224,7 +224,8 @@ fn percent_encode(s: &str) -> String {
     out
 }
 
-fn non_empty_var(name: &str) -> Option<String> {
+/// The variable's value, unless it is unset or empty.
+pub fn non_empty_var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 

@@ -8,7 +8,7 @@ pub mod gpu;
 pub mod job;
 pub mod presence;
 
-use gpuq_shared::config::{Settings, parse_var};
+use gpuq_shared::config::{Settings, non_empty_var, parse_var};
 use gpuq_shared::queue::Publisher;
 use gpuq_shared::storage::Storage;
 use gpuq_shared::{db, reaper};
@@ -60,17 +60,14 @@ pub async fn run_with_abort(
     let publisher = Arc::new(Publisher::lazy(&s.amqp_url, &s.queue));
     let storage = Storage::from_env().await;
     // A supervisor (the scaler's local backend) names its children; else a name of our own.
-    let worker_id = std::env::var("GPUQ_WORKER_ID")
-        .ok()
-        .filter(|id| !id.is_empty())
-        .unwrap_or_else(|| {
-            format!(
-                "{}-{}-{}",
-                std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into()),
-                std::process::id(),
-                &uuid::Uuid::new_v4().simple().to_string()[..8]
-            )
-        });
+    let worker_id = non_empty_var("GPUQ_WORKER_ID").unwrap_or_else(|| {
+        format!(
+            "{}-{}-{}",
+            std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into()),
+            std::process::id(),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        )
+    });
     tracing::info!(%worker_id, "worker starting");
     let reaper_task = {
         let (pool, publisher, lifecycle, stop) = (

@@ -6,6 +6,7 @@
 //!   Outside ECS (`ECS_AGENT_URI` unset) protection is a no-op.
 
 use crate::job::WorkerContext;
+use gpuq_shared::config::non_empty_var;
 use gpuq_shared::db::{self, WorkerReport};
 use serde_json::json;
 use std::sync::Arc;
@@ -37,22 +38,19 @@ struct Protection {
 impl Presence {
     /// Protection through the ECS agent when `ECS_AGENT_URI` is set; renewed every `lease`.
     pub fn from_env(lease: Duration) -> Self {
-        let protection = std::env::var("ECS_AGENT_URI")
-            .ok()
-            .filter(|u| !u.is_empty())
-            .map(|agent| {
-                let client = reqwest::Client::builder()
-                    .timeout(Duration::from_secs(5))
-                    .build()
-                    .expect("an HTTP client without TLS always builds");
-                Mutex::new(Protection {
-                    client,
-                    url: format!("{}/task-protection/v1/state", agent.trim_end_matches('/')),
-                    renew_every: lease.max(Duration::from_secs(1)),
-                    expires_minutes: (3 * lease.as_secs()).div_ceil(60).max(1),
-                    renew_at: None,
-                })
-            });
+        let protection = non_empty_var("ECS_AGENT_URI").map(|agent| {
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .expect("an HTTP client without TLS always builds");
+            Mutex::new(Protection {
+                client,
+                url: format!("{}/task-protection/v1/state", agent.trim_end_matches('/')),
+                renew_every: lease.max(Duration::from_secs(1)),
+                expires_minutes: (3 * lease.as_secs()).div_ceil(60).max(1),
+                renew_at: None,
+            })
+        });
         Self { protection }
     }
 
