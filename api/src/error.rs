@@ -3,16 +3,17 @@
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use gpuq_shared::ErrorCode;
 use serde_json::json;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{message}")]
-    BadRequest { code: &'static str, message: String },
+    BadRequest { code: ErrorCode, message: String },
     /// A field of a well-formed request is wrong; `field` is its dotted path.
     #[error("{field}: {message}")]
     Invalid {
-        code: &'static str,
+        code: ErrorCode,
         field: String,
         message: String,
     },
@@ -21,7 +22,7 @@ pub enum ApiError {
     /// The tenant may not read this input; `field` is where it was named.
     #[error("{field}: {message}")]
     Forbidden {
-        code: &'static str,
+        code: ErrorCode,
         field: String,
         message: String,
     },
@@ -44,7 +45,7 @@ pub enum ApiError {
 impl ApiError {
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
         ApiError::Invalid {
-            code: "invalid_field",
+            code: ErrorCode::InvalidField,
             field: field.into(),
             message: message.into(),
         }
@@ -80,24 +81,33 @@ impl From<gpuq_shared::db::DbError> for ApiError {
     }
 }
 
+impl ApiError {
+    /// The code the client sees; its HTTP status comes with it ([`ErrorCode::http_status`]).
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ApiError::BadRequest { code, .. }
+            | ApiError::Invalid { code, .. }
+            | ApiError::Forbidden { code, .. } => *code,
+            ApiError::Unauthorized(_) => ErrorCode::Unauthorized,
+            ApiError::RateLimited(_) => ErrorCode::RateLimited,
+            ApiError::NotFound(_) => ErrorCode::NotFound,
+            ApiError::Conflict(_) => ErrorCode::Conflict,
+            ApiError::MethodNotAllowed => ErrorCode::MethodNotAllowed,
+            ApiError::TooLarge(_) => ErrorCode::BodyTooLarge,
+            ApiError::Unavailable(_) => ErrorCode::Unavailable,
+            ApiError::Internal(_) => ErrorCode::Internal,
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, code) = match &self {
-            ApiError::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, *code),
-            ApiError::Invalid { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, *code),
-            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            ApiError::Forbidden { code, .. } => (StatusCode::FORBIDDEN, *code),
-            ApiError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
-            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
-            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
-            ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
-            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-            ApiError::Internal(e) => {
-                tracing::error!(error = ?e, "internal error");
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
-            }
-        };
+        let code = self.code();
+        if let ApiError::Internal(e) = &self {
+            tracing::error!(error = ?e, "internal error");
+        }
+        let status =
+            StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut error = json!({ "code": code, "message": self.to_string() });
         if let ApiError::Invalid { field, .. } | ApiError::Forbidden { field, .. } = &self {
             error["field"] = json!(field);

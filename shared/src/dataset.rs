@@ -3,7 +3,7 @@
 //! Every problem is an `invalid_input` error that says where (line and column).
 
 use crate::config::Limits;
-use crate::domain::JobError;
+use crate::error::{ErrorCode, JobError};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt};
 
 /// A dense row-major matrix of features, with the names of its columns.
@@ -33,7 +33,7 @@ fn invalid(msg: impl Into<String>) -> JobError {
 }
 
 fn too_large(msg: String) -> JobError {
-    JobError::fatal("input_too_large", msg)
+    JobError::new(ErrorCode::InputTooLarge, msg)
 }
 
 /// Reads one line into `line` (cleared first), at most `cap` bytes; returns its length.
@@ -48,7 +48,7 @@ async fn read_line_capped<R: AsyncBufRead + Unpin>(
         .take(cap as u64 + 1)
         .read_until(b'\n', line)
         .await
-        .map_err(|e| JobError::transient("input_read_failed", e.to_string()))?;
+        .map_err(|e| JobError::new(ErrorCode::InputReadFailed, e.to_string()))?;
     if n > cap {
         return Err(too_large(format!(
             "line {line_no} is longer than {cap} bytes"
@@ -206,7 +206,7 @@ pub async fn read_npy<R: AsyncRead + Unpin>(
 ) -> Result<Table, JobError> {
     let read_err = |e: std::io::Error| match e.kind() {
         std::io::ErrorKind::UnexpectedEof => invalid("the .npy input ends early"),
-        _ => JobError::transient("input_read_failed", e.to_string()),
+        _ => JobError::new(ErrorCode::InputReadFailed, e.to_string()),
     };
     let mut magic = [0u8; 8];
     reader.read_exact(&mut magic).await.map_err(read_err)?;
@@ -401,7 +401,7 @@ mod tests {
     #[tokio::test]
     async fn csv_non_numeric_cell_names_line_and_column() {
         let e = csv("a,b,label\n1,2,0\n3,x,1\n", true).await.unwrap_err();
-        assert_eq!(e.code, "invalid_input");
+        assert_eq!(e.code, ErrorCode::InvalidInput);
         assert!(
             e.message.contains("line 3") && e.message.contains("`b`"),
             "{}",
@@ -424,7 +424,7 @@ mod tests {
     async fn csv_nan_and_infinity_are_refused() {
         for bad in ["NaN", "inf", "-inf"] {
             let e = csv(&format!("a,label\n{bad},1\n"), true).await.unwrap_err();
-            assert_eq!(e.code, "invalid_input", "{bad}");
+            assert_eq!(e.code, ErrorCode::InvalidInput, "{bad}");
         }
     }
 
@@ -460,7 +460,7 @@ mod tests {
         for over in ["a,b,label\n1,2,0\n3,4,1\n5,6,0\n", "a,b,c,label\n1,2,3,0\n"] {
             assert_eq!(
                 read(over).await.unwrap_err().code,
-                "input_too_large",
+                ErrorCode::InputTooLarge,
                 "{over}"
             );
         }
@@ -468,11 +468,11 @@ mod tests {
         let e = read_csv(long_line.as_bytes(), "label", true, &limits)
             .await
             .unwrap_err();
-        assert_eq!(e.code, "input_too_large");
+        assert_eq!(e.code, ErrorCode::InputTooLarge);
         let e = read_npy(&npy("<f4", "(3, 2)", &[0; 24])[..], "label", false, &limits)
             .await
             .unwrap_err();
-        assert_eq!(e.code, "input_too_large");
+        assert_eq!(e.code, ErrorCode::InputTooLarge);
         // A huge claimed shape with no data behind it: refused, and nothing huge reserved.
         let e = read_npy(
             &npy("<f4", "(100000, 3)", &[0; 8])[..],
@@ -482,7 +482,7 @@ mod tests {
         )
         .await
         .unwrap_err();
-        assert_eq!(e.code, "invalid_input");
+        assert_eq!(e.code, ErrorCode::InvalidInput);
     }
 
     fn npy(descr: &str, shape: &str, payload: &[u8]) -> Vec<u8> {
@@ -511,7 +511,7 @@ mod tests {
         let e = read_csv(&b"`,b,c,l\n1,4,5,1"[..], "0", false, &limits)
             .await
             .unwrap_err();
-        assert_eq!(e.code, "input_too_large", "{}", e.message);
+        assert_eq!(e.code, ErrorCode::InputTooLarge, "{}", e.message);
         assert!(
             read_csv(&b"a,b,c,label\n1,4,5,1"[..], "label", true, &limits)
                 .await
@@ -520,7 +520,7 @@ mod tests {
         let e = read_npy(&npy("<f4", "(1, 4)", &[0; 16])[..], "label", false, &limits)
             .await
             .unwrap_err();
-        assert_eq!(e.code, "input_too_large", "{}", e.message);
+        assert_eq!(e.code, ErrorCode::InputTooLarge, "{}", e.message);
         assert!(
             read_npy(&npy("<f4", "(1, 4)", &[0; 16])[..], "3", true, &limits)
                 .await
@@ -553,7 +553,7 @@ mod tests {
         )
         .await
         .unwrap_err();
-        assert_eq!(e.code, "invalid_input");
+        assert_eq!(e.code, ErrorCode::InvalidInput);
         let e = read_npy(
             &npy("<i8", "(1, 1)", &[0; 8])[..],
             "label",

@@ -233,39 +233,6 @@ impl fmt::Display for S3Uri {
     }
 }
 
-/// Why a job failed, as stored in the job's `error` column and shown to clients.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
-#[error("{code}: {message}")]
-pub struct JobError {
-    pub code: String,
-    pub message: String,
-    /// Transient failures (lost connections, S3 5xx) go back to the queue; input errors do not.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub retryable: bool,
-}
-
-impl JobError {
-    pub fn fatal(code: &str, message: impl Into<String>) -> Self {
-        Self {
-            code: code.into(),
-            message: message.into(),
-            retryable: false,
-        }
-    }
-
-    pub fn transient(code: &str, message: impl Into<String>) -> Self {
-        Self {
-            code: code.into(),
-            message: message.into(),
-            retryable: true,
-        }
-    }
-
-    pub fn invalid_input(message: impl Into<String>) -> Self {
-        Self::fatal("invalid_input", message)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,6 +7,7 @@ pub mod dataset;
 #[cfg(feature = "services")]
 pub mod db;
 pub mod domain;
+pub mod error;
 pub mod params;
 #[cfg(feature = "services")]
 pub mod queue;
@@ -20,4 +21,5 @@ pub mod submit;
 #[cfg(feature = "services")]
 pub mod telemetry;
 
-pub use domain::{Algorithm, JobError, JobId, JobStatus, JobType, ModelId, S3Uri};
+pub use domain::{Algorithm, JobId, JobStatus, JobType, ModelId, S3Uri};
+pub use error::{ErrorCode, ErrorKind, JobError};

@@ -3,7 +3,8 @@
 
 use crate::config::Limits;
 use crate::dataset::{self, Table};
-use crate::domain::{JobError, S3Uri};
+use crate::domain::S3Uri;
+use crate::error::{ErrorCode, JobError};
 use aws_sdk_s3::Client;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
@@ -47,7 +48,7 @@ impl Storage {
             {
                 Ok(())
             }
-            Err(e) => Err(storage_error(&format!("s3://{bucket}"), e)),
+            Err(e) => Err(storage_error(&format!("s3://{bucket}"), Access::Write, e)),
         }
     }
 
@@ -72,7 +73,7 @@ impl Storage {
     pub async fn get_bytes(&self, uri: &S3Uri) -> Result<Vec<u8>, JobError> {
         let body = self.get(uri).await?;
         let bytes = body.collect().await.map_err(|e| {
-            JobError::transient("storage_unavailable", format!("reading {uri}: {e}"))
+            JobError::new(ErrorCode::StorageUnavailable, format!("reading {uri}: {e}"))
         })?;
         Ok(bytes.to_vec())
     }
@@ -85,7 +86,7 @@ impl Storage {
             .key(&uri.key)
             .send()
             .await
-            .map_err(|e| storage_error(&uri.to_string(), e))?;
+            .map_err(|e| storage_error(&uri.to_string(), Access::Read, e))?;
         Ok(out.body)
     }
 
@@ -103,32 +104,53 @@ impl Storage {
             .body(ByteStream::from(bytes))
             .send()
             .await
-            .map_err(|e| storage_error(&uri.to_string(), e))?;
+            .map_err(|e| storage_error(&uri.to_string(), Access::Write, e))?;
         Ok(())
     }
 }
 
-/// Missing objects and buckets are the caller's mistake (`input_not_found`); denied access is
-/// final too; anything else (5xx, timeouts, dropped connections) is worth a retry.
+/// Whether a failed call read the tenant's input or wrote what gpuq produces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Read,
+    Write,
+}
+
+/// Reading: a missing object or bucket is the caller's mistake (`input_not_found`), denied access
+/// is final (`forbidden_input`). Writing: either is the deployment's (`output_write_failed`).
+/// Anything else (5xx, timeouts, dropped connections) is worth a retry.
 fn storage_error<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(
     what: &str,
+    access: Access,
     err: SdkError<E>,
 ) -> JobError {
     let code = err.code().map(str::to_string);
-    match code.as_deref() {
-        Some("NoSuchKey" | "NoSuchBucket" | "NotFound") => {
-            JobError::fatal("input_not_found", format!("{what} does not exist"))
+    let missing = matches!(
+        code.as_deref(),
+        Some("NoSuchKey" | "NoSuchBucket" | "NotFound")
+    );
+    let denied = matches!(
+        code.as_deref(),
+        Some("AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch")
+    );
+    match (access, missing, denied) {
+        (Access::Read, true, _) => {
+            JobError::new(ErrorCode::InputNotFound, format!("{what} does not exist"))
         }
-        Some("AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch") => JobError::fatal(
-            "input_forbidden",
+        (Access::Read, _, true) => JobError::new(
+            ErrorCode::ForbiddenInput,
             format!("{what}: access denied ({})", code.unwrap_or_default()),
+        ),
+        (Access::Write, true, _) | (Access::Write, _, true) => JobError::new(
+            ErrorCode::OutputWriteFailed,
+            format!("{what}: cannot write ({})", code.unwrap_or_default()),
         ),
         _ => {
             let detail = match &err {
                 SdkError::ServiceError(s) => format!("{}", s.err()),
                 other => format!("{other}"),
             };
-            JobError::transient("storage_unavailable", format!("{what}: {detail}"))
+            JobError::new(ErrorCode::StorageUnavailable, format!("{what}: {detail}"))
         }
     }
 }

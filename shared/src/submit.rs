@@ -3,6 +3,7 @@
 
 use crate::config::Limits;
 use crate::domain::{Algorithm, JobType, ModelId, S3Uri};
+use crate::error::ErrorCode;
 use crate::params::{self, ParamError};
 use serde_json::{Map, Value, json};
 
@@ -11,10 +12,10 @@ use serde_json::{Map, Value, json};
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SubmitError {
     #[error("{message}")]
-    BadRequest { code: &'static str, message: String },
+    BadRequest { code: ErrorCode, message: String },
     #[error("{field}: {message}")]
     Invalid {
-        code: &'static str,
+        code: ErrorCode,
         field: String,
         message: String,
     },
@@ -23,7 +24,7 @@ pub enum SubmitError {
 impl SubmitError {
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
         SubmitError::Invalid {
-            code: "invalid_field",
+            code: ErrorCode::InvalidField,
             field: field.into(),
             message: message.into(),
         }
@@ -58,7 +59,7 @@ const FIELDS: [&str; 7] = [
 
 fn missing(field: &str) -> SubmitError {
     SubmitError::Invalid {
-        code: "missing_field",
+        code: ErrorCode::MissingField,
         field: field.into(),
         message: "is required".into(),
     }
@@ -78,7 +79,7 @@ pub fn parse(body: &[u8], limits: &Limits) -> Result<Submission, SubmitError> {
 /// The body as JSON, or `malformed_json`.
 pub fn parse_json(body: &[u8]) -> Result<Value, SubmitError> {
     serde_json::from_slice(body).map_err(|e| SubmitError::BadRequest {
-        code: "malformed_json",
+        code: ErrorCode::MalformedJson,
         message: format!("the body is not valid JSON: {e}"),
     })
 }
@@ -87,7 +88,7 @@ pub fn parse_json(body: &[u8]) -> Result<Value, SubmitError> {
 pub fn validate(value: &Value, limits: &Limits) -> Result<Submission, SubmitError> {
     let Some(obj) = value.as_object() else {
         return Err(SubmitError::BadRequest {
-            code: "malformed_json",
+            code: ErrorCode::MalformedJson,
             message: "the body must be a JSON object".into(),
         });
     };
@@ -149,7 +150,7 @@ pub fn validate(value: &Value, limits: &Limits) -> Result<Submission, SubmitErro
         let values = width.saturating_mul(rows.len());
         if values > limits.max_inline_values || width > limits.max_features {
             return Err(SubmitError::Invalid {
-                code: "input_too_large",
+                code: ErrorCode::InputTooLarge,
                 field: "input.rows".into(),
                 message: format!(
                     "{} rows × {width} features is over this deployment's inline limit of {} \
@@ -213,7 +214,7 @@ fn check_iterations(params: &Value, limits: &Limits) -> Result<(), SubmitError> 
     };
     if asked > limits.max_epochs {
         return Err(SubmitError::Invalid {
-            code: "over_limit",
+            code: ErrorCode::OverLimit,
             field: field.into(),
             message: format!(
                 "asks for {asked} passes over the data; this deployment allows {}",
@@ -398,7 +399,7 @@ mod tests {
         assert!(matches!(
             parse(b"{\"type\":", &Limits::default()),
             Err(SubmitError::BadRequest {
-                code: "malformed_json",
+                code: ErrorCode::MalformedJson,
                 ..
             })
         ));
@@ -424,25 +425,25 @@ mod tests {
             err(
                 r#"{"type":"train","algorithm":"logreg","input":{"uri":"s3://bbb/k"},"params":{"epochs":51}}"#
             ),
-            ("over_limit", "params.epochs".to_string())
+            (ErrorCode::OverLimit, "params.epochs".to_string())
         );
         assert_eq!(
             err(
                 r#"{"type":"train","algorithm":"kmeans","input":{"uri":"s3://bbb/k"},"params":{"max_iter":10,"n_init":6}}"#
             ),
-            ("over_limit", "params.max_iter".to_string())
+            (ErrorCode::OverLimit, "params.max_iter".to_string())
         );
         assert_eq!(
             err(
                 r#"{"type":"train","algorithm":"logreg","input":{"rows":[[1,2],[3,4],[5,6]],"labels":[0,1,0]},"params":{"epochs":5}}"#
             ),
-            ("input_too_large", "input.rows".to_string())
+            (ErrorCode::InputTooLarge, "input.rows".to_string())
         );
         assert_eq!(
             err(
                 r#"{"type":"train","algorithm":"logreg","input":{"uri":"s3://bbb/k"},"params":{"epochs":5},"timeout_s":61}"#
             ),
-            ("invalid_field", "timeout_s".to_string())
+            (ErrorCode::InvalidField, "timeout_s".to_string())
         );
         let ok = parse(
             br#"{"type":"train","algorithm":"logreg","input":{"uri":"s3://bbb/k"},"params":{"epochs":50},"timeout_s":60}"#,

@@ -392,7 +392,10 @@ impl TestApp {
     }
 
     pub async fn model_rows_for(&self, job_id: &str) -> i64 {
-        gpuq_shared::db::models_for_job(&self.pool, job_id.parse().unwrap())
+        let job: uuid::Uuid = job_id.parse().unwrap();
+        sqlx::query_scalar("SELECT count(*) FROM models WHERE job_id = $1")
+            .bind(job)
+            .fetch_one(&self.pool)
             .await
             .unwrap()
     }

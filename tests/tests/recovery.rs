@@ -4,7 +4,7 @@
 //! written exactly once.
 
 use gpuq_shared::queue::Publisher;
-use gpuq_shared::{JobError, db};
+use gpuq_shared::{ErrorCode, JobError, db};
 use gpuq_tests::{Options, TestApp, digits, signal};
 use serde_json::json;
 use std::time::Duration;
@@ -214,7 +214,7 @@ async fn transient_failures_retry_after_a_backoff_keep_every_error_and_stop_at_m
         json!({"type": "train", "params": {"epochs": 5}, "max_attempts": max_attempts,
             "input": {"rows": [[0.0], [1.0]], "labels": [0, 1]}})
     };
-    let lost_gpu = JobError::transient("gpu_lost", "the device was lost");
+    let lost_gpu = JobError::new(ErrorCode::GpuError, "the device was lost");
 
     // A job that keeps failing stops at max_attempts with the final error and every attempt's.
     let id = app.record_unpublished(&spec(2)).await.unwrap();

@@ -2,7 +2,7 @@
 //! format PyTorch and NumPy load directly. Every artifact records `gpuq_algorithm`; each
 //! algorithm decides its own tensors (see its module).
 
-use gpuq_shared::JobError;
+use gpuq_shared::{ErrorCode, JobError};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::de::DeserializeOwned;
 use std::collections::HashMap;
@@ -40,8 +40,8 @@ pub fn write(algorithm: &str, tensors: &[Tensor], meta: &[(&str, serde_json::Val
 }
 
 pub fn corrupt(msg: impl std::fmt::Display) -> JobError {
-    JobError::fatal(
-        "model_corrupt",
+    JobError::new(
+        ErrorCode::ModelCorrupt,
         format!("the model artifact is unreadable: {msg}"),
     )
 }
@@ -139,15 +139,21 @@ mod tests {
         assert_eq!(a.meta::<Vec<f64>>("classes").unwrap(), vec![0.0, 7.5]);
         assert_eq!(
             a.f32("0.weight", &[3, 2]).unwrap_err().code,
-            "model_corrupt"
+            ErrorCode::ModelCorrupt
         );
-        assert_eq!(a.meta::<u32>("k").unwrap_err().code, "model_corrupt");
+        assert_eq!(
+            a.meta::<u32>("k").unwrap_err().code,
+            ErrorCode::ModelCorrupt
+        );
     }
 
     #[test]
     fn garbage_is_model_corrupt_not_a_panic() {
         for bytes in [&b"not a model"[..], &[255; 16][..], &[]] {
-            assert_eq!(Artifact::parse(bytes).err().unwrap().code, "model_corrupt");
+            assert_eq!(
+                Artifact::parse(bytes).err().unwrap().code,
+                ErrorCode::ModelCorrupt
+            );
         }
     }
 }

@@ -130,14 +130,14 @@ struct Running(Arc<WorkerContext>);
 
 impl Running {
     fn count(ctx: &Arc<WorkerContext>) -> Self {
-        ctx.running.fetch_add(1, Ordering::SeqCst);
+        ctx.presence.running.fetch_add(1, Ordering::SeqCst);
         Self(ctx.clone())
     }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        self.0.running.fetch_sub(1, Ordering::SeqCst);
+        self.0.presence.running.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

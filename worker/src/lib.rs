@@ -89,7 +89,10 @@ pub async fn run_with_abort(
     ));
     let presence_stop = CancellationToken::new();
     let presence_task = tokio::spawn(presence::run(
-        ctx.clone(),
+        ctx.pool.clone(),
+        ctx.gpu.clone(),
+        ctx.worker_id.clone(),
+        ctx.presence.clone(),
         settings.concurrency,
         presence_stop.clone(),
     ));

@@ -5,7 +5,7 @@
 //!   (`PUT $ECS_AGENT_URI/task-protection/v1/state`), so a scale-in never stops a busy task.
 //!   Outside ECS (`ECS_AGENT_URI` unset) protection is a no-op.
 
-use crate::job::WorkerContext;
+use crate::gpu::Gpu;
 use gpuq_shared::config::non_empty_var;
 use gpuq_shared::db::{self, WorkerReport};
 use serde_json::json;
@@ -21,6 +21,9 @@ const HEARTBEAT: Duration = Duration::from_secs(5);
 /// The worker's ECS task protection, when it runs on ECS.
 pub struct Presence {
     protection: Option<Mutex<Protection>>,
+    /// Jobs this worker is claiming or running; the row's `running_jobs` and the task's
+    /// protection follow it.
+    pub running: AtomicUsize,
 }
 
 struct Protection {
@@ -51,7 +54,10 @@ impl Presence {
                 renew_at: None,
             })
         });
-        Self { protection }
+        Self {
+            protection,
+            running: AtomicUsize::new(0),
+        }
     }
 
     /// Makes sure the task is protected before a job is claimed. A failure is logged and the
@@ -67,10 +73,10 @@ impl Presence {
 
     /// Renews protection while `running > 0`; drops it once nothing is in hand. Reads the count
     /// under the lock, so it cannot drop protection a claim has just asked for.
-    async fn follow(&self, running: &AtomicUsize) {
+    async fn follow(&self) {
         let Some(p) = &self.protection else { return };
         let mut p = p.lock().await;
-        let busy = running.load(Ordering::SeqCst) > 0;
+        let busy = self.running.load(Ordering::SeqCst) > 0;
         match p.renew_at {
             Some(at) if busy && Instant::now() >= at => p.set(true).await,
             Some(_) if !busy => p.set(false).await,
@@ -121,13 +127,20 @@ impl Protection {
 
 /// Registers the worker in `workers`, then keeps its heartbeat and protection up to date until
 /// `stop`; then drops protection and records the stop.
-pub async fn run(ctx: Arc<WorkerContext>, concurrency: usize, stop: CancellationToken) {
-    let info = &ctx.gpu.info;
-    let limits = ctx.gpu.device.limits();
+pub async fn run(
+    pool: sqlx::PgPool,
+    gpu: Arc<Gpu>,
+    worker_id: String,
+    presence: Arc<Presence>,
+    concurrency: usize,
+    stop: CancellationToken,
+) {
+    let info = &gpu.info;
+    let limits = gpu.device.limits();
     let hostname = std::env::var("HOSTNAME").unwrap_or_default();
     let driver = format!("{} {}", info.driver, info.driver_info);
     let report = WorkerReport {
-        id: &ctx.worker_id,
+        id: &worker_id,
         hostname: &hostname,
         pid: std::process::id(),
         adapter: &info.name,
@@ -137,7 +150,7 @@ pub async fn run(ctx: Arc<WorkerContext>, concurrency: usize, stop: Cancellation
         limits: json!({
             "max_buffer_size": limits.max_buffer_size,
             "max_storage_buffer_binding_size": limits.max_storage_buffer_binding_size,
-            "max_binding_bytes": ctx.gpu.max_binding_bytes(),
+            "max_binding_bytes": gpu.max_binding_bytes(),
             "max_compute_invocations_per_workgroup": limits.max_compute_invocations_per_workgroup,
             "max_compute_workgroup_storage_size": limits.max_compute_workgroup_storage_size,
             "max_compute_workgroups_per_dimension": limits.max_compute_workgroups_per_dimension,
@@ -153,24 +166,24 @@ pub async fn run(ctx: Arc<WorkerContext>, concurrency: usize, stop: Cancellation
             _ = stop.cancelled() => true,
             _ = tick.tick() => false,
         };
-        ctx.presence.follow(&ctx.running).await;
+        presence.follow().await;
         if stopping {
             break;
         }
-        let running = ctx.running.load(Ordering::SeqCst) as u32;
+        let running = presence.running.load(Ordering::SeqCst) as u32;
         if !registered {
-            match db::worker_register(&ctx.pool, &report).await {
+            match db::worker_register(&pool, &report).await {
                 Ok(()) => registered = true,
                 Err(e) => tracing::warn!(error = %e, "could not register in workers; retrying"),
             }
         } else if last_beat.elapsed() >= HEARTBEAT {
-            match db::worker_heartbeat(&ctx.pool, &ctx.worker_id, running).await {
+            match db::worker_heartbeat(&pool, &worker_id, running).await {
                 Ok(()) => last_beat = Instant::now(),
                 Err(e) => tracing::warn!(error = %e, "worker heartbeat failed"),
             }
         }
     }
-    if registered && let Err(e) = db::worker_stopped(&ctx.pool, &ctx.worker_id).await {
+    if registered && let Err(e) = db::worker_stopped(&pool, &worker_id).await {
         tracing::warn!(error = %e, "could not record the worker's stop");
     }
 }

@@ -4,9 +4,9 @@
 mod common;
 
 use common::gpu;
-use gpuq_shared::Algorithm;
 use gpuq_shared::dataset::{Table, from_rows, read_csv};
 use gpuq_shared::params::normalize_train;
+use gpuq_shared::{Algorithm, ErrorCode};
 use gpuq_worker::algorithms::{self, Control, LoadedModel};
 use gpuq_worker::artifact::Artifact;
 use serde_json::{Value, json};
@@ -222,13 +222,13 @@ fn inputs_past_one_binding_are_chunked_or_refused_naming_the_limit() {
         )
         .err()
         .unwrap_or_else(|| panic!("{algorithm:?} trained past the cap"));
-        assert_eq!(err.code, "input_too_large", "{algorithm:?}: {err:?}");
+        assert_eq!(err.code, ErrorCode::InputTooLarge, "{algorithm:?}: {err:?}");
         assert!(err.message.contains(&CAP.to_string()), "{}", err.message);
     }
     // A stored reference set past the cap cannot be loaded: refused, not a driver error.
     let big = train(Algorithm::Knn, digits_train(300), json!({}));
     let err = LoadedModel::load(&small, &big.artifact).err().unwrap();
-    assert_eq!(err.code, "input_too_large", "{err:?}");
+    assert_eq!(err.code, ErrorCode::InputTooLarge, "{err:?}");
 }
 
 #[test]
@@ -359,7 +359,7 @@ fn hostile_artifacts_are_refused_as_model_corrupt_and_never_panic() {
     for (what, bytes) in cases {
         // Loading may only fail as `model_corrupt`; a model that loads must infer without panic.
         match LoadedModel::load(gpu(), &bytes) {
-            Err(e) => assert_eq!(e.code, "model_corrupt", "{what}: {e}"),
+            Err(e) => assert_eq!(e.code, ErrorCode::ModelCorrupt, "{what}: {e}"),
             Ok(model) => {
                 let out = model.infer(gpu(), &probe, true);
                 panic!("{what}: loaded; inference gave {:?}", out.map(|i| i.rows));

@@ -12,7 +12,7 @@ use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use gpuq_shared::db::{self, Idempotent, JobFilter, NewJob};
-use gpuq_shared::{JobId, JobStatus, JobType, S3Uri, auth, submit};
+use gpuq_shared::{ErrorCode, JobId, JobStatus, JobType, S3Uri, auth, submit};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -49,7 +49,7 @@ pub async fn submit(
             }
             if let Some(width) = sub.inline_width.filter(|w| *w as i32 != model.n_features) {
                 return Err(ApiError::Invalid {
-                    code: "shape_mismatch",
+                    code: ErrorCode::ShapeMismatch,
                     field: "input.rows".into(),
                     message: format!(
                         "rows have {width} features; the model takes {}",
@@ -140,7 +140,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
             Ok(Some(k.to_string()))
         }
         _ => Err(ApiError::BadRequest {
-            code: "invalid_idempotency_key",
+            code: ErrorCode::InvalidIdempotencyKey,
             message: "Idempotency-Key must be 1 to 255 visible ASCII characters".into(),
         }),
     }
@@ -160,7 +160,7 @@ fn check_input_allowed(s: &AppState, tenant: &Tenant, input: &Value) -> Result<(
         return Ok(());
     }
     Err(ApiError::Forbidden {
-        code: "forbidden_input",
+        code: ErrorCode::ForbiddenInput,
         field: "input.uri".into(),
         message: format!(
             "this tenant may only read inputs under s3://{}/{own}{}",
@@ -196,7 +196,7 @@ pub async fn get(
     let job = match q.get("wait") {
         Some(w) => {
             let wait = parse_wait(w).ok_or_else(|| ApiError::BadRequest {
-                code: "invalid_parameter",
+                code: ErrorCode::InvalidParameter,
                 message: format!("wait must be a number of seconds, not `{w}`"),
             })?;
             s.waiters.wait_for(&s.pool, &tenant.id, id, wait).await?
@@ -215,7 +215,7 @@ pub async fn list(
 ) -> Result<Json<Value>, ApiError> {
     let q = query_params(raw, &["status", "type", "limit", "after"])?;
     let bad = |m: String| ApiError::BadRequest {
-        code: "invalid_parameter",
+        code: ErrorCode::InvalidParameter,
         message: m,
     };
     let filter = JobFilter {

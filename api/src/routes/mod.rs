@@ -8,6 +8,7 @@ use crate::error::ApiError;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
+use gpuq_shared::ErrorCode;
 use std::collections::HashMap;
 
 /// Turns a body that could not be read into the right error (413 for a body over the limit).
@@ -17,7 +18,7 @@ pub fn body_or_error(body: Result<Bytes, BytesRejection>, limit: usize) -> Resul
             ApiError::TooLarge(limit)
         } else {
             ApiError::BadRequest {
-                code: "unreadable_body",
+                code: ErrorCode::UnreadableBody,
                 message: r.body_text(),
             }
         }
@@ -36,7 +37,7 @@ pub fn query_params(
         let k = percent_decode(k);
         if !known.contains(&k.as_str()) {
             return Err(ApiError::BadRequest {
-                code: "unknown_parameter",
+                code: ErrorCode::UnknownParameter,
                 message: format!(
                     "unknown query parameter `{k}` (known: {})",
                     known.join(", ")
@@ -75,7 +76,7 @@ fn percent_decode(s: &str) -> String {
 /// Parses a path id, answering 400 for one that is not a UUID.
 pub fn parse_id<T: std::str::FromStr>(raw: &str, what: &str) -> Result<T, ApiError> {
     raw.parse().map_err(|_| ApiError::BadRequest {
-        code: "invalid_id",
+        code: ErrorCode::InvalidId,
         message: format!("`{raw}` is not a valid {what} id (expected a UUID)"),
     })
 }
@@ -87,7 +88,7 @@ pub fn parse_limit(q: &HashMap<String, String>) -> Result<i64, ApiError> {
         Some(v) => match v.parse::<i64>() {
             Ok(n) if (1..=500).contains(&n) => Ok(n),
             _ => Err(ApiError::BadRequest {
-                code: "invalid_parameter",
+                code: ErrorCode::InvalidParameter,
                 message: format!("limit must be a whole number from 1 to 500, not `{v}`"),
             }),
         },

@@ -18,9 +18,9 @@ use crate::gpu::Gpu;
 use crate::gpu::gemm::GemmParams;
 use crate::gpu::kernels::Kernel;
 use crate::gpu::neighbors::{KnnParams as KnnShape, Metric, ScoreMode, ScoreParams};
-use gpuq_shared::JobError;
 use gpuq_shared::dataset::Table;
 use gpuq_shared::params::AnomalyParams;
+use gpuq_shared::{ErrorCode, JobError};
 use serde_json::json;
 
 /// Eigenvalues at most 1e-10 λ_max count as zero (a rank-deficient covariance, such as timing
@@ -57,8 +57,8 @@ pub fn train(table: Table, p: &AnomalyParams) -> Result<Trained, JobError> {
         }
         _ => {
             if f > MAX_MAHALANOBIS_FEATURES {
-                return Err(JobError::fatal(
-                    "input_too_large",
+                return Err(JobError::new(
+                    ErrorCode::InputTooLarge,
                     format!(
                         "{f} features: the Mahalanobis detectors take at most {MAX_MAHALANOBIS_FEATURES}"
                     ),

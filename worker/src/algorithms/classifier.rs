@@ -399,6 +399,7 @@ pub fn training_metrics(loss: f64, accuracy: f64, rows: usize, model: &Classifie
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gpuq_shared::ErrorCode;
 
     fn model(hidden: usize) -> ClassifierModel {
         ClassifierModel {
@@ -443,7 +444,7 @@ mod tests {
         let a = Artifact::parse(&bytes).unwrap();
         assert_eq!(
             ClassifierModel::from_artifact(&a).unwrap_err().code,
-            "model_corrupt"
+            ErrorCode::ModelCorrupt
         );
     }
 }

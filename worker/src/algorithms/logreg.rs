@@ -9,9 +9,9 @@ use crate::gpu::gemm::GemmParams;
 use crate::gpu::kernels::{
     Activation, BiasParams, Kernel, SoftmaxMode, SoftmaxParams, UpdateParams,
 };
-use gpuq_shared::JobError;
 use gpuq_shared::dataset::{Matrix, Table};
 use gpuq_shared::params::LogregParams;
+use gpuq_shared::{ErrorCode, JobError};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 
@@ -208,8 +208,8 @@ pub fn train(
             let losses = gpu.read(&loss, n).map_err(gpu_lost)?;
             last_loss = losses.iter().map(|&v| v as f64).sum::<f64>() / n as f64;
             if !last_loss.is_finite() {
-                return Err(JobError::fatal(
-                    "diverged",
+                return Err(JobError::new(
+                    ErrorCode::Diverged,
                     format!(
                         "the loss became {last_loss} at epoch {}: lower learning_rate",
                         epoch + 1

@@ -12,9 +12,9 @@ use crate::gpu::gemm::GemmParams;
 use crate::gpu::kernels::{
     Activation, BiasParams, GatherParams, Kernel, SoftmaxMode, SoftmaxParams, UpdateParams,
 };
-use gpuq_shared::JobError;
 use gpuq_shared::dataset::Table;
 use gpuq_shared::params::MlpParams;
+use gpuq_shared::{ErrorCode, JobError};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use std::time::{Duration, Instant};
@@ -385,8 +385,8 @@ pub fn train(gpu: &Gpu, table: Table, p: &MlpParams, ctl: &Control) -> Result<Tr
         let losses = gpu.read(&loss, n_train).map_err(gpu_lost)?;
         last_loss = losses.iter().map(|&v| v as f64).sum::<f64>() / n_train as f64;
         if !last_loss.is_finite() {
-            return Err(JobError::fatal(
-                "diverged",
+            return Err(JobError::new(
+                ErrorCode::Diverged,
                 format!("the loss became {last_loss} at epoch {epochs_run}: lower learning_rate"),
             ));
         }

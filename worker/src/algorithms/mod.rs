@@ -13,7 +13,7 @@ use crate::artifact::{self, Artifact};
 use crate::gpu::{Gpu, GpuError};
 use gpuq_shared::dataset::Table;
 use gpuq_shared::params::{AnomalyParams, KmeansParams, KnnParams, LogregParams, MlpParams};
-use gpuq_shared::{Algorithm, JobError};
+use gpuq_shared::{Algorithm, ErrorCode, JobError};
 use serde_json::{Map, Value, json};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -95,8 +95,8 @@ impl Control {
     pub fn check(&self) -> Result<(), JobError> {
         match self.stop_reason() {
             None => Ok(()),
-            Some(reason) => Err(JobError::fatal(
-                "stopped",
+            Some(reason) => Err(JobError::new(
+                ErrorCode::Stopped,
                 format!("the job was stopped ({reason:?})"),
             )),
         }
@@ -113,12 +113,12 @@ pub fn label_text(v: f64) -> String {
 }
 
 pub fn gpu_lost(e: GpuError) -> JobError {
-    JobError::transient("gpu_error", e.to_string())
+    JobError::new(ErrorCode::GpuError, e.to_string())
 }
 
 pub fn too_large(what: &str, bytes: u64, limit: u64) -> JobError {
-    JobError::fatal(
-        "input_too_large",
+    JobError::new(
+        ErrorCode::InputTooLarge,
         format!("{what} needs {bytes} bytes in one GPU binding; this device allows {limit}"),
     )
 }
@@ -152,7 +152,7 @@ pub fn train(
     ctl: &Control,
 ) -> Result<Trained, JobError> {
     let invalid =
-        |e: gpuq_shared::params::ParamError| JobError::fatal("invalid_params", e.to_string());
+        |e: gpuq_shared::params::ParamError| JobError::new(ErrorCode::InvalidParams, e.to_string());
     match algorithm {
         Algorithm::Logreg => logreg::train(
             gpu,
@@ -215,8 +215,8 @@ impl LoadedModel {
     pub fn infer(&self, gpu: &Gpu, table: &Table, rows_json: bool) -> Result<Inference, JobError> {
         let f = self.n_features();
         if table.features.cols != f {
-            return Err(JobError::fatal(
-                "shape_mismatch",
+            return Err(JobError::new(
+                ErrorCode::ShapeMismatch,
                 format!(
                     "input rows have {} features; the model takes {f}",
                     table.features.cols

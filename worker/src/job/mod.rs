@@ -1,20 +1,23 @@
 //! Running one job: claim it, keep its lease alive from a task of its own, run the algorithm on
 //! a blocking thread, write the outcome with a fenced update. Every outcome is turned into a
-//! state transition here and only here.
+//! state transition here and only here. Reading a job's input is [`input`]'s; the models kept on
+//! the GPU are [`models`]'.
 
-use crate::algorithms::{self, Control, LoadedModel, StopReason, Trained};
+mod input;
+mod models;
+
+use models::ModelCache;
+
+use crate::algorithms::{self, Control, StopReason, Trained};
 use crate::gpu::Gpu;
 use crate::presence::Presence;
 use gpuq_shared::config::Settings;
-use gpuq_shared::dataset::{self, Table};
 use gpuq_shared::db::{self, JobRecord, NewModel};
 use gpuq_shared::queue::Publisher;
 use gpuq_shared::storage::Storage;
-use gpuq_shared::{Algorithm, JobError, JobId, ModelId, S3Uri, auth};
+use gpuq_shared::{Algorithm, ErrorCode, JobError, JobId, ModelId, S3Uri};
 use serde_json::{Value, json};
-use std::collections::HashMap;
-use std::sync::atomic::AtomicUsize;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -35,19 +38,10 @@ pub struct WorkerContext {
     pub worker_id: String,
     /// Stops the GPU work of every job in hand (shutdown past its drain deadline).
     pub abort: CancellationToken,
-    /// Jobs this worker is claiming or running.
-    pub running: AtomicUsize,
     /// The worker's row in `workers`, and its ECS task protection.
-    pub presence: Presence,
+    pub presence: Arc<Presence>,
     /// Models already on the GPU, by id (models never change once written).
-    models: Mutex<HashMap<ModelId, Arc<CachedModel>>>,
-}
-
-/// A model on the GPU and the training parameters recorded with it.
-struct CachedModel {
-    model: LoadedModel,
-    params: Value,
-    tenant: String,
+    models: ModelCache,
 }
 
 /// How a job ended well.
@@ -81,9 +75,8 @@ impl WorkerContext {
             settings,
             worker_id,
             abort,
-            running: AtomicUsize::new(0),
-            presence: Presence::from_env(lease),
-            models: Mutex::new(HashMap::new()),
+            presence: Arc::new(Presence::from_env(lease)),
+            models: ModelCache::default(),
         }
     }
 
@@ -120,8 +113,8 @@ impl WorkerContext {
             // Finished just as it was told to stop: the result stands.
             (_, Ok(done)) => self.write_success(id, attempt, &job, done).await,
             (Some(StopReason::TimedOut), Err(_)) => {
-                let e = JobError::fatal(
-                    "timeout",
+                let e = JobError::new(
+                    ErrorCode::Timeout,
                     format!("the job ran past its timeout_s of {} s", job.timeout_s),
                 );
                 self.write_failure(id, attempt, &e).await
@@ -215,55 +208,6 @@ impl WorkerContext {
         }
     }
 
-    /// The job's input, from S3 (only inside what its tenant may read) or inline.
-    async fn load_input(
-        &self,
-        job: &JobRecord,
-        label_column: &str,
-        require_label: bool,
-    ) -> Result<Table, JobError> {
-        let input = &job.input;
-        if let Some(uri) = input.get("uri").and_then(Value::as_str) {
-            let uri: S3Uri = uri.parse().map_err(JobError::invalid_input)?;
-            self.check_input_allowed(job, &uri).await?;
-            let limits = &self.settings.limits;
-            return self
-                .storage
-                .read_table(&uri, label_column, require_label, limits)
-                .await;
-        }
-        let rows: Vec<Vec<f64>> =
-            serde_json::from_value(input.get("rows").cloned().unwrap_or(Value::Null))
-                .map_err(|e| JobError::invalid_input(format!("input.rows: {e}")))?;
-        let labels: Option<Vec<f64>> =
-            serde_json::from_value(input.get("labels").cloned().unwrap_or(Value::Null))
-                .map_err(|e| JobError::invalid_input(format!("input.labels: {e}")))?;
-        if require_label && labels.is_none() {
-            return Err(JobError::invalid_input(
-                "training needs `labels` beside the inline rows",
-            ));
-        }
-        dataset::from_rows(&rows, labels.as_deref())
-    }
-
-    /// The API checked this at submit; checked again here, before any S3 call, so a message or
-    /// row that did not come through the API cannot make a worker read another tenant's data.
-    async fn check_input_allowed(&self, job: &JobRecord, uri: &S3Uri) -> Result<(), JobError> {
-        let tenant = db::tenant_get(&self.pool, &job.tenant_id)
-            .await
-            .map_err(|e| JobError::transient("database_error", e.to_string()))?
-            .ok_or_else(|| JobError::fatal("forbidden_input", "the job's tenant does not exist"))?;
-        let own = self.settings.tenant_prefix(&tenant.id);
-        if auth::may_read(uri, &self.settings.bucket, &own, &tenant.input_prefixes) {
-            Ok(())
-        } else {
-            Err(JobError::fatal(
-                "forbidden_input",
-                format!("{uri} is outside what tenant `{}` may read", tenant.id),
-            ))
-        }
-    }
-
     /// Where an object this job writes goes: under its tenant's prefix.
     fn output_uri(&self, job: &JobRecord, suffix: &str) -> S3Uri {
         let prefix = self.settings.tenant_prefix(&job.tenant_id);
@@ -274,7 +218,7 @@ impl WorkerContext {
         let algorithm: Algorithm = job
             .algorithm
             .parse()
-            .map_err(|e: String| JobError::fatal("invalid_params", e))?;
+            .map_err(|e: String| JobError::new(ErrorCode::InvalidParams, e))?;
         let label_column = job
             .params
             .get("label_column")
@@ -351,49 +295,6 @@ impl WorkerContext {
         }
         Ok(Completion::Inferred { result })
     }
-
-    /// The tenant's model on the GPU, loading its record and artifact on first use. Another
-    /// tenant's model does not exist for this job.
-    async fn model(&self, tenant: &str, id: ModelId) -> Result<Arc<CachedModel>, JobError> {
-        let cached = self.models.lock().expect("model cache").get(&id).cloned();
-        if let Some(m) = cached.filter(|m| m.tenant == tenant) {
-            return Ok(m);
-        }
-        let record = db::model_get_for(&self.pool, tenant, id)
-            .await
-            .map_err(|e| JobError::transient("database_error", e.to_string()))?
-            .ok_or_else(|| {
-                JobError::fatal("model_not_found", format!("model {id} does not exist"))
-            })?;
-        let uri: S3Uri = record
-            .artifact_uri
-            .parse()
-            .map_err(|e: String| JobError::fatal("model_corrupt", e))?;
-        let bytes = self
-            .storage
-            .get_bytes(&uri)
-            .await
-            .map_err(|e| match e.code.as_str() {
-                "input_not_found" => {
-                    JobError::fatal("model_not_found", format!("the artifact {uri} is gone"))
-                }
-                _ => e,
-            })?;
-        let gpu = self.gpu.clone();
-        let params = record.params;
-        let model = blocking(move || LoadedModel::load(&gpu, &bytes)).await?;
-        let loaded = Arc::new(CachedModel {
-            model,
-            params,
-            tenant: record.tenant_id,
-        });
-        let mut cache = self.models.lock().expect("model cache");
-        if cache.len() >= 256 {
-            cache.clear();
-        }
-        cache.insert(id, loaded.clone());
-        Ok(loaded)
-    }
 }
 
 /// Once a job has been told to stop: its outcome if it gets there within [`STOP_GRACE`].
@@ -403,8 +304,8 @@ async fn finish_within_grace(
     tokio::time::timeout(STOP_GRACE, work.as_mut())
         .await
         .unwrap_or_else(|_| {
-            Err(JobError::fatal(
-                "stopped",
+            Err(JobError::new(
+                ErrorCode::Stopped,
                 "did not stop within the grace period",
             ))
         })
@@ -416,8 +317,8 @@ async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, JobError> + Send + 'static,
 ) -> Result<T, JobError> {
     tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
-        Err(JobError::transient(
-            "internal_error",
+        Err(JobError::new(
+            ErrorCode::InternalError,
             format!("the GPU task panicked: {e}"),
         ))
     })

@@ -1,0 +1,85 @@
+//! The Postgres layer: every SQL statement gpuq runs, one function each, named noun-first, in one
+//! file per table (river's layout): [`jobs`] (the state machine), [`idempotency`] (keys of
+//! submissions), [`models`], [`tenants`] (tenants and their API keys) and [`workers`]. Each job
+//! state transition is one function with one guarded `UPDATE`; nothing else writes `status`.
+//! Completion writes are fenced by `attempt` so a worker that lost its lease cannot overwrite
+//! the work of the one that took the job over. Everything is re-exported here: callers write
+//! `db::job_get`.
+
+mod idempotency;
+mod jobs;
+mod models;
+mod tenants;
+mod workers;
+
+pub use idempotency::*;
+pub use jobs::*;
+pub use models::*;
+pub use tenants::*;
+pub use workers::*;
+
+pub use crate::config::Backoff;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use std::time::Duration;
+
+pub use sqlx::Error as DbError;
+
+/// Whether an error means the database is (for now) out of reach rather than that the statement
+/// was wrong: worth a retry, and `503` at the API.
+pub fn is_unavailable(e: &DbError) -> bool {
+    match e {
+        DbError::Io(_) | DbError::PoolTimedOut | DbError::PoolClosed | DbError::Tls(_) => true,
+        DbError::Protocol(_) | DbError::WorkerCrashed => true,
+        // SQLSTATE classes 08 (connection exception), 57 (operator intervention: shutdown,
+        // restart) and 53 (insufficient resources).
+        DbError::Database(d) => d
+            .code()
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("57") || c.starts_with("53")),
+        _ => false,
+    }
+}
+
+/// Connects a pool; `max` bounds its connections. A connection is tested before use, so after a
+/// database restart the pool replaces dead connections instead of handing them out.
+pub async fn connect(url: &str, max: u32) -> Result<PgPool, DbError> {
+    PgPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(Duration::from_secs(3))
+        .test_before_acquire(true)
+        .connect(url)
+        .await
+}
+
+/// As [`connect`], but while the database is unreachable (a fresh deployment, a restart) it
+/// waits and tries again, with backoff, until `stop`; `None` when stopped first.
+pub async fn connect_waiting(
+    url: &str,
+    max: u32,
+    stop: &tokio_util::sync::CancellationToken,
+) -> Result<Option<PgPool>, DbError> {
+    let mut delay = Duration::from_millis(250);
+    loop {
+        match connect(url, max).await {
+            Ok(pool) => return Ok(Some(pool)),
+            Err(e) if is_unavailable(&e) => {
+                tracing::warn!(error = %e, retry_in = ?delay, "database unreachable; waiting");
+                tokio::select! {
+                    _ = stop.cancelled() => return Ok(None),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Applies the migrations in `migrations/` (forward-only).
+pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    sqlx::migrate!("../migrations").run(pool).await
+}
+
+/// Readiness probe.
+pub async fn ping(pool: &PgPool) -> Result<(), DbError> {
+    sqlx::query("SELECT 1").execute(pool).await.map(|_| ())
+}

@@ -1,0 +1,81 @@
+//! The models a worker keeps on its GPU, loaded from their record and artifact on first use.
+
+use super::{WorkerContext, blocking};
+use crate::algorithms::LoadedModel;
+use gpuq_shared::db;
+use gpuq_shared::{ErrorCode, JobError, ModelId, S3Uri};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// A model on the GPU and the training parameters recorded with it.
+pub(super) struct CachedModel {
+    pub model: LoadedModel,
+    pub params: Value,
+    pub tenant: String,
+}
+
+/// Models already on the GPU, by id (models never change once written).
+#[derive(Default)]
+pub(super) struct ModelCache {
+    models: Mutex<HashMap<ModelId, Arc<CachedModel>>>,
+}
+
+impl WorkerContext {
+    /// The tenant's model on the GPU, loading its record and artifact on first use. Another
+    /// tenant's model does not exist for this job.
+    pub(super) async fn model(
+        &self,
+        tenant: &str,
+        id: ModelId,
+    ) -> Result<Arc<CachedModel>, JobError> {
+        let cached = self
+            .models
+            .models
+            .lock()
+            .expect("model cache")
+            .get(&id)
+            .cloned();
+        if let Some(m) = cached.filter(|m| m.tenant == tenant) {
+            return Ok(m);
+        }
+        let record = db::model_get_for(&self.pool, tenant, id)
+            .await
+            .map_err(|e| JobError::new(ErrorCode::DatabaseError, e.to_string()))?
+            .ok_or_else(|| {
+                JobError::new(
+                    ErrorCode::ModelNotFound,
+                    format!("model {id} does not exist"),
+                )
+            })?;
+        let uri: S3Uri = record
+            .artifact_uri
+            .parse()
+            .map_err(|e: String| JobError::new(ErrorCode::ModelCorrupt, e))?;
+        let bytes = self
+            .storage
+            .get_bytes(&uri)
+            .await
+            .map_err(|e| match e.code {
+                ErrorCode::InputNotFound => JobError::new(
+                    ErrorCode::ModelNotFound,
+                    format!("the artifact {uri} is gone"),
+                ),
+                _ => e,
+            })?;
+        let gpu = self.gpu.clone();
+        let params = record.params;
+        let model = blocking(move || LoadedModel::load(&gpu, &bytes)).await?;
+        let loaded = Arc::new(CachedModel {
+            model,
+            params,
+            tenant: record.tenant_id,
+        });
+        let mut cache = self.models.models.lock().expect("model cache");
+        if cache.len() >= 256 {
+            cache.clear();
+        }
+        cache.insert(id, loaded.clone());
+        Ok(loaded)
+    }
+}
