@@ -90,7 +90,7 @@ impl Waiters {
                 None => db::job_get(pool, id).await?,
             };
             match &job {
-                Some(j) if !j.status().is_terminal() => {}
+                Some(j) if !j.status.is_terminal() => {}
                 _ => return Ok(job),
             }
             let recheck = tokio::time::Instant::now() + Duration::from_secs(1);

@@ -9,9 +9,9 @@
 //! A submit input is the whole body, checked against `SUBMIT_LIMITS`.
 
 use gpuq_shared::JobError;
-use gpuq_shared::JobType;
 use gpuq_shared::config::Limits;
 use gpuq_shared::dataset::{self, Table};
+use gpuq_shared::job::{Input, Work};
 use gpuq_shared::submit::{self, Submission, SubmitError};
 use tokio::io::BufReader;
 
@@ -164,39 +164,35 @@ pub fn check_submission(s: &Submission, limits: &Limits) {
     if let Some(n) = s.max_attempts {
         assert!((1..=20).contains(&n), "max_attempts {n} accepted");
     }
-    match s.job_type {
-        JobType::Train => assert!(s.algorithm.is_some() && s.model_id.is_none(), "{s:?}"),
-        JobType::Infer => assert!(s.model_id.is_some(), "{s:?}"),
+    match &s.spec.work {
+        Work::Train(params) => {
+            assert!(s.infer_algorithm.is_none(), "{s:?}");
+            if let Some((field, n)) = params.passes() {
+                assert!(n <= limits.max_epochs, "{field} {n} accepted");
+            }
+        }
+        Work::Infer { .. } => {}
     }
     assert!(
-        s.params.is_object(),
+        s.spec.params_json().is_object(),
         "params not normalised to an object: {s:?}"
     );
-    for k in ["epochs", "max_iter"] {
-        if let Some(n) = s.params.get(k).and_then(|v| v.as_u64()) {
-            assert!(n <= limits.max_epochs, "params.{k} {n} accepted");
-        }
-    }
-    match s.inline_width {
-        Some(w) => {
-            let rows = s.input["rows"].as_array().expect("inline rows kept");
+    match &s.spec.input {
+        Input::Inline { rows, labels } => {
+            let w = rows[0].len();
             assert!(w >= 1 && w <= limits.max_features, "width {w} accepted");
             assert!(
                 rows.len() * w <= limits.max_inline_values,
                 "{} rows accepted",
                 rows.len()
             );
-            assert!(
-                rows.iter()
-                    .all(|r| r.as_array().is_some_and(|r| r.len() == w))
-            );
-            if let Some(labels) = s.input.get("labels") {
-                assert_eq!(labels.as_array().map(Vec::len), Some(rows.len()));
+            assert!(rows.iter().all(|r| r.len() == w));
+            if let Some(labels) = labels {
+                assert_eq!(labels.len(), rows.len());
             }
         }
-        None => {
-            let uri = s.input["uri"].as_str().expect("a uri when no inline rows");
-            assert!(uri.starts_with("s3://"), "uri {uri} accepted");
+        Input::S3 { uri } => {
+            assert!(uri.to_string().starts_with("s3://"), "uri {uri} accepted");
         }
     }
 }

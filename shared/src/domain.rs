@@ -11,6 +11,7 @@ macro_rules! id_type {
         #[derive(
             Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
         )]
+        #[cfg_attr(feature = "services", derive(sqlx::Type), sqlx(transparent))]
         #[serde(transparent)]
         pub struct $name(pub Uuid);
 
@@ -173,6 +174,18 @@ impl FromStr for Algorithm {
             })
     }
 }
+
+macro_rules! display_as_str {
+    ($($ty:ty),*) => {$(
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    )*};
+}
+
+display_as_str!(JobType, JobStatus, Algorithm);
 
 /// An `s3://bucket/key` location.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -8,6 +8,7 @@ pub mod dataset;
 pub mod db;
 pub mod domain;
 pub mod error;
+pub mod job;
 pub mod params;
 #[cfg(feature = "services")]
 pub mod queue;

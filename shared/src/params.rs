@@ -1,8 +1,82 @@
-//! Algorithm hyper-parameters: parsed and defaulted once at the API (so a job records the
-//! parameters it really ran with) and parsed again by the worker from the stored JSON.
+//! Algorithm hyper-parameters as typed values: one struct per algorithm, an enum for every
+//! choice. Parsed and defaulted once at the API (so a job records the parameters it really ran
+//! with, in full); the worker gets them back typed from the job's row ([`TrainParams::parse`]
+//! on the stored JSON, which the API wrote). An unknown name is an error, never a default.
 
 use crate::domain::Algorithm;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
+use std::fmt;
+
+/// A closed set of names a parameter may take: each variant with its wire name.
+macro_rules! choice_enum {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $wire:literal,)* }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name {
+            $($(#[$vdoc])* $variant,)*
+        }
+
+        impl $name {
+            /// Every choice; the first is the default.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)*];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $wire,)*
+                }
+            }
+
+            /// The choice named `s`, if there is one.
+            pub fn from_name(s: &str) -> Option<Self> {
+                Self::ALL.iter().copied().find(|c| c.as_str() == s)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+choice_enum!(
+    /// The hidden layers' activation of an MLP.
+    Activation {
+        Relu = "relu",
+        Tanh = "tanh",
+    }
+);
+
+choice_enum!(
+    /// How an MLP's weights are updated.
+    Optimizer {
+        Adam = "adam",
+        /// Stochastic gradient descent with `momentum`.
+        Sgd = "sgd",
+    }
+);
+
+choice_enum!(
+    /// The distance k-nearest-neighbours ranks by.
+    Metric {
+        Euclidean = "euclidean",
+        Cosine = "cosine",
+        Manhattan = "manhattan",
+    }
+);
+
+choice_enum!(
+    /// The one-class detectors of Killourhy & Maxion (DSN 2009).
+    AnomalyMethod {
+        ScaledManhattan = "scaled_manhattan",
+        Mahalanobis = "mahalanobis",
+        Zscore = "zscore",
+        NearestNeighborMahalanobis = "nearest_neighbor_mahalanobis",
+    }
+);
 
 /// A parameter that is wrong: which one (as a dotted path) and why.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -121,12 +195,12 @@ impl<'a> Fields<'a> {
         Ok(s.into())
     }
 
-    /// One of `choices`; the first is the default.
-    fn choice(
+    /// One of `choices` by name; the first is the default.
+    fn choice<T: Copy + fmt::Display>(
         &mut self,
         name: &'static str,
-        choices: &[&'static str],
-    ) -> Result<&'static str, ParamError> {
+        choices: &[T],
+    ) -> Result<T, ParamError> {
         self.seen.push(name);
         let Some(v) = self.map.get(name) else {
             return Ok(choices[0]);
@@ -134,9 +208,12 @@ impl<'a> Fields<'a> {
         let s = v.as_str().unwrap_or_default();
         choices
             .iter()
-            .find(|c| **c == s)
+            .find(|c| c.to_string() == s)
             .copied()
-            .ok_or_else(|| err(name, format!("must be one of: {}", choices.join(", "))))
+            .ok_or_else(|| {
+                let names: Vec<String> = choices.iter().map(T::to_string).collect();
+                err(name, format!("must be one of: {}", names.join(", ")))
+            })
     }
 
     /// A list of whole numbers, each within `range`, of at most `max_len` entries.
@@ -215,13 +292,12 @@ impl LogregParams {
 #[derive(Debug, Clone, PartialEq)]
 pub struct MlpParams {
     pub hidden: Vec<u32>,
-    /// `relu` or `tanh`.
-    pub activation: &'static str,
+    pub activation: Activation,
     pub epochs: u32,
     pub batch_size: u32,
     pub learning_rate: f64,
-    /// `adam` or `sgd` (with `momentum`).
-    pub optimizer: &'static str,
+    /// With `Sgd`, `momentum` applies.
+    pub optimizer: Optimizer,
     pub momentum: f64,
     pub l2: f64,
     pub seed: u64,
@@ -238,11 +314,11 @@ impl MlpParams {
         let mut f = Fields::new(v)?;
         let p = Self {
             hidden: f.uint_list("hidden", &[64], (1, 4096), 8)?,
-            activation: f.choice("activation", &["relu", "tanh"])?,
+            activation: f.choice("activation", Activation::ALL)?,
             epochs: f.uint("epochs", 200, (1, 100_000))?,
             batch_size: f.uint("batch_size", 200, (1, 65_536))?,
             learning_rate: f.float("learning_rate", 1e-3, 1e-9, 10.0)?,
-            optimizer: f.choice("optimizer", &["adam", "sgd"])?,
+            optimizer: f.choice("optimizer", Optimizer::ALL)?,
             momentum: f.float("momentum", 0.9, 0.0, 0.999)?,
             l2: f.float("l2", 1e-4, 0.0, 100.0)?,
             seed: f.uint("seed", 0, (0, u32::MAX))? as u64,
@@ -307,8 +383,7 @@ impl KmeansParams {
 #[derive(Debug, Clone, PartialEq)]
 pub struct KnnParams {
     pub k: u32,
-    /// `euclidean`, `cosine` or `manhattan`.
-    pub metric: &'static str,
+    pub metric: Metric,
     pub label_column: String,
 }
 
@@ -317,7 +392,7 @@ impl KnnParams {
         let mut f = Fields::new(v)?;
         let p = Self {
             k: f.uint("k", 5, (1, 1024))?,
-            metric: f.choice("metric", &["euclidean", "cosine", "manhattan"])?,
+            metric: f.choice("metric", Metric::ALL)?,
             label_column: f.string("label_column", "label")?,
         };
         f.finish()?;
@@ -332,8 +407,7 @@ impl KnnParams {
 /// One-class detectors of Killourhy & Maxion (DSN 2009), trained on genuine samples.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AnomalyParams {
-    /// `scaled_manhattan`, `mahalanobis`, `zscore` or `nearest_neighbor_mahalanobis`.
-    pub method: &'static str,
+    pub method: AnomalyMethod,
     /// `zscore`: a feature is an outlier when its |z| exceeds this.
     pub z_threshold: f64,
     /// Dropped from the features when present.
@@ -341,17 +415,10 @@ pub struct AnomalyParams {
 }
 
 impl AnomalyParams {
-    pub const METHODS: [&'static str; 4] = [
-        "scaled_manhattan",
-        "mahalanobis",
-        "zscore",
-        "nearest_neighbor_mahalanobis",
-    ];
-
     pub fn parse(v: &Value) -> Result<Self, ParamError> {
         let mut f = Fields::new(v)?;
         let p = Self {
-            method: f.choice("method", &Self::METHODS)?,
+            method: f.choice("method", AnomalyMethod::ALL)?,
             z_threshold: f.float("z_threshold", 1.96, 0.0, 1e6)?,
             label_column: f.string("label_column", "label")?,
         };
@@ -367,27 +434,97 @@ impl AnomalyParams {
     }
 }
 
-/// Validates training params for `algorithm` and returns them with every default filled in.
-pub fn normalize_train(algorithm: Algorithm, params: &Value) -> Result<Value, ParamError> {
-    Ok(match algorithm {
-        Algorithm::Logreg => LogregParams::parse(params)?.to_json(),
-        Algorithm::Mlp => MlpParams::parse(params)?.to_json(),
-        Algorithm::Kmeans => KmeansParams::parse(params)?.to_json(),
-        Algorithm::Knn => KnnParams::parse(params)?.to_json(),
-        Algorithm::Anomaly => AnomalyParams::parse(params)?.to_json(),
-    })
+/// Training parameters: the algorithm's own typed struct.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TrainParams {
+    Logreg(LogregParams),
+    Mlp(MlpParams),
+    Kmeans(KmeansParams),
+    Knn(KnnParams),
+    Anomaly(AnomalyParams),
+}
+
+impl TrainParams {
+    /// Parses `params` for `algorithm`, filling every default; unknown names are refused.
+    pub fn parse(algorithm: Algorithm, params: &Value) -> Result<Self, ParamError> {
+        Ok(match algorithm {
+            Algorithm::Logreg => Self::Logreg(LogregParams::parse(params)?),
+            Algorithm::Mlp => Self::Mlp(MlpParams::parse(params)?),
+            Algorithm::Kmeans => Self::Kmeans(KmeansParams::parse(params)?),
+            Algorithm::Knn => Self::Knn(KnnParams::parse(params)?),
+            Algorithm::Anomaly => Self::Anomaly(AnomalyParams::parse(params)?),
+        })
+    }
+
+    pub fn algorithm(&self) -> Algorithm {
+        match self {
+            Self::Logreg(_) => Algorithm::Logreg,
+            Self::Mlp(_) => Algorithm::Mlp,
+            Self::Kmeans(_) => Algorithm::Kmeans,
+            Self::Knn(_) => Algorithm::Knn,
+            Self::Anomaly(_) => Algorithm::Anomaly,
+        }
+    }
+
+    /// The column holding the labels (dropped from the features of unsupervised algorithms).
+    pub fn label_column(&self) -> &str {
+        match self {
+            Self::Logreg(p) => &p.label_column,
+            Self::Mlp(p) => &p.label_column,
+            Self::Kmeans(p) => &p.label_column,
+            Self::Knn(p) => &p.label_column,
+            Self::Anomaly(p) => &p.label_column,
+        }
+    }
+
+    /// Passes over the data it asks for, and the field that asks: epochs (logreg, mlp) or
+    /// `max_iter × n_init` (kmeans); `None` for the algorithms that make one pass.
+    pub fn passes(&self) -> Option<(&'static str, u64)> {
+        match self {
+            Self::Logreg(p) => Some(("params.epochs", u64::from(p.epochs))),
+            Self::Mlp(p) => Some(("params.epochs", u64::from(p.epochs))),
+            Self::Kmeans(p) => Some((
+                "params.max_iter",
+                u64::from(p.max_iter) * u64::from(p.n_init),
+            )),
+            Self::Knn(_) | Self::Anomaly(_) => None,
+        }
+    }
+
+    /// The recorded form: every parameter, defaults filled in.
+    pub fn to_json(&self) -> Value {
+        match self {
+            Self::Logreg(p) => p.to_json(),
+            Self::Mlp(p) => p.to_json(),
+            Self::Kmeans(p) => p.to_json(),
+            Self::Knn(p) => p.to_json(),
+            Self::Anomaly(p) => p.to_json(),
+        }
+    }
 }
 
 /// Inference takes no hyper-parameters but the label column to ignore (default: the model's).
-pub fn normalize_infer(params: &Value) -> Result<Value, ParamError> {
-    let mut f = Fields::new(params)?;
-    let label = f.string("label_column", "")?;
-    f.finish()?;
-    Ok(if label.is_empty() {
-        json!({})
-    } else {
-        json!({ "label_column": label })
-    })
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct InferParams {
+    pub label_column: Option<String>,
+}
+
+impl InferParams {
+    pub fn parse(params: &Value) -> Result<Self, ParamError> {
+        let mut f = Fields::new(params)?;
+        let label = f.string("label_column", "")?;
+        f.finish()?;
+        Ok(Self {
+            label_column: (!label.is_empty()).then_some(label),
+        })
+    }
+
+    pub fn to_json(&self) -> Value {
+        match &self.label_column {
+            Some(label) => json!({ "label_column": label }),
+            None => json!({}),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -417,9 +554,30 @@ mod tests {
     #[test]
     fn every_algorithm_fills_defaults_that_parse_back_unchanged() {
         for a in Algorithm::ALL {
-            let filled = normalize_train(a, &json!({})).unwrap();
-            assert_eq!(normalize_train(a, &filled).unwrap(), filled, "{a:?}");
+            let p = TrainParams::parse(a, &json!({})).unwrap();
+            assert_eq!(p.algorithm(), a);
+            assert_eq!(TrainParams::parse(a, &p.to_json()).unwrap(), p, "{a:?}");
         }
+    }
+
+    #[test]
+    fn choices_parse_to_their_enum_and_round_trip() {
+        let p = MlpParams::parse(&json!({"activation": "tanh", "optimizer": "sgd"})).unwrap();
+        assert_eq!(
+            (p.activation, p.optimizer),
+            (Activation::Tanh, Optimizer::Sgd)
+        );
+        assert_eq!(p.to_json()["activation"], "tanh");
+        let p = KnnParams::parse(&json!({"metric": "cosine"})).unwrap();
+        assert_eq!(p.metric, Metric::Cosine);
+        for &m in AnomalyMethod::ALL {
+            let p = AnomalyParams::parse(&json!({"method": m.as_str()})).unwrap();
+            assert_eq!(p.method, m);
+        }
+        assert_eq!(
+            InferParams::parse(&json!({})).unwrap(),
+            InferParams::default()
+        );
     }
 
     #[test]

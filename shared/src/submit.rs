@@ -1,11 +1,13 @@
-//! Parses a submit body (`POST /v1/jobs`) into a job to record. Every problem names the field
-//! it is in. Pure: no I/O, so the API calls it and a fuzzer can hammer it.
+//! Parses a submit body (`POST /v1/jobs`) into a typed [`Submission`], once: its [`JobSpec`] is
+//! what the job records and what the worker runs. Every problem names the field it is in. Pure:
+//! no I/O, so the API calls it and a fuzzer can hammer it.
 
 use crate::config::Limits;
 use crate::domain::{Algorithm, JobType, ModelId, S3Uri};
 use crate::error::ErrorCode;
-use crate::params::{self, ParamError};
-use serde_json::{Map, Value, json};
+use crate::job::{Input, JobSpec, Work};
+use crate::params::{InferParams, ParamError, TrainParams};
+use serde_json::{Map, Value};
 
 /// Why a body was refused: `BadRequest` (400) when it is not a JSON object at all, `Invalid`
 /// (422) when a field is wrong; `field` is its dotted path.
@@ -34,14 +36,10 @@ impl SubmitError {
 /// A submission that passed validation (model existence is checked by the handler).
 #[derive(Debug)]
 pub struct Submission {
-    pub job_type: JobType,
-    /// `None` for an infer job that leaves it to the model.
-    pub algorithm: Option<Algorithm>,
-    pub model_id: Option<ModelId>,
-    pub input: Value,
-    /// Inline rows' width, for checking against the model before the job is queued.
-    pub inline_width: Option<usize>,
-    pub params: Value,
+    pub spec: JobSpec,
+    /// An infer job may name the algorithm it expects its model to be; `None` leaves it to the
+    /// model.
+    pub infer_algorithm: Option<Algorithm>,
     pub max_attempts: Option<i32>,
     /// Seconds one attempt may run; `None` leaves it to the deployment's default.
     pub timeout_s: Option<u32>,
@@ -122,42 +120,41 @@ pub fn validate(value: &Value, limits: &Limits) -> Result<Submission, SubmitErro
         Some(_) => return Err(SubmitError::invalid("model_id", "must be a string")),
     };
     let params_in = obj.get("params").cloned().unwrap_or(Value::Null);
-    let (algorithm, params) = match job_type {
-        JobType::Train => {
+    let (work, infer_algorithm) = match (job_type, model_id) {
+        (JobType::Train, Some(_)) => {
+            return Err(SubmitError::invalid(
+                "model_id",
+                "a train job makes a model; it takes none",
+            ));
+        }
+        (JobType::Train, None) => {
             let algorithm = algorithm.ok_or_else(|| missing("algorithm"))?;
-            if model_id.is_some() {
-                return Err(SubmitError::invalid(
-                    "model_id",
-                    "a train job makes a model; it takes none",
-                ));
-            }
             (
-                Some(algorithm),
-                params::normalize_train(algorithm, &params_in)?,
+                Work::Train(TrainParams::parse(algorithm, &params_in)?),
+                None,
             )
         }
-        JobType::Infer => {
-            if model_id.is_none() {
-                return Err(missing("model_id"));
-            }
-            (algorithm, params::normalize_infer(&params_in)?)
+        (JobType::Infer, None) => return Err(missing("model_id")),
+        (JobType::Infer, Some(model_id)) => {
+            let params = InferParams::parse(&params_in)?;
+            (Work::Infer { model_id, params }, algorithm)
         }
     };
-    check_iterations(&params, limits)?;
-    let labels_required = job_type == JobType::Train && algorithm.is_some_and(|a| a.needs_labels());
-    let (input, inline_width) = parse_input(obj.get("input"), labels_required)?;
-    if let (Some(width), Some(rows)) = (inline_width, input["rows"].as_array()) {
-        let values = width.saturating_mul(rows.len());
+    if let Work::Train(params) = &work {
+        check_passes(params, limits)?;
+    }
+    let labels_required = matches!(&work, Work::Train(p) if p.algorithm().needs_labels());
+    let input = parse_input(obj.get("input"), labels_required)?;
+    if let Some((rows, width)) = input.inline_shape() {
+        let values = width.saturating_mul(rows);
         if values > limits.max_inline_values || width > limits.max_features {
             return Err(SubmitError::Invalid {
                 code: ErrorCode::InputTooLarge,
                 field: "input.rows".into(),
                 message: format!(
-                    "{} rows × {width} features is over this deployment's inline limit of {} \
+                    "{rows} rows × {width} features is over this deployment's inline limit of {} \
                      values and {} features: upload the data to S3 and pass its `uri`",
-                    rows.len(),
-                    limits.max_inline_values,
-                    limits.max_features
+                    limits.max_inline_values, limits.max_features
                 ),
             });
         }
@@ -190,46 +187,30 @@ pub fn validate(value: &Value, limits: &Limits) -> Result<Submission, SubmitErro
         },
     };
     Ok(Submission {
-        job_type,
-        algorithm,
-        model_id,
-        input,
-        inline_width,
-        params,
+        spec: JobSpec { work, input },
+        infer_algorithm,
         max_attempts,
         timeout_s,
     })
 }
 
 /// Epochs (logreg, mlp) and `max_iter × n_init` (kmeans) within the deployment's cap.
-fn check_iterations(params: &Value, limits: &Limits) -> Result<(), SubmitError> {
-    let get = |k: &str| params.get(k).and_then(Value::as_u64);
-    let (field, asked) = match (get("epochs"), get("max_iter")) {
-        (Some(epochs), _) => ("params.epochs", epochs),
-        (None, Some(iters)) => (
-            "params.max_iter",
-            iters.saturating_mul(get("n_init").unwrap_or(1)),
-        ),
-        (None, None) => return Ok(()),
-    };
-    if asked > limits.max_epochs {
-        return Err(SubmitError::Invalid {
+fn check_passes(params: &TrainParams, limits: &Limits) -> Result<(), SubmitError> {
+    match params.passes() {
+        Some((field, asked)) if asked > limits.max_epochs => Err(SubmitError::Invalid {
             code: ErrorCode::OverLimit,
             field: field.into(),
             message: format!(
                 "asks for {asked} passes over the data; this deployment allows {}",
                 limits.max_epochs
             ),
-        });
+        }),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
-/// `{"uri": "s3://…"}` or `{"rows": [[…], …], "labels": […]}`; returns the stored form.
-fn parse_input(
-    input: Option<&Value>,
-    labels_required: bool,
-) -> Result<(Value, Option<usize>), SubmitError> {
+/// `{"uri": "s3://…"}` or `{"rows": [[…], …], "labels": […]}`.
+fn parse_input(input: Option<&Value>, labels_required: bool) -> Result<Input, SubmitError> {
     let obj: &Map<String, Value> = match input {
         None | Some(Value::Null) => return Err(missing("input")),
         Some(Value::Object(o)) => o,
@@ -270,44 +251,49 @@ fn parse_input(
                 .ok_or_else(|| SubmitError::invalid("input.uri", "must be a string"))?
                 .parse()
                 .map_err(|m: String| SubmitError::invalid("input.uri", m))?;
-            Ok((json!({ "uri": uri.to_string() }), None))
+            Ok(Input::S3 { uri })
         }
         (None, Some(rows)) => {
-            let width = check_rows(rows)?;
-            let n = rows.as_array().map(Vec::len).unwrap_or(0);
-            match obj.get("labels") {
-                None if labels_required => Err(missing("input.labels")),
-                None => Ok((json!({ "rows": rows }), Some(width))),
-                Some(labels) => {
-                    let labels = labels.as_array().ok_or_else(|| {
-                        SubmitError::invalid("input.labels", "must be an array of numbers")
-                    })?;
-                    if labels.len() != n {
-                        return Err(SubmitError::invalid(
-                            "input.labels",
-                            format!("has {} labels for {n} rows", labels.len()),
-                        ));
-                    }
-                    if let Some(i) = labels.iter().position(|l| !l.is_number()) {
-                        return Err(SubmitError::invalid(
-                            format!("input.labels[{i}]"),
-                            "must be a number",
-                        ));
-                    }
-                    Ok((json!({ "rows": rows, "labels": labels }), Some(width)))
-                }
-            }
+            let rows = check_rows(rows)?;
+            let labels = match obj.get("labels") {
+                None if labels_required => return Err(missing("input.labels")),
+                None => None,
+                Some(labels) => Some(check_labels(labels, rows.len())?),
+            };
+            Ok(Input::Inline { rows, labels })
         }
     }
 }
 
-/// Rows must be a non-empty rectangular array of arrays of numbers; returns their width.
-fn check_rows(rows: &Value) -> Result<usize, SubmitError> {
+/// One number per row.
+fn check_labels(labels: &Value, n: usize) -> Result<Vec<f64>, SubmitError> {
+    let labels = labels
+        .as_array()
+        .ok_or_else(|| SubmitError::invalid("input.labels", "must be an array of numbers"))?;
+    if labels.len() != n {
+        return Err(SubmitError::invalid(
+            "input.labels",
+            format!("has {} labels for {n} rows", labels.len()),
+        ));
+    }
+    labels
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            l.as_f64().ok_or_else(|| {
+                SubmitError::invalid(format!("input.labels[{i}]"), "must be a number")
+            })
+        })
+        .collect()
+}
+
+/// Rows must be a non-empty rectangular array of non-empty arrays of numbers.
+fn check_rows(rows: &Value) -> Result<Vec<Vec<f64>>, SubmitError> {
     let rows = rows
         .as_array()
         .filter(|r| !r.is_empty())
         .ok_or_else(|| SubmitError::invalid("input.rows", "must be a non-empty array of rows"))?;
-    let mut width = None;
+    let mut out: Vec<Vec<f64>> = Vec::with_capacity(rows.len());
     for (i, row) in rows.iter().enumerate() {
         let cells = row.as_array().filter(|c| !c.is_empty()).ok_or_else(|| {
             SubmitError::invalid(
@@ -315,24 +301,30 @@ fn check_rows(rows: &Value) -> Result<usize, SubmitError> {
                 "must be a non-empty array of numbers",
             )
         })?;
-        if let Some(j) = cells.iter().position(|c| !c.is_number()) {
+        let values = cells
+            .iter()
+            .enumerate()
+            .map(|(j, c)| {
+                c.as_f64().ok_or_else(|| {
+                    SubmitError::invalid(format!("input.rows[{i}][{j}]"), "must be a number")
+                })
+            })
+            .collect::<Result<Vec<f64>, _>>()?;
+        if let Some(first) = out.first()
+            && first.len() != values.len()
+        {
             return Err(SubmitError::invalid(
-                format!("input.rows[{i}][{j}]"),
-                "must be a number",
+                format!("input.rows[{i}]"),
+                format!(
+                    "has {} values where row 0 has {}",
+                    values.len(),
+                    first.len()
+                ),
             ));
         }
-        match width {
-            None => width = Some(cells.len()),
-            Some(w) if w != cells.len() => {
-                return Err(SubmitError::invalid(
-                    format!("input.rows[{i}]"),
-                    format!("has {} values where row 0 has {w}", cells.len()),
-                ));
-            }
-            _ => {}
-        }
+        out.push(values);
     }
-    Ok(width.unwrap_or(0))
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -353,9 +345,9 @@ mod tests {
             &Limits::default(),
         )
         .unwrap();
-        assert_eq!(s.job_type, JobType::Train);
-        assert_eq!(s.params["epochs"], 100);
-        assert_eq!(s.inline_width, Some(2));
+        assert_eq!(s.spec.job_type(), JobType::Train);
+        assert_eq!(s.spec.params_json()["epochs"], 100);
+        assert_eq!(s.spec.input.inline_shape(), Some((1, 2)));
     }
 
     #[test]

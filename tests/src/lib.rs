@@ -356,21 +356,21 @@ impl TestApp {
         spec: &Value,
     ) -> Result<gpuq_shared::JobId, sqlx::Error> {
         let id = gpuq_shared::JobId::new();
-        let model_id = spec["model_id"].as_str().map(|m| m.parse().unwrap());
-        gpuq_shared::db::job_insert(
-            &self.pool,
-            &gpuq_shared::db::NewJob {
-                id,
-                tenant: &self.tenant,
-                job_type: spec["type"].as_str().unwrap_or("train"),
-                algorithm: spec["algorithm"].as_str().unwrap_or("logreg"),
-                model_id,
-                max_attempts: spec["max_attempts"].as_i64().unwrap_or(3) as i32,
-                params: spec.get("params").unwrap_or(&serde_json::json!({})),
-                input: &spec["input"],
-                timeout_s: 600,
-            },
+        let model_id: Option<Uuid> = spec["model_id"].as_str().map(|m| m.parse().unwrap());
+        sqlx::query(
+            "INSERT INTO jobs (id, tenant_id, type, algorithm, model_id, max_attempts, params,
+                               input, timeout_s)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 600)",
         )
+        .bind(id.0)
+        .bind(&self.tenant)
+        .bind(spec["type"].as_str().unwrap_or("train"))
+        .bind(spec["algorithm"].as_str().unwrap_or("logreg"))
+        .bind(model_id)
+        .bind(spec["max_attempts"].as_i64().unwrap_or(3) as i32)
+        .bind(spec.get("params").unwrap_or(&serde_json::json!({})))
+        .bind(&spec["input"])
+        .execute(&self.pool)
         .await?;
         Ok(id)
     }

@@ -197,3 +197,45 @@ async fn cancel_of_a_queued_job_cancels_it_and_a_second_cancel_returns_409() {
         .await;
     assert_error(s, &b, 404, "not_found");
 }
+
+/// A page of 50 jobs of 2,000 inline rows × 50 values each would carry 5 M numbers; the list
+/// shows each input's shape instead, and the job itself still has its rows.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_list_summarises_inline_inputs_so_a_page_stays_small() {
+    let app = TestApp::spawn_with(Options {
+        workers: 0,
+        rate_limit: (1000.0, 1000),
+        ..Options::default()
+    })
+    .await;
+    let rows: Vec<Vec<f64>> = (0..2000).map(|i| vec![i as f64; 50]).collect();
+    let body = json!({"type": "train", "algorithm": "kmeans", "input": {"rows": rows}});
+    let one = app.submit(body.clone()).await;
+    for _ in 1..50 {
+        app.submit(body.clone()).await;
+    }
+    let started = std::time::Instant::now();
+    let response = app
+        .client
+        .get(format!("{}/v1/jobs?limit=50", app.url))
+        .send()
+        .await
+        .unwrap();
+    let bytes = response.bytes().await.unwrap();
+    let page: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(page["jobs"].as_array().unwrap().len(), 50);
+    assert_eq!(
+        page["jobs"][49]["input"],
+        json!({"inline": {"rows": 2000, "width": 50, "labels": false}})
+    );
+    assert!(
+        bytes.len() < 100_000,
+        "a page of 50 summaries took {} bytes ({:?})",
+        bytes.len(),
+        started.elapsed()
+    );
+    let (_, full) = app
+        .get(&format!("/v1/jobs/{}", one["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(full["input"]["rows"].as_array().unwrap().len(), 2000);
+}

@@ -4,7 +4,7 @@
 //! written exactly once.
 
 use gpuq_shared::queue::Publisher;
-use gpuq_shared::{ErrorCode, JobError, db};
+use gpuq_shared::{ErrorCode, JobError, JobStatus, db};
 use gpuq_tests::{Options, TestApp, digits, signal};
 use serde_json::json;
 use std::time::Duration;
@@ -121,7 +121,7 @@ async fn a_worker_frozen_past_its_lease_is_fenced_out_when_it_wakes() {
     signal(frozen, "CONT");
     tokio::time::sleep(Duration::from_secs(4)).await;
     let after = app.job_row(&id).await;
-    assert_eq!(after.status, "succeeded");
+    assert_eq!(after.status, JobStatus::Succeeded);
     assert_eq!(after.attempt, 2);
     assert_eq!(
         after.result.as_ref(),
@@ -156,7 +156,8 @@ async fn sigterm_hands_an_unfinished_job_back_without_spending_an_attempt() {
     let exit = asked.elapsed();
     let handed = app.job_row(&id).await;
     assert_eq!(
-        handed.status, "queued",
+        handed.status,
+        JobStatus::Queued,
         "handed back at once, not left to the lease"
     );
     assert_eq!(
@@ -245,7 +246,7 @@ async fn transient_failures_retry_after_a_backoff_keep_every_error_and_stop_at_m
             .unwrap();
     }
     let last = app.job_row(&id.to_string()).await;
-    assert_eq!(last.status, "failed");
+    assert_eq!(last.status, JobStatus::Failed);
     assert_eq!(last.error.as_ref().unwrap()["code"], "gpu_lost");
     assert_eq!(last.attempt_errors.as_array().unwrap().len(), 2);
 

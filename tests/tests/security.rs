@@ -378,7 +378,7 @@ async fn abuse_limits_answer_429_413_and_422_and_refuse_oversized_inputs() {
     let deadline = tokio::time::Instant::now() + LIMIT;
     let done = loop {
         let j = gpuq_shared::db::job_get(&pool, id).await.unwrap().unwrap();
-        if j.status().is_terminal() {
+        if j.status.is_terminal() {
             break j;
         }
         assert!(tokio::time::Instant::now() < deadline);

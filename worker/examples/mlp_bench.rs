@@ -5,7 +5,7 @@
 
 use gpuq_shared::Algorithm;
 use gpuq_shared::dataset::{Matrix, Table};
-use gpuq_shared::params::normalize_train;
+use gpuq_shared::params::TrainParams;
 use gpuq_worker::algorithms::{self, Control};
 use gpuq_worker::gpu::Gpu;
 use serde_json::json;
@@ -224,30 +224,16 @@ fn main() {
         labels: Some(y.iter().map(|&v| v as f32).collect()),
     };
     let params = |epochs: usize| {
-        normalize_train(
+        TrainParams::parse(
             Algorithm::Mlp,
             &json!({"hidden": [HIDDEN], "epochs": epochs, "batch_size": BATCH, "patience": 100000}),
         )
         .unwrap()
     };
     // Warm-up (pipeline compilation), then the timed run.
-    algorithms::train(
-        Algorithm::Mlp,
-        &gpu,
-        table(),
-        &params(1),
-        &Control::default(),
-    )
-    .unwrap();
+    algorithms::train(&gpu, table(), &params(1), &Control::default()).unwrap();
     let start = Instant::now();
-    let t = algorithms::train(
-        Algorithm::Mlp,
-        &gpu,
-        table(),
-        &params(epochs),
-        &Control::default(),
-    )
-    .unwrap();
+    let t = algorithms::train(&gpu, table(), &params(epochs), &Control::default()).unwrap();
     let gpu_rate = (rows * epochs) as f64 / start.elapsed().as_secs_f64();
     let cpu_rate = cpu_train(&x, &y, epochs);
     println!(

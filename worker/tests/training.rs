@@ -5,7 +5,7 @@ mod common;
 
 use common::gpu;
 use gpuq_shared::dataset::{Table, from_rows, read_csv};
-use gpuq_shared::params::normalize_train;
+use gpuq_shared::params::TrainParams;
 use gpuq_shared::{Algorithm, ErrorCode};
 use gpuq_worker::algorithms::{self, Control, LoadedModel};
 use gpuq_worker::artifact::Artifact;
@@ -36,8 +36,8 @@ fn digits_train(rows: usize) -> Table {
 }
 
 fn train(algorithm: Algorithm, table: Table, params: Value) -> algorithms::Trained {
-    let params = normalize_train(algorithm, &params).unwrap();
-    algorithms::train(algorithm, gpu(), table, &params, &Control::default()).unwrap()
+    let params = TrainParams::parse(algorithm, &params).unwrap();
+    algorithms::train(gpu(), table, &params, &Control::default()).unwrap()
 }
 
 fn weights(artifact: &[u8]) -> Vec<f32> {
@@ -212,16 +212,10 @@ fn inputs_past_one_binding_are_chunked_or_refused_naming_the_limit() {
 
     // Training data past the cap is refused by name, with the limit.
     for algorithm in [Algorithm::Logreg, Algorithm::Mlp, Algorithm::Kmeans] {
-        let params = normalize_train(algorithm, &json!({})).unwrap();
-        let err = algorithms::train(
-            algorithm,
-            &small,
-            digits_train(300),
-            &params,
-            &Control::default(),
-        )
-        .err()
-        .unwrap_or_else(|| panic!("{algorithm:?} trained past the cap"));
+        let params = TrainParams::parse(algorithm, &json!({})).unwrap();
+        let err = algorithms::train(&small, digits_train(300), &params, &Control::default())
+            .err()
+            .unwrap_or_else(|| panic!("{algorithm:?} trained past the cap"));
         assert_eq!(err.code, ErrorCode::InputTooLarge, "{algorithm:?}: {err:?}");
         assert!(err.message.contains(&CAP.to_string()), "{}", err.message);
     }

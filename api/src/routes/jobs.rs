@@ -12,7 +12,8 @@ use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use gpuq_shared::db::{self, Idempotent, JobFilter, NewJob};
-use gpuq_shared::{ErrorCode, JobId, JobStatus, JobType, S3Uri, auth, submit};
+use gpuq_shared::job::{Input, Work};
+use gpuq_shared::{ErrorCode, JobId, JobStatus, JobType, auth, submit};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -30,24 +31,28 @@ pub async fn submit(
     let sub = submit::validate(&value, &s.settings.limits)?;
     let wait = prefer_wait(&headers);
     let idempotency_key = idempotency_key(&headers)?;
-    check_input_allowed(&s, &tenant, &sub.input)?;
+    check_input_allowed(&s, &tenant, &sub.spec.input)?;
 
-    let algorithm = match (sub.job_type, sub.model_id) {
-        (JobType::Infer, Some(model_id)) => {
-            let model = db::model_get_for(&s.pool, &tenant.id, model_id)
+    let algorithm = match &sub.spec.work {
+        Work::Infer { model_id, .. } => {
+            let model = db::model_get_for(&s.pool, &tenant.id, *model_id)
                 .await?
                 .ok_or_else(|| ApiError::NotFound(format!("no model {model_id}")))?;
-            if let Some(a) = sub.algorithm.filter(|a| a.as_str() != model.algorithm) {
+            if let Some(a) = sub.infer_algorithm.filter(|a| *a != model.algorithm) {
                 return Err(ApiError::invalid(
                     "algorithm",
                     format!(
-                        "model {model_id} is a `{}` model, not `{}`",
-                        model.algorithm,
-                        a.as_str()
+                        "model {model_id} is a `{}` model, not `{a}`",
+                        model.algorithm
                     ),
                 ));
             }
-            if let Some(width) = sub.inline_width.filter(|w| *w as i32 != model.n_features) {
+            if let Some((_, width)) = sub
+                .spec
+                .input
+                .inline_shape()
+                .filter(|(_, w)| *w as i32 != model.n_features)
+            {
                 return Err(ApiError::Invalid {
                     code: ErrorCode::ShapeMismatch,
                     field: "input.rows".into(),
@@ -59,11 +64,7 @@ pub async fn submit(
             }
             model.algorithm
         }
-        _ => sub
-            .algorithm
-            .expect("train jobs name their algorithm")
-            .as_str()
-            .to_string(),
+        Work::Train(params) => params.algorithm(),
     };
 
     // Subscribe before the job exists, so its finishing cannot be missed.
@@ -71,14 +72,11 @@ pub async fn submit(
     let new_job = NewJob {
         id: JobId::new(),
         tenant: &tenant.id,
-        job_type: sub.job_type.as_str(),
-        algorithm: &algorithm,
-        model_id: sub.model_id,
+        spec: &sub.spec,
+        algorithm,
         max_attempts: sub
             .max_attempts
             .unwrap_or(s.settings.lifecycle.max_attempts),
-        params: &sub.params,
-        input: &sub.input,
         timeout_s: sub
             .timeout_s
             .unwrap_or(s.settings.lifecycle.default_timeout_s) as i32,
@@ -100,7 +98,7 @@ pub async fn submit(
             }
         }
     };
-    let id = JobId(job.id);
+    let id = job.id;
     // The job is safe in Postgres: if the broker is down the reaper publishes it later, so a
     // failed publish does not fail the request. A replayed request publishes nothing.
     if created && let Err(e) = s.publisher.publish(id).await {
@@ -148,15 +146,12 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 
 /// An `s3://` input must lie inside what the tenant may read; refused before anything else
 /// happens, and checked again by the worker.
-fn check_input_allowed(s: &AppState, tenant: &Tenant, input: &Value) -> Result<(), ApiError> {
-    let Some(uri) = input.get("uri").and_then(Value::as_str) else {
+fn check_input_allowed(s: &AppState, tenant: &Tenant, input: &Input) -> Result<(), ApiError> {
+    let Some(uri) = input.uri() else {
         return Ok(());
     };
-    let uri: S3Uri = uri
-        .parse()
-        .map_err(|m: String| ApiError::invalid("input.uri", m))?;
     let own = s.settings.tenant_prefix(&tenant.id);
-    if auth::may_read(&uri, &s.settings.bucket, &own, &tenant.input_prefixes) {
+    if auth::may_read(uri, &s.settings.bucket, &own, &tenant.input_prefixes) {
         return Ok(());
     }
     Err(ApiError::Forbidden {
@@ -227,7 +222,7 @@ pub async fn list(
             .map_err(bad)?,
         job_type: q
             .get("type")
-            .map(|v| v.parse::<JobType>().map(|t| t.as_str().to_string()))
+            .map(|v| v.parse::<JobType>())
             .transpose()
             .map_err(bad)?,
         after: q
@@ -259,7 +254,7 @@ pub async fn cancel(
         Some((job, true)) => Ok(Json(view::job(&job))),
         Some((job, false)) => Err(ApiError::Conflict(format!(
             "job {id} has already finished ({})",
-            job.status
+            job.status.as_str()
         ))),
     }
 }

@@ -2,8 +2,9 @@
 //! one guarded `UPDATE` per transition, and the reaper's and scaler's queries over it.
 
 use super::{Backoff, DbError};
-use crate::domain::{JobId, JobStatus, ModelId};
+use crate::domain::{Algorithm, JobId, JobStatus, JobType, ModelId};
 use crate::error::JobError;
+use crate::job::{Input, JobSpec};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::postgres::PgPool;
@@ -13,13 +14,14 @@ use uuid::Uuid;
 /// A job as stored.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct JobRecord {
-    pub id: Uuid,
+    pub id: JobId,
     pub tenant_id: String,
     #[sqlx(rename = "type")]
-    pub job_type: String,
-    pub algorithm: String,
-    pub model_id: Option<Uuid>,
-    pub status: String,
+    pub job_type: JobType,
+    /// A train job's algorithm, or the algorithm of an infer job's model.
+    pub algorithm: Algorithm,
+    pub model_id: Option<ModelId>,
+    pub status: JobStatus,
     pub attempt: i32,
     pub max_attempts: i32,
     pub params: Value,
@@ -36,10 +38,15 @@ pub struct JobRecord {
 }
 
 impl JobRecord {
-    pub fn status(&self) -> JobStatus {
-        self.status
-            .parse()
-            .expect("status is constrained by the schema")
+    /// What to run, typed, from the recorded params and input.
+    pub fn spec(&self) -> Result<JobSpec, JobError> {
+        JobSpec::from_stored(
+            self.job_type,
+            self.algorithm,
+            self.model_id,
+            &self.params,
+            &self.input,
+        )
     }
 }
 
@@ -56,12 +63,10 @@ macro_rules! job_columns {
 pub struct NewJob<'a> {
     pub id: JobId,
     pub tenant: &'a str,
-    pub job_type: &'a str,
-    pub algorithm: &'a str,
-    pub model_id: Option<ModelId>,
+    pub spec: &'a JobSpec,
+    /// The train job's algorithm, or the infer job's model's.
+    pub algorithm: Algorithm,
     pub max_attempts: i32,
-    pub params: &'a Value,
-    pub input: &'a Value,
     pub timeout_s: i32,
 }
 
@@ -81,14 +86,17 @@ pub(super) async fn job_insert_in(
         job_columns!(),
         ""
     ))
-    .bind(job.id.0)
+    .bind(job.id)
     .bind(job.tenant)
-    .bind(job.job_type)
+    .bind(job.spec.job_type())
     .bind(job.algorithm)
-    .bind(job.model_id.map(|m| m.0))
+    .bind(match &job.spec.work {
+        crate::job::Work::Infer { model_id, .. } => Some(*model_id),
+        crate::job::Work::Train(_) => None,
+    })
     .bind(job.max_attempts)
-    .bind(job.params)
-    .bind(job.input)
+    .bind(job.spec.params_json())
+    .bind(sqlx::types::Json::<&Input>(&job.spec.input))
     .bind(job.timeout_s)
     .fetch_one(conn)
     .await
@@ -130,28 +138,37 @@ pub struct JobFilter {
     /// Only this tenant's jobs (always set by the API).
     pub tenant: String,
     pub status: Option<JobStatus>,
-    pub job_type: Option<String>,
+    pub job_type: Option<JobType>,
     /// Cursor: only jobs older than this one (ids are UUIDv7, so id order is time order).
     pub after: Option<JobId>,
     pub limit: i64,
 }
 
-/// Newest first.
+/// Newest first, each job as a list shows it: its `input` is a summary (the uri, or the inline
+/// rows' count and width, as [`Input::summary`] makes it) and its `result` has no inline
+/// `predictions`, so a page's size does not grow with what its jobs carry. Summarised in SQL, so
+/// the rows never leave Postgres either.
 pub async fn job_list(pool: &PgPool, f: &JobFilter) -> Result<Vec<JobRecord>, DbError> {
-    sqlx::query_as(concat!(
-        "SELECT ",
-        job_columns!(),
-        "
+    sqlx::query_as(
+        "SELECT id, tenant_id, type, algorithm, model_id, status, attempt, max_attempts, params,
+                CASE WHEN input ? 'uri' THEN jsonb_build_object('uri', input->'uri')
+                     ELSE jsonb_build_object('inline', jsonb_build_object(
+                              'rows', jsonb_array_length(input->'rows'),
+                              'width', jsonb_array_length(input->'rows'->0),
+                              'labels', input ? 'labels'))
+                END AS input,
+                progress, result - 'predictions' AS result, error, attempt_errors, worker_id,
+                timeout_s, created_at, started_at, finished_at
          FROM jobs
          WHERE ($1::text IS NULL OR status = $1)
            AND ($2::text IS NULL OR type = $2)
            AND ($3::uuid IS NULL OR id < $3)
            AND tenant_id = $5
          ORDER BY id DESC
-         LIMIT $4"
-    ))
-    .bind(f.status.map(|s| s.as_str()))
-    .bind(f.job_type.as_deref())
+         LIMIT $4",
+    )
+    .bind(f.status)
+    .bind(f.job_type)
     .bind(f.after.map(|a| a.0))
     .bind(f.limit)
     .bind(&f.tenant)
@@ -257,7 +274,7 @@ pub async fn job_set_succeeded(
 pub struct NewModel<'a> {
     pub id: ModelId,
     pub tenant: &'a str,
-    pub algorithm: &'a str,
+    pub algorithm: Algorithm,
     pub n_features: i32,
     pub n_classes: i32,
     pub params: &'a Value,
@@ -337,7 +354,7 @@ pub async fn job_set_failed_or_retry(
     let error_json = serde_json::json!({
         "code": error.code, "message": error.message, "attempt": attempt,
     });
-    let status: Option<String> = sqlx::query_scalar(concat!(
+    sqlx::query_scalar(concat!(
         "UPDATE jobs SET
             status = CASE WHEN $4 AND attempt < max_attempts THEN 'queued' ELSE 'failed' END,
             error = CASE WHEN $4 AND attempt < max_attempts THEN NULL ELSE $3 END,
@@ -357,8 +374,7 @@ pub async fn job_set_failed_or_retry(
     .bind(backoff.base.as_millis() as f64)
     .bind(backoff.max.as_millis() as f64)
     .fetch_optional(pool)
-    .await?;
-    Ok(status.map(|s| s.parse().expect("status is constrained by the schema")))
+    .await
 }
 
 /// A worker shutting down hands back a job it could not finish in time: `queued` again at once,

@@ -83,3 +83,40 @@ pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
 pub async fn ping(pool: &PgPool) -> Result<(), DbError> {
     sqlx::query("SELECT 1").execute(pool).await.map(|_| ())
 }
+
+/// Stores a domain enum as its `snake_case` name in a `text` column (the schema's `CHECK`s hold
+/// the same names), and reads it back typed: a row is parsed once, where it leaves Postgres.
+macro_rules! text_column {
+    ($($ty:ty),*) => {$(
+        impl sqlx::Type<sqlx::Postgres> for $ty {
+            fn type_info() -> sqlx::postgres::PgTypeInfo {
+                <&str as sqlx::Type<sqlx::Postgres>>::type_info()
+            }
+            fn compatible(ty: &sqlx::postgres::PgTypeInfo) -> bool {
+                <&str as sqlx::Type<sqlx::Postgres>>::compatible(ty)
+            }
+        }
+
+        impl<'r> sqlx::Decode<'r, sqlx::Postgres> for $ty {
+            fn decode(value: sqlx::postgres::PgValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+                let s = <&str as sqlx::Decode<sqlx::Postgres>>::decode(value)?;
+                Ok(s.parse::<$ty>()?)
+            }
+        }
+
+        impl sqlx::Encode<'_, sqlx::Postgres> for $ty {
+            fn encode_by_ref(
+                &self,
+                buf: &mut sqlx::postgres::PgArgumentBuffer,
+            ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+                <&str as sqlx::Encode<sqlx::Postgres>>::encode(self.as_str(), buf)
+            }
+        }
+    )*};
+}
+
+text_column!(
+    crate::domain::JobType,
+    crate::domain::JobStatus,
+    crate::domain::Algorithm
+);

@@ -1,19 +1,18 @@
 //! The `models` table: what a finished train job leaves behind.
 
 use super::DbError;
-use crate::domain::ModelId;
+use crate::domain::{Algorithm, JobId, ModelId};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::postgres::PgPool;
-use uuid::Uuid;
 
 /// A trained model as stored.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ModelRecord {
-    pub id: Uuid,
+    pub id: ModelId,
     pub tenant_id: String,
-    pub algorithm: String,
-    pub job_id: Uuid,
+    pub algorithm: Algorithm,
+    pub job_id: JobId,
     pub n_features: i32,
     pub n_classes: i32,
     pub params: Value,

@@ -19,7 +19,7 @@ use crate::gpu::gemm::GemmParams;
 use crate::gpu::kernels::Kernel;
 use crate::gpu::neighbors::{KnnParams as KnnShape, Metric, ScoreMode, ScoreParams};
 use gpuq_shared::dataset::Table;
-use gpuq_shared::params::AnomalyParams;
+use gpuq_shared::params::{AnomalyMethod, AnomalyParams};
 use gpuq_shared::{ErrorCode, JobError};
 use serde_json::json;
 
@@ -41,11 +41,11 @@ pub fn train(table: Table, p: &AnomalyParams) -> Result<Trained, JobError> {
     let mean32: Vec<f32> = mean.iter().map(|&m| m as f32).collect();
     let mut tensors_f32: Vec<(&str, Vec<usize>, Vec<f32>)> = vec![("mean", vec![f], mean32)];
     match p.method {
-        "scaled_manhattan" | "zscore" => {
+        AnomalyMethod::ScaledManhattan | AnomalyMethod::Zscore => {
             let scale: Vec<f32> = (0..f)
                 .map(|j| {
                     let col = x.data.chunks(f).map(|r| r[j] as f64 - mean[j]);
-                    let s = if p.method == "zscore" {
+                    let s = if p.method == AnomalyMethod::Zscore {
                         (col.map(|d| d * d).sum::<f64>() / (n - 1) as f64).sqrt()
                     } else {
                         col.map(f64::abs).sum::<f64>() / n as f64
@@ -55,7 +55,7 @@ pub fn train(table: Table, p: &AnomalyParams) -> Result<Trained, JobError> {
                 .collect();
             tensors_f32.push(("scale", vec![f], scale));
         }
-        _ => {
+        AnomalyMethod::Mahalanobis | AnomalyMethod::NearestNeighborMahalanobis => {
             if f > MAX_MAHALANOBIS_FEATURES {
                 return Err(JobError::new(
                     ErrorCode::InputTooLarge,
@@ -67,7 +67,7 @@ pub fn train(table: Table, p: &AnomalyParams) -> Result<Trained, JobError> {
             let cov = linalg::covariance(&x.data, f, &mean);
             let w = linalg::whitening(&cov, f, PINV_RCOND);
             let r = w.len() / f;
-            if p.method == "nearest_neighbor_mahalanobis" {
+            if p.method == AnomalyMethod::NearestNeighborMahalanobis {
                 let refs: Vec<f32> = x
                     .data
                     .chunks(f)

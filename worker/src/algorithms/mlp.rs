@@ -13,7 +13,7 @@ use crate::gpu::kernels::{
     Activation, BiasParams, GatherParams, Kernel, SoftmaxMode, SoftmaxParams, UpdateParams,
 };
 use gpuq_shared::dataset::Table;
-use gpuq_shared::params::MlpParams;
+use gpuq_shared::params::{self, MlpParams, Optimizer};
 use gpuq_shared::{ErrorCode, JobError};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -65,7 +65,7 @@ fn plan_step(
     u_gather: &wgpu::Buffer,
     softmax_bind: &wgpu::BindGroup,
     activation: Activation,
-    optimizer: &str,
+    optimizer: Optimizer,
 ) -> StepPlan {
     let (gemm, colsum, act_grad, softmax, gather) = (
         Kernel::gemm(gpu),
@@ -149,8 +149,8 @@ fn plan_step(
     }
     // Updates.
     let rule = match optimizer {
-        "adam" => Kernel::adam(gpu),
-        _ => Kernel::momentum(gpu),
+        Optimizer::Adam => Kernel::adam(gpu),
+        Optimizer::Sgd => Kernel::momentum(gpu),
     };
     for layer in layers {
         for (param, grad, state, u, len) in [
@@ -169,7 +169,7 @@ fn plan_step(
                 layer.outputs,
             ),
         ] {
-            let bind = if optimizer == "adam" {
+            let bind = if optimizer == Optimizer::Adam {
                 rule.bind(gpu, &[param, grad, u, &state.0, &state.1])
             } else {
                 rule.bind(gpu, &[param, grad, u, &state.0])
@@ -249,10 +249,9 @@ pub fn train(gpu: &Gpu, table: Table, p: &MlpParams, ctl: &Control) -> Result<Tr
         &train_rows.iter().map(|&i| y[i]).collect::<Vec<u32>>(),
     );
 
-    let activation = if p.activation == "tanh" {
-        Activation::Tanh
-    } else {
-        Activation::Relu
+    let activation = match p.activation {
+        params::Activation::Relu => Activation::Relu,
+        params::Activation::Tanh => Activation::Tanh,
     };
     let layers: Vec<Layer> = dims
         .windows(2)
@@ -361,11 +360,11 @@ pub fn train(gpu: &Gpu, table: Table, p: &MlpParams, ctl: &Control) -> Result<Tr
             for layer in &layers {
                 let len_w = layer.inputs * layer.outputs;
                 let (uw, ub) = match p.optimizer {
-                    "adam" => (
+                    Optimizer::Adam => (
                         UpdateParams::adam(len_w, lr, p.l2 as f32, step_count),
                         UpdateParams::adam(layer.outputs, lr, 0.0, step_count),
                     ),
-                    _ => (
+                    Optimizer::Sgd => (
                         UpdateParams::momentum(len_w, lr, p.l2 as f32, p.momentum as f32),
                         UpdateParams::momentum(layer.outputs, lr, 0.0, p.momentum as f32),
                     ),

@@ -12,8 +12,8 @@ pub mod mlp;
 use crate::artifact::{self, Artifact};
 use crate::gpu::{Gpu, GpuError};
 use gpuq_shared::dataset::Table;
-use gpuq_shared::params::{AnomalyParams, KmeansParams, KnnParams, LogregParams, MlpParams};
-use gpuq_shared::{Algorithm, ErrorCode, JobError};
+use gpuq_shared::params::TrainParams;
+use gpuq_shared::{ErrorCode, JobError};
 use serde_json::{Map, Value, json};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -143,34 +143,19 @@ pub struct Trained {
     pub metrics: Value,
 }
 
-/// Trains `algorithm` on `table` with its (already normalised) `params`.
+/// Trains the algorithm `params` are for on `table`.
 pub fn train(
-    algorithm: Algorithm,
     gpu: &Gpu,
     table: Table,
-    params: &Value,
+    params: &TrainParams,
     ctl: &Control,
 ) -> Result<Trained, JobError> {
-    let invalid =
-        |e: gpuq_shared::params::ParamError| JobError::new(ErrorCode::InvalidParams, e.to_string());
-    match algorithm {
-        Algorithm::Logreg => logreg::train(
-            gpu,
-            table,
-            &LogregParams::parse(params).map_err(invalid)?,
-            ctl,
-        ),
-        Algorithm::Mlp => mlp::train(gpu, table, &MlpParams::parse(params).map_err(invalid)?, ctl),
-        Algorithm::Kmeans => kmeans::train(
-            gpu,
-            table,
-            &KmeansParams::parse(params).map_err(invalid)?,
-            ctl,
-        ),
-        Algorithm::Knn => knn::train(table, &KnnParams::parse(params).map_err(invalid)?),
-        Algorithm::Anomaly => {
-            anomaly::train(table, &AnomalyParams::parse(params).map_err(invalid)?)
-        }
+    match params {
+        TrainParams::Logreg(p) => logreg::train(gpu, table, p, ctl),
+        TrainParams::Mlp(p) => mlp::train(gpu, table, p, ctl),
+        TrainParams::Kmeans(p) => kmeans::train(gpu, table, p, ctl),
+        TrainParams::Knn(p) => knn::train(table, p),
+        TrainParams::Anomaly(p) => anomaly::train(table, p),
     }
 }
 

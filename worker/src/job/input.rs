@@ -4,39 +4,35 @@
 use super::WorkerContext;
 use gpuq_shared::dataset::{self, Table};
 use gpuq_shared::db::{self, JobRecord};
+use gpuq_shared::job::Input;
 use gpuq_shared::{ErrorCode, JobError, S3Uri, auth};
-use serde_json::Value;
 
 impl WorkerContext {
     /// The job's input, from S3 (only inside what its tenant may read) or inline.
     pub(super) async fn load_input(
         &self,
         job: &JobRecord,
+        input: &Input,
         label_column: &str,
         require_label: bool,
     ) -> Result<Table, JobError> {
-        let input = &job.input;
-        if let Some(uri) = input.get("uri").and_then(Value::as_str) {
-            let uri: S3Uri = uri.parse().map_err(JobError::invalid_input)?;
-            self.check_input_allowed(job, &uri).await?;
-            let limits = &self.settings.limits;
-            return self
-                .storage
-                .read_table(&uri, label_column, require_label, limits)
-                .await;
+        match input {
+            Input::S3 { uri } => {
+                self.check_input_allowed(job, uri).await?;
+                let limits = &self.settings.limits;
+                self.storage
+                    .read_table(uri, label_column, require_label, limits)
+                    .await
+            }
+            Input::Inline { rows, labels } => {
+                if require_label && labels.is_none() {
+                    return Err(JobError::invalid_input(
+                        "training needs `labels` beside the inline rows",
+                    ));
+                }
+                dataset::from_rows(rows, labels.as_deref())
+            }
         }
-        let rows: Vec<Vec<f64>> =
-            serde_json::from_value(input.get("rows").cloned().unwrap_or(Value::Null))
-                .map_err(|e| JobError::invalid_input(format!("input.rows: {e}")))?;
-        let labels: Option<Vec<f64>> =
-            serde_json::from_value(input.get("labels").cloned().unwrap_or(Value::Null))
-                .map_err(|e| JobError::invalid_input(format!("input.labels: {e}")))?;
-        if require_label && labels.is_none() {
-            return Err(JobError::invalid_input(
-                "training needs `labels` beside the inline rows",
-            ));
-        }
-        dataset::from_rows(&rows, labels.as_deref())
     }
 
     /// The API checked this at submit; checked again here, before any S3 call, so a message or

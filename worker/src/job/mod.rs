@@ -13,9 +13,11 @@ use crate::gpu::Gpu;
 use crate::presence::Presence;
 use gpuq_shared::config::Settings;
 use gpuq_shared::db::{self, JobRecord, NewModel};
+use gpuq_shared::job::{Input, Work};
+use gpuq_shared::params::{InferParams, TrainParams};
 use gpuq_shared::queue::Publisher;
 use gpuq_shared::storage::Storage;
-use gpuq_shared::{Algorithm, ErrorCode, JobError, JobId, ModelId, S3Uri};
+use gpuq_shared::{ErrorCode, JobError, JobId, ModelId, S3Uri};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
@@ -82,7 +84,7 @@ impl WorkerContext {
 
     /// Runs a job this worker has just claimed, through to its recorded outcome.
     pub async fn run(self: &Arc<Self>, job: JobRecord) {
-        let id = JobId(job.id);
+        let id = job.id;
         let attempt = job.attempt;
         tracing::info!(job = %id, attempt, kind = %job.job_type, algorithm = %job.algorithm, "running");
         let ctl = Arc::new(Control::new(self.abort.clone()));
@@ -162,7 +164,7 @@ impl WorkerContext {
                 let new_model = NewModel {
                     id: model_id,
                     tenant: &job.tenant_id,
-                    algorithm: &job.algorithm,
+                    algorithm: job.algorithm,
                     n_features: trained.n_features as i32,
                     n_classes: trained.n_classes as i32,
                     params: &job.params,
@@ -201,10 +203,14 @@ impl WorkerContext {
         Ok(())
     }
 
+    /// The job's typed spec decides what runs; a row that does not parse fails the job.
     async fn execute(&self, job: &JobRecord, ctl: &Arc<Control>) -> Result<Completion, JobError> {
-        match job.job_type.as_str() {
-            "train" => self.train(job, ctl).await,
-            _ => self.infer(job, ctl).await,
+        let spec = job.spec()?;
+        match spec.work {
+            Work::Train(params) => self.train(job, params, &spec.input, ctl).await,
+            Work::Infer { model_id, params } => {
+                self.infer(job, model_id, &params, &spec.input, ctl).await
+            }
         }
     }
 
@@ -214,20 +220,17 @@ impl WorkerContext {
         S3Uri::new(&self.settings.bucket, format!("{prefix}{suffix}"))
     }
 
-    async fn train(&self, job: &JobRecord, ctl: &Arc<Control>) -> Result<Completion, JobError> {
-        let algorithm: Algorithm = job
-            .algorithm
-            .parse()
-            .map_err(|e: String| JobError::new(ErrorCode::InvalidParams, e))?;
-        let label_column = job
-            .params
-            .get("label_column")
-            .and_then(Value::as_str)
-            .unwrap_or("label")
-            .to_string();
+    async fn train(
+        &self,
+        job: &JobRecord,
+        params: TrainParams,
+        input: &Input,
+        ctl: &Arc<Control>,
+    ) -> Result<Completion, JobError> {
         ctl.report(0.0, "reading input".into());
+        let needs_labels = params.algorithm().needs_labels();
         let table = self
-            .load_input(job, &label_column, algorithm.needs_labels())
+            .load_input(job, input, params.label_column(), needs_labels)
             .await?;
         ctl.report(
             0.0,
@@ -236,9 +239,8 @@ impl WorkerContext {
                 table.features.rows, table.features.cols
             ),
         );
-        let (gpu, c, params) = (self.gpu.clone(), ctl.clone(), job.params.clone());
-        let mut trained =
-            blocking(move || algorithms::train(algorithm, &gpu, table, &params, &c)).await?;
+        let (gpu, c) = (self.gpu.clone(), ctl.clone());
+        let mut trained = blocking(move || algorithms::train(&gpu, table, &params, &c)).await?;
         let model_id = ModelId::new();
         // A fresh key per attempt: a late attempt can never overwrite the winner's artifact.
         let uri = self.output_uri(job, &format!("models/{model_id}.safetensors"));
@@ -256,23 +258,23 @@ impl WorkerContext {
         })
     }
 
-    async fn infer(&self, job: &JobRecord, ctl: &Control) -> Result<Completion, JobError> {
-        let model_id = ModelId(
-            job.model_id
-                .ok_or_else(|| JobError::invalid_input("infer job without model_id"))?,
-        );
+    async fn infer(
+        &self,
+        job: &JobRecord,
+        model_id: ModelId,
+        params: &InferParams,
+        input: &Input,
+        ctl: &Control,
+    ) -> Result<Completion, JobError> {
         let model = self.model(&job.tenant_id, model_id).await?;
-        let label_column = job
-            .params
-            .get("label_column")
-            .or_else(|| model.params.get("label_column"))
-            .and_then(Value::as_str)
-            .unwrap_or("label")
-            .to_string();
-        let table = self.load_input(job, &label_column, false).await?;
+        let label_column = params
+            .label_column
+            .as_deref()
+            .unwrap_or(&model.label_column);
+        let table = self.load_input(job, input, label_column, false).await?;
         ctl.check()?;
         let n = table.features.rows;
-        let inline_only = job.input.get("rows").is_some() && n <= INLINE_ONLY_ROWS;
+        let inline_only = input.uri().is_none() && n <= INLINE_ONLY_ROWS;
         let rows_json = inline_only || n <= INLINE_PREDICTIONS;
         let (gpu, m) = (self.gpu.clone(), model.clone());
         let inference = blocking(move || m.model.infer(&gpu, &table, rows_json)).await?;

@@ -3,15 +3,16 @@
 use super::{WorkerContext, blocking};
 use crate::algorithms::LoadedModel;
 use gpuq_shared::db;
+use gpuq_shared::params::TrainParams;
 use gpuq_shared::{ErrorCode, JobError, ModelId, S3Uri};
-use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 /// A model on the GPU and the training parameters recorded with it.
 pub(super) struct CachedModel {
     pub model: LoadedModel,
-    pub params: Value,
+    /// The label column it was trained with: an input's column of that name is not a feature.
+    pub label_column: String,
     pub tenant: String,
 }
 
@@ -63,12 +64,15 @@ impl WorkerContext {
                 ),
                 _ => e,
             })?;
+        let label_column = TrainParams::parse(record.algorithm, &record.params)
+            .map_err(|e| JobError::new(ErrorCode::ModelCorrupt, format!("its params: {e}")))?
+            .label_column()
+            .to_string();
         let gpu = self.gpu.clone();
-        let params = record.params;
         let model = blocking(move || LoadedModel::load(&gpu, &bytes)).await?;
         let loaded = Arc::new(CachedModel {
             model,
-            params,
+            label_column,
             tenant: record.tenant_id,
         });
         let mut cache = self.models.models.lock().expect("model cache");
