@@ -247,7 +247,7 @@ async fn transient_failures_retry_after_a_backoff_keep_every_error_and_stop_at_m
     }
     let last = app.job_row(&id.to_string()).await;
     assert_eq!(last.status, JobStatus::Failed);
-    assert_eq!(last.error.as_ref().unwrap()["code"], "gpu_lost");
+    assert_eq!(last.error.as_ref().unwrap()["code"], "gpu_error");
     assert_eq!(last.attempt_errors.as_array().unwrap().len(), 2);
 
     // Attempt 1 fails transiently: queued again, but not before its backoff (1–2 s here).
@@ -276,7 +276,7 @@ async fn transient_failures_retry_after_a_backoff_keep_every_error_and_stop_at_m
     let waited = failed_at.elapsed();
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(done["attempt"], 2);
-    assert_eq!(done["attempt_errors"][0]["code"], "gpu_lost");
+    assert_eq!(done["attempt_errors"][0]["code"], "gpu_error");
     assert!(
         waited >= Duration::from_millis(900),
         "retried after {waited:?}, before its backoff"
