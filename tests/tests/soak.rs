@@ -311,3 +311,33 @@ async fn soak_with_random_faults_loses_nothing_and_doubles_nothing() {
     assert_eq!(no_result, 0);
     assert!(failed.is_empty(), "{:?}", &failed[..failed.len().min(10)]);
 }
+
+/// The soak's bounded wait: a job that never finishes is reported lost when the wait ends,
+/// rather than panicking it, and a finished one is counted as such.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_soaks_wait_ends_on_time_and_counts_a_job_never_run_as_lost() {
+    let app = TestApp::spawn_with(Options {
+        workers: 0,
+        ..Options::default()
+    })
+    .await;
+    let spec = json!({"type": "infer", "model_id": gpuq_shared::ModelId::new().to_string(),
+        "input": {"rows": [[0.5, 0.5]]}});
+    let never_run = app.record_unpublished(&spec).await.unwrap();
+    let canceled = app.record_unpublished(&spec).await.unwrap();
+    gpuq_shared::db::job_set_canceled(&app.pool, &app.tenant, canceled)
+        .await
+        .unwrap();
+    let ids = [never_run.to_string(), canceled.to_string()];
+    let started = Instant::now();
+    let outcome = wait_terminal(&app, &ids, Duration::from_secs(2)).await;
+    assert!(started.elapsed() < Duration::from_secs(10), "{outcome:?}");
+    assert_eq!(outcome.succeeded, 0, "{outcome:?}");
+    assert_eq!(outcome.failed.len(), 1, "{outcome:?}");
+    assert!(outcome.failed[0].starts_with("canceled"), "{outcome:?}");
+    assert_eq!(
+        outcome.not_terminal,
+        [format!("{never_run}: queued")],
+        "the job never run is the one lost"
+    );
+}
