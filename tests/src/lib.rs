@@ -649,35 +649,79 @@ pub async fn submit_retrying(
     }
 }
 
-/// Waits until every job is terminal (reading Postgres, riding out its restarts); returns
-/// (succeeded, failed ids with their errors).
-pub async fn wait_all(app: &TestApp, ids: &[String], limit: Duration) -> (usize, Vec<String>) {
+/// Where a set of jobs stands once [`wait_terminal`] stops waiting.
+#[derive(Debug, Default)]
+pub struct Terminal {
+    /// Jobs that succeeded.
+    pub succeeded: usize,
+    /// Jobs failed or canceled, each as `status: error`.
+    pub failed: Vec<String>,
+    /// Jobs not terminal when the wait ended (or not found), each as `id: status`: lost.
+    pub not_terminal: Vec<String>,
+}
+
+/// Waits until every job is terminal or `limit` has passed (reading Postgres, riding out its
+/// restarts), and says where each stands; never panics on the time limit, so a caller can count
+/// the jobs that never finished. Ids are counted once each.
+pub async fn wait_terminal(app: &TestApp, ids: &[String], limit: Duration) -> Terminal {
+    let unique: std::collections::BTreeSet<&String> = ids.iter().collect();
     let deadline = std::time::Instant::now() + limit;
+    let mut last: Option<Vec<(String, String, Option<Value>)>> = None;
     loop {
-        let rows: Result<Vec<(String, Option<Value>)>, _> =
-            sqlx::query_as("SELECT status, error FROM jobs WHERE id = ANY($1::uuid[])")
+        let rows: Result<Vec<(String, String, Option<Value>)>, _> =
+            sqlx::query_as("SELECT id::text, status, error FROM jobs WHERE id = ANY($1::uuid[])")
                 .bind(ids)
                 .fetch_all(&app.pool)
                 .await;
         if let Ok(rows) = rows {
-            let done = rows
-                .iter()
-                .filter(|(s, _)| ["succeeded", "failed", "canceled"].contains(&s.as_str()))
-                .count();
-            if rows.len() == ids.len() && done == ids.len() {
-                let failed = rows
-                    .iter()
-                    .filter(|(s, _)| s != "succeeded")
-                    .map(|(s, e)| format!("{s}: {e:?}"))
-                    .collect::<Vec<_>>();
-                return (rows.len() - failed.len(), failed);
+            last = Some(rows);
+        }
+        if let Some(rows) = &last {
+            let terminal = |s: &str| ["succeeded", "failed", "canceled"].contains(&s);
+            let done = rows.iter().filter(|(_, s, _)| terminal(s)).count();
+            if done == unique.len() || std::time::Instant::now() >= deadline {
+                let mut seen = std::collections::HashMap::new();
+                let mut out = Terminal::default();
+                for (id, status, error) in rows {
+                    seen.insert(id.as_str(), status.as_str());
+                    match status.as_str() {
+                        "succeeded" => out.succeeded += 1,
+                        s if terminal(s) => out.failed.push(format!("{s}: {error:?}")),
+                        s => out.not_terminal.push(format!("{id}: {s}")),
+                    }
+                }
+                out.not_terminal.extend(
+                    unique
+                        .iter()
+                        .filter(|id| !seen.contains_key(id.as_str()))
+                        .map(|id| format!("{id}: not in the database")),
+                );
+                return out;
             }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{done} of {} terminal after {limit:?}",
-                ids.len()
-            );
+        } else if std::time::Instant::now() >= deadline {
+            // Postgres never answered: nothing is known to have finished.
+            return Terminal {
+                not_terminal: unique
+                    .iter()
+                    .map(|id| format!("{id}: unknown (Postgres unreachable)"))
+                    .collect(),
+                ..Terminal::default()
+            };
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// Waits until every job is terminal (reading Postgres, riding out its restarts); returns
+/// (succeeded, failed ids with their errors). Panics if some are not terminal after `limit`.
+pub async fn wait_all(app: &TestApp, ids: &[String], limit: Duration) -> (usize, Vec<String>) {
+    let t = wait_terminal(app, ids, limit).await;
+    assert!(
+        t.not_terminal.is_empty(),
+        "{} of {} not terminal after {limit:?}: {:?}",
+        t.not_terminal.len(),
+        ids.len(),
+        &t.not_terminal[..t.not_terminal.len().min(10)]
+    );
+    (t.succeeded, t.failed)
 }

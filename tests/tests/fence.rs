@@ -1,0 +1,187 @@
+//! The completion fence, tested straight against Postgres: once another attempt holds a job (its
+//! lease expired and the reaper handed it on) or the job was canceled, a stale attempt's lease
+//! renewal, success and failure change nothing — not one column of the job, and no model row.
+
+use gpuq_shared::config::Backoff;
+use gpuq_shared::db::{self, NewModel};
+use gpuq_shared::{ErrorCode, JobError, JobId, ModelId};
+use gpuq_tests::{Options, TestApp};
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+/// The whole row, every column, to compare before and after.
+async fn row(app: &TestApp, id: JobId) -> Value {
+    sqlx::query_scalar("SELECT to_jsonb(j) FROM jobs j WHERE id = $1")
+        .bind(id.0)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+}
+
+fn spec() -> Value {
+    json!({"type": "train", "algorithm": "logreg", "params": {"epochs": 5}, "max_attempts": 5,
+        "input": {"rows": [[0.0], [1.0]], "labels": [0, 1]}})
+}
+
+const LONG_LEASE: Duration = Duration::from_secs(600);
+const NO_BACKOFF: Backoff = Backoff {
+    base: Duration::ZERO,
+    max: Duration::ZERO,
+};
+
+/// Claims the job as `worker`, retrying while it waits out a backoff; returns its attempt.
+async fn claim(app: &TestApp, id: JobId, worker: &str, lease: Duration) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(job) = db::job_set_running(&app.pool, id, worker, lease)
+            .await
+            .unwrap()
+        {
+            return job.attempt;
+        }
+        assert!(Instant::now() < deadline, "{worker} could not claim {id}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every write a stale attempt can try, each of which must be refused and change nothing.
+async fn stale_writes_change_nothing(app: &TestApp, id: JobId, stale: i32) {
+    let before = row(app, id).await;
+    let renewed = db::job_heartbeat(
+        &app.pool,
+        id,
+        stale,
+        LONG_LEASE,
+        Some(&json!({"fraction": 0.5, "message": "stale"})),
+    )
+    .await
+    .unwrap();
+    assert!(!renewed, "a stale attempt renewed its lease");
+    assert_eq!(
+        row(app, id).await,
+        before,
+        "a stale renewal changed the job"
+    );
+
+    let result = json!({"stale": true});
+    let done = db::job_set_succeeded(&app.pool, id, stale, &result)
+        .await
+        .unwrap();
+    assert!(!done, "a stale attempt recorded a success");
+    assert_eq!(
+        row(app, id).await,
+        before,
+        "a stale success changed the job"
+    );
+
+    let model = NewModel {
+        id: ModelId::new(),
+        tenant: &app.tenant,
+        algorithm: "logreg",
+        n_features: 1,
+        n_classes: 2,
+        params: &json!({}),
+        metrics: &json!({}),
+        artifact_uri: "s3://nowhere/stale.safetensors",
+    };
+    let done = db::job_set_succeeded_with_model(&app.pool, id, stale, &result, &model)
+        .await
+        .unwrap();
+    assert!(!done, "a stale attempt recorded a success with a model");
+    assert_eq!(
+        row(app, id).await,
+        before,
+        "a stale success changed the job"
+    );
+    assert_eq!(
+        app.model_rows_for(&id.to_string()).await,
+        0,
+        "a stale attempt left a model row"
+    );
+
+    for error in [
+        JobError::new(ErrorCode::GpuError, "stale and retryable"),
+        JobError::new(ErrorCode::InvalidInput, "stale and fatal"),
+    ] {
+        let went = db::job_set_failed_or_retry(&app.pool, id, stale, &error, NO_BACKOFF)
+            .await
+            .unwrap();
+        assert_eq!(
+            went, None,
+            "a stale failure ({:?}) moved the job",
+            error.code
+        );
+        assert_eq!(
+            row(app, id).await,
+            before,
+            "a stale failure ({:?}) changed the job",
+            error.code
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stale_attempt_can_neither_renew_nor_succeed_nor_fail_once_another_attempt_holds_the_job()
+{
+    let app = TestApp::spawn_with(Options {
+        workers: 0,
+        ..Options::default()
+    })
+    .await;
+    let id = app.record_unpublished(&spec()).await.unwrap();
+    // Attempt 1 freezes: its lease runs out and the reaper hands the job on.
+    let stale = claim(&app, id, "frozen", Duration::ZERO).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while row(&app, id).await["status"] != "queued" {
+        db::jobs_requeue_expired(&app.pool, NO_BACKOFF)
+            .await
+            .unwrap();
+        assert!(
+            Instant::now() < deadline,
+            "the expired lease was not reaped"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let current = claim(&app, id, "next", LONG_LEASE).await;
+    assert_eq!((stale, current), (1, 2));
+
+    stale_writes_change_nothing(&app, id, stale).await;
+
+    // The fence lets the holder through: the refusals above were the attempt number's doing.
+    assert!(
+        db::job_heartbeat(&app.pool, id, current, LONG_LEASE, None)
+            .await
+            .unwrap()
+    );
+    let result = json!({"by": "attempt 2"});
+    assert!(
+        db::job_set_succeeded(&app.pool, id, current, &result)
+            .await
+            .unwrap()
+    );
+    let finished = row(&app, id).await;
+    assert_eq!(finished["status"], "succeeded");
+    assert_eq!(finished["result"], result);
+
+    // Once the job is finished, the stale attempt still changes nothing.
+    stale_writes_change_nothing(&app, id, stale).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_attempt_of_a_canceled_job_can_neither_renew_nor_succeed_nor_fail() {
+    let app = TestApp::spawn_with(Options {
+        workers: 0,
+        ..Options::default()
+    })
+    .await;
+    let id = app.record_unpublished(&spec()).await.unwrap();
+    let attempt = claim(&app, id, "running", LONG_LEASE).await;
+    let (job, canceled) = db::job_set_canceled(&app.pool, &app.tenant, id)
+        .await
+        .unwrap()
+        .expect("the job exists");
+    assert!(canceled, "{job:?}");
+
+    stale_writes_change_nothing(&app, id, attempt).await;
+    assert_eq!(row(&app, id).await["status"], "canceled");
+}
