@@ -77,7 +77,7 @@ async fn stale_writes_change_nothing(app: &TestApp, id: JobId, stale: i32) {
     let model = NewModel {
         id: ModelId::new(),
         tenant: &app.tenant,
-        algorithm: "logreg",
+        algorithm: gpuq_shared::Algorithm::Logreg,
         n_features: 1,
         n_classes: 2,
         params: &json!({}),
