@@ -82,12 +82,12 @@ impl Application {
         settings: ApiSettings,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<Self> {
-        let url = &settings.shared.database_url;
-        let pool = db::connect_waiting(url, settings.db_connections, shutdown)
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("stopped before the database was reachable"))?;
+        let pool =
+            db::connect_waiting(&settings.shared.database, settings.db_connections, shutdown)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("stopped before the database was reachable"))?;
         db::migrate(&pool).await?;
-        let (url, queue) = (&settings.shared.amqp_url, &settings.shared.queue);
+        let (url, queue) = (settings.shared.amqp_url.expose(), &settings.shared.queue);
         // Start even while the broker is down: `/readyz` says so, submits are recorded and the
         // reaper publishes them once it is back.
         let publisher = match Publisher::connect(url, queue).await {

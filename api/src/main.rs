@@ -27,7 +27,7 @@ async fn main() -> anyhow::Result<()> {
 
 async fn admin(args: &[&str]) -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
-    let pool = db::connect(&settings.database_url, 1).await?;
+    let pool = db::connect(&settings.database, 1).await?;
     db::migrate(&pool).await?;
     match args {
         ["key", "create", tenant] => {

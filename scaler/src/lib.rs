@@ -145,8 +145,8 @@ enum Pool {
 pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> {
     let policy = args.policy()?;
     let interval = args.interval()?;
-    let database_url = gpuq_shared::config::database_url();
-    let Some(pg) = db::connect_waiting(&database_url, 2, &shutdown).await? else {
+    let database = gpuq_shared::config::DatabaseSettings::from_env()?;
+    let Some(pg) = db::connect_waiting(&database, 2, &shutdown).await? else {
         return Ok(());
     };
     db::migrate(&pg).await?;

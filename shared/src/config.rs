@@ -1,15 +1,95 @@
-//! Configuration from environment variables (12-factor). Every variable has a development default
-//! matching `scripts/dev`, so a bare `gpuq-api` or `gpuq-worker` runs against the dev stack.
+//! Configuration from environment variables (12-factor), read in one place per binary: each
+//! binary's settings tree (`ApiSettings`, `WorkerSettings`, the scaler's `Args`) is built once at
+//! start from [`Settings::from_env`] and its own variables, and passed down; nothing below reads
+//! the environment (the AWS SDK's own credential chain aside). Every variable has a development
+//! default matching `scripts/dev`, so a bare `gpuq-api` or `gpuq-worker` runs against the dev
+//! stack. Passwords live in [`Secret`]s and [`DatabaseSettings`], whose `Debug` masks them.
 
+use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-/// Settings both binaries need: where Postgres, RabbitMQ and S3 are, and the job lifecycle timings.
-/// Its `Debug` hides the passwords in the URLs, so logging it leaks no secret.
+/// A value that must not reach a log: `Debug` shows `***`. Read it with [`Secret::expose`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Where Postgres is: sqlx's own connect options, from `DATABASE_URL` or, where it is unset,
+/// from libpq's variables (`PGHOST`, `PGPORT`, `PGUSER`, `PGPASSWORD`, `PGDATABASE`,
+/// `PGSSLMODE`, …) as sqlx reads them, with the dev stack's host, user and database where those
+/// are unset. `Debug` shows where, never the password.
+#[cfg(feature = "services")]
 #[derive(Clone)]
+pub struct DatabaseSettings(sqlx::postgres::PgConnectOptions);
+
+#[cfg(feature = "services")]
+impl DatabaseSettings {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        if let Some(url) = non_empty_var("DATABASE_URL") {
+            return Self::from_url(&url).map_err(|_| ConfigError {
+                name: "DATABASE_URL".into(),
+                value: redact_url(&url),
+            });
+        }
+        let mut options = sqlx::postgres::PgConnectOptions::new();
+        if non_empty_var("PGHOST").is_none() {
+            options = options.host("127.0.0.1");
+        }
+        if non_empty_var("PGUSER").is_none() {
+            options = options.username("postgres");
+        }
+        if non_empty_var("PGDATABASE").is_none() {
+            options = options.database("gpuq");
+        }
+        Ok(Self(options))
+    }
+
+    pub fn from_url(url: &str) -> Result<Self, sqlx::Error> {
+        url.parse().map(Self)
+    }
+
+    pub fn options(&self) -> &sqlx::postgres::PgConnectOptions {
+        &self.0
+    }
+}
+
+#[cfg(feature = "services")]
+impl fmt::Debug for DatabaseSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let o = &self.0;
+        write!(
+            f,
+            "postgres://{}@{}:{}/{}",
+            o.get_username(),
+            o.get_host(),
+            o.get_port(),
+            o.get_database().unwrap_or_default()
+        )
+    }
+}
+
+/// Settings both binaries need: where Postgres, RabbitMQ and S3 are, and the job lifecycle timings.
+/// Its `Debug` hides the passwords, so logging it leaks no secret.
+#[cfg(feature = "services")]
+#[derive(Clone, Debug)]
 pub struct Settings {
-    pub database_url: String,
-    pub amqp_url: String,
+    pub database: DatabaseSettings,
+    pub amqp_url: Secret,
     /// Durable queue the jobs are published to.
     pub queue: String,
     /// Bucket that outputs and model artifacts are written to.
@@ -72,11 +152,12 @@ pub struct Lifecycle {
     pub default_timeout_s: u32,
 }
 
+#[cfg(feature = "services")]
 impl Settings {
     pub fn from_env() -> Result<Self, ConfigError> {
         Ok(Self {
-            database_url: database_url(),
-            amqp_url: amqp_url(),
+            database: DatabaseSettings::from_env()?,
+            amqp_url: Secret::new(amqp_url()),
             queue: var_or("GPUQ_QUEUE", "gpuq.jobs"),
             bucket: var_or("GPUQ_BUCKET", "gpuq-dev"),
             s3_prefix: var_or("GPUQ_S3_PREFIX", ""),
@@ -125,46 +206,6 @@ impl Settings {
             format!("{prefix}/{suffix}")
         }
     }
-}
-
-impl std::fmt::Debug for Settings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Settings")
-            .field("database_url", &redact_url(&self.database_url))
-            .field("amqp_url", &redact_url(&self.amqp_url))
-            .field("queue", &self.queue)
-            .field("bucket", &self.bucket)
-            .field("s3_prefix", &self.s3_prefix)
-            .field("lifecycle", &self.lifecycle)
-            .field("limits", &self.limits)
-            .finish()
-    }
-}
-
-/// `DATABASE_URL`; where it is unset, a URL made of libpq's own variables (`PGHOST`, `PGPORT`,
-/// `PGUSER`, `PGPASSWORD`, `PGDATABASE`, `PGSSLMODE`), the way a container gets a password
-/// from a secret store without a shell to splice it into a URL.
-pub fn database_url() -> String {
-    if let Some(url) = non_empty_var("DATABASE_URL") {
-        return url;
-    }
-    let mut url = url_from_parts(
-        "postgres",
-        "PGUSER",
-        "PGPASSWORD",
-        "PGHOST",
-        "PGPORT",
-        ("postgres", None, "127.0.0.1", "5432"),
-    );
-    url.push('/');
-    url.push_str(&percent_encode(
-        &non_empty_var("PGDATABASE").unwrap_or_else(|| "gpuq".into()),
-    ));
-    if let Some(mode) = non_empty_var("PGSSLMODE") {
-        url.push_str("?sslmode=");
-        url.push_str(&percent_encode(&mode));
-    }
-    url
 }
 
 /// `AMQP_URL`; where it is unset, a URL made of `AMQP_SCHEME` (`amqp` or `amqps`), `AMQP_HOST`,
@@ -269,6 +310,18 @@ pub fn parse_var<T: FromStr>(name: &str, default: T) -> Result<T, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_and_database_settings_never_show_a_password() {
+        let s = Secret::new("hunter2");
+        assert_eq!(format!("{s:?}"), "Secret(***)");
+        assert_eq!(s.expose(), "hunter2");
+        let db =
+            DatabaseSettings::from_url("postgres://gpuq:hunter2@db.internal:6432/jobs").unwrap();
+        let shown = format!("{db:?}");
+        assert_eq!(shown, "postgres://gpuq@db.internal:6432/jobs");
+        assert!(!shown.contains("hunter2"));
+    }
 
     #[test]
     fn urls_lose_their_passwords_and_keep_the_rest() {

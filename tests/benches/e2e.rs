@@ -41,7 +41,8 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432".into());
     let tag = Uuid::new_v4().simple().to_string()[..12].to_string();
     let db_name = format!("gpuq_bench_{tag}");
-    let admin = gpuq_shared::db::connect(&format!("{base}/postgres"), 1).await?;
+    let admin =
+        gpuq_shared::db::connect(&gpuq_tests::database(&format!("{base}/postgres")), 1).await?;
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db_name}")))
         .execute(&admin)
         .await?;
@@ -88,7 +89,7 @@ async fn main() -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let pool = gpuq_shared::db::connect(&db_url, 1).await?;
+    let pool = gpuq_shared::db::connect(&gpuq_tests::database(&db_url), 1).await?;
     let key = gpuq_api::create_key(&pool, "bench").await?.token;
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert(
@@ -176,7 +177,7 @@ async fn main() -> anyhow::Result<()> {
 
     drop(children); // the baseline gets the machine to itself
     // Baseline: the same number of "jobs" as a bare insert then update of one row, same clients.
-    let pool = gpuq_shared::db::connect(&db_url, concurrency as u32).await?;
+    let pool = gpuq_shared::db::connect(&gpuq_tests::database(&db_url), concurrency as u32).await?;
     sqlx::query(
         "CREATE TABLE bench_baseline (id uuid PRIMARY KEY, status text NOT NULL, result jsonb)",
     )

@@ -3,7 +3,7 @@
 //! Postgres, RabbitMQ, S3 server and Vulkan device that `scripts/dev test` starts.
 
 use gpuq_shared::S3Uri;
-use gpuq_shared::config::{Backoff, Lifecycle, Limits, Settings};
+use gpuq_shared::config::{Backoff, DatabaseSettings, Lifecycle, Limits, Secret, Settings};
 use gpuq_shared::storage::Storage;
 use serde_json::Value;
 use sqlx::PgPool;
@@ -25,6 +25,8 @@ pub struct TestApp {
     pub key: String,
     pub pool: PgPool,
     pub settings: Settings,
+    /// This test's database, as a URL for the processes it starts.
+    pub database_url: String,
     pub storage: Storage,
     shutdown: CancellationToken,
     abort: CancellationToken,
@@ -66,6 +68,11 @@ impl Default for Options {
     }
 }
 
+/// Connect options for a test database's URL.
+pub fn database(url: &str) -> DatabaseSettings {
+    DatabaseSettings::from_url(url).expect("a valid Postgres URL")
+}
+
 fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_string())
 }
@@ -82,7 +89,7 @@ impl TestApp {
             "GPUQ_TEST_DATABASE_URL",
             "postgres://postgres:postgres@127.0.0.1:5432",
         );
-        let admin = gpuq_shared::db::connect(&format!("{base}/postgres"), 1)
+        let admin = gpuq_shared::db::connect(&database(&format!("{base}/postgres")), 1)
             .await
             .expect("Postgres is running");
         let db_name = format!("gpuq_t_{tag}");
@@ -91,9 +98,10 @@ impl TestApp {
             .await
             .unwrap();
         admin.close().await;
+        let database_url = format!("{base}/{db_name}");
         let settings = Settings {
-            database_url: format!("{base}/{db_name}"),
-            amqp_url: env_or("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
+            database: database(&database_url),
+            amqp_url: Secret::new(env_or("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")),
             queue: format!("gpuq.test.{tag}"),
             bucket: env_or("GPUQ_TEST_BUCKET", "gpuq-test"),
             s3_prefix: format!("t-{tag}"),
@@ -116,7 +124,7 @@ impl TestApp {
             .expect("API starts");
         let url = format!("http://127.0.0.1:{}", app.port());
         tokio::spawn(app.run_until_stopped(shutdown.clone()));
-        let pool = gpuq_shared::db::connect(&settings.database_url, 4)
+        let pool = gpuq_shared::db::connect(&settings.database, 4)
             .await
             .unwrap();
         let storage = Storage::from_env().await;
@@ -133,6 +141,7 @@ impl TestApp {
             key,
             pool,
             settings,
+            database_url,
             storage,
             shutdown,
             abort: CancellationToken::new(),
@@ -150,6 +159,9 @@ impl TestApp {
             shared: self.settings.clone(),
             concurrency: self.concurrency,
             drain: Duration::from_secs(1),
+            worker_id: None,
+            hostname: "test".into(),
+            ecs_agent_uri: None,
         };
         let (stop, abort) = (self.shutdown.clone(), self.abort.clone());
         tokio::spawn(async move {
@@ -181,8 +193,8 @@ impl TestApp {
         let s = &self.settings;
         let mut command = Command::new(worker_binary());
         command
-            .env("DATABASE_URL", &s.database_url)
-            .env("AMQP_URL", &s.amqp_url)
+            .env("DATABASE_URL", &self.database_url)
+            .env("AMQP_URL", s.amqp_url.expose())
             .env("GPUQ_QUEUE", &s.queue)
             .env("GPUQ_BUCKET", &s.bucket)
             .env("GPUQ_S3_PREFIX", &s.s3_prefix)

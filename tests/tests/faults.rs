@@ -188,7 +188,7 @@ async fn jobs_longer_than_rabbitmqs_consumer_timeout_still_finish() {
     .await;
 
     // The lowered timeout is in force: a delivery held unacked gets its channel closed.
-    let conn = gpuq_shared::queue::connect(&app.settings.amqp_url)
+    let conn = gpuq_shared::queue::connect(app.settings.amqp_url.expose())
         .await
         .unwrap();
     let channel = conn.create_channel().await.unwrap();

@@ -75,7 +75,7 @@ async fn a_duplicate_delivery_runs_the_job_once() {
     .await;
     let job = app.submit(json!({"type": "train", "algorithm": "logreg",
         "input": {"rows": [[0.0], [1.0], [0.2], [0.9]], "labels": [0, 1, 0, 1]}, "params": {"epochs": 50}})).await;
-    let publisher = Publisher::connect(&app.settings.amqp_url, &app.settings.queue)
+    let publisher = Publisher::connect(app.settings.amqp_url.expose(), &app.settings.queue)
         .await
         .unwrap();
     let id: gpuq_shared::JobId = job["id"].as_str().unwrap().parse().unwrap();

@@ -229,7 +229,7 @@ async fn a_worker_on_ecs_is_protected_from_scale_in_exactly_while_it_holds_a_job
     // Operators see it with `gpuq-api workers`.
     let listed = std::process::Command::new(gpuq_tests::sibling_binary("gpuq-api"))
         .arg("workers")
-        .env("DATABASE_URL", &app.settings.database_url)
+        .env("DATABASE_URL", &app.database_url)
         .output()
         .unwrap();
     assert!(listed.status.success());

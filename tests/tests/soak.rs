@@ -134,7 +134,7 @@ async fn soak_with_random_faults_loses_nothing_and_doubles_nothing() {
         (0.55, "rabbitmq"),
         (0.75, "postgres"),
     ];
-    let publisher = Publisher::lazy(&app.settings.amqp_url, &app.settings.queue);
+    let publisher = Publisher::lazy(app.settings.amqp_url.expose(), &app.settings.queue);
     let submitting_done = Arc::new(AtomicBool::new(false));
     let watcher = {
         let done = submitting_done.clone();

@@ -61,7 +61,7 @@ async fn consume(
     slots: &Arc<Semaphore>,
     shutdown: &CancellationToken,
 ) -> Result<(), queue::QueueError> {
-    let conn = queue::connect(&ctx.settings.amqp_url).await?;
+    let conn = queue::connect(ctx.settings.amqp_url.expose()).await?;
     let channel = conn.create_channel().await?;
     queue::declare(&channel, &ctx.settings.queue).await?;
     channel

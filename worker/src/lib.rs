@@ -8,7 +8,7 @@ pub mod gpu;
 pub mod job;
 pub mod presence;
 
-use gpuq_shared::config::{Settings, non_empty_var, parse_var};
+use gpuq_shared::config::{Settings, non_empty_var, parse_var, var_or};
 use gpuq_shared::queue::Publisher;
 use gpuq_shared::storage::Storage;
 use gpuq_shared::{db, reaper};
@@ -23,6 +23,13 @@ pub struct WorkerSettings {
     pub concurrency: usize,
     /// On shutdown, how long to let jobs in hand finish before leaving them to the reaper.
     pub drain: Duration,
+    /// The name it goes by in `jobs.worker_id` and `workers` (`GPUQ_WORKER_ID`, set by a
+    /// supervisor such as the scaler); `None` makes one from the host name and pid.
+    pub worker_id: Option<String>,
+    /// `HOSTNAME`, recorded in `workers`.
+    pub hostname: String,
+    /// `ECS_AGENT_URI`: on ECS, the agent the task's scale-in protection is set through.
+    pub ecs_agent_uri: Option<String>,
 }
 
 impl WorkerSettings {
@@ -31,6 +38,9 @@ impl WorkerSettings {
             shared: Settings::from_env()?,
             concurrency: parse_var("GPUQ_WORKER_CONCURRENCY", 32usize)?.clamp(1, 256),
             drain: Duration::from_secs_f64(parse_var("GPUQ_DRAIN_SECONDS", 30.0)?),
+            worker_id: non_empty_var("GPUQ_WORKER_ID"),
+            hostname: var_or("HOSTNAME", ""),
+            ecs_agent_uri: non_empty_var("ECS_AGENT_URI"),
         })
     }
 }
@@ -52,18 +62,20 @@ pub async fn run_with_abort(
     let s = &settings.shared;
     // A job needs a connection only for its claim, lease renewals and outcome, briefly each.
     let connections = (settings.concurrency as u32 / 2 + 4).min(24);
-    let Some(pool) = db::connect_waiting(&s.database_url, connections, &shutdown).await? else {
+    let Some(pool) = db::connect_waiting(&s.database, connections, &shutdown).await? else {
         return Ok(());
     };
     db::migrate(&pool).await?;
     // The consumer connects (and reconnects) to the broker itself; publishing connects on use.
-    let publisher = Arc::new(Publisher::lazy(&s.amqp_url, &s.queue));
+    let publisher = Arc::new(Publisher::lazy(s.amqp_url.expose(), &s.queue));
     let storage = Storage::from_env().await;
     // A supervisor (the scaler's local backend) names its children; else a name of our own.
-    let worker_id = non_empty_var("GPUQ_WORKER_ID").unwrap_or_else(|| {
+    let worker_id = settings.worker_id.clone().unwrap_or_else(|| {
         format!(
             "{}-{}-{}",
-            std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into()),
+            Some(settings.hostname.as_str())
+                .filter(|h| !h.is_empty())
+                .unwrap_or("worker"),
             std::process::id(),
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         )
@@ -78,6 +90,10 @@ pub async fn run_with_abort(
         );
         tokio::spawn(async move { reaper::run(pool, &publisher, lifecycle, stop).await })
     };
+    let presence = Arc::new(presence::Presence::new(
+        settings.ecs_agent_uri.as_deref(),
+        s.lifecycle.lease,
+    ));
     let ctx = Arc::new(job::WorkerContext::new(
         pool,
         storage,
@@ -86,6 +102,7 @@ pub async fn run_with_abort(
         s.clone(),
         worker_id,
         abort,
+        presence,
     ));
     let presence_stop = CancellationToken::new();
     let presence_task = tokio::spawn(presence::run(
@@ -93,6 +110,7 @@ pub async fn run_with_abort(
         ctx.gpu.clone(),
         ctx.worker_id.clone(),
         ctx.presence.clone(),
+        settings.hostname.clone(),
         settings.concurrency,
         presence_stop.clone(),
     ));

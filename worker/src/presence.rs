@@ -6,7 +6,6 @@
 //!   Outside ECS (`ECS_AGENT_URI` unset) protection is a no-op.
 
 use crate::gpu::Gpu;
-use gpuq_shared::config::non_empty_var;
 use gpuq_shared::db::{self, WorkerReport};
 use serde_json::json;
 use std::sync::Arc;
@@ -40,8 +39,8 @@ struct Protection {
 
 impl Presence {
     /// Protection through the ECS agent when `ECS_AGENT_URI` is set; renewed every `lease`.
-    pub fn from_env(lease: Duration) -> Self {
-        let protection = non_empty_var("ECS_AGENT_URI").map(|agent| {
+    pub fn new(ecs_agent_uri: Option<&str>, lease: Duration) -> Self {
+        let protection = ecs_agent_uri.map(|agent| {
             let client = reqwest::Client::builder()
                 .timeout(Duration::from_secs(5))
                 .build()
@@ -132,12 +131,12 @@ pub async fn run(
     gpu: Arc<Gpu>,
     worker_id: String,
     presence: Arc<Presence>,
+    hostname: String,
     concurrency: usize,
     stop: CancellationToken,
 ) {
     let info = &gpu.info;
     let limits = gpu.device.limits();
-    let hostname = std::env::var("HOSTNAME").unwrap_or_default();
     let driver = format!("{} {}", info.driver, info.driver_info);
     let report = WorkerReport {
         id: &worker_id,

@@ -19,6 +19,7 @@ pub use tenants::*;
 pub use workers::*;
 
 pub use crate::config::Backoff;
+use crate::config::DatabaseSettings;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use std::time::Duration;
 
@@ -41,25 +42,25 @@ pub fn is_unavailable(e: &DbError) -> bool {
 
 /// Connects a pool; `max` bounds its connections. A connection is tested before use, so after a
 /// database restart the pool replaces dead connections instead of handing them out.
-pub async fn connect(url: &str, max: u32) -> Result<PgPool, DbError> {
+pub async fn connect(database: &DatabaseSettings, max: u32) -> Result<PgPool, DbError> {
     PgPoolOptions::new()
         .max_connections(max)
         .acquire_timeout(Duration::from_secs(3))
         .test_before_acquire(true)
-        .connect(url)
+        .connect_with(database.options().clone())
         .await
 }
 
 /// As [`connect`], but while the database is unreachable (a fresh deployment, a restart) it
 /// waits and tries again, with backoff, until `stop`; `None` when stopped first.
 pub async fn connect_waiting(
-    url: &str,
+    database: &DatabaseSettings,
     max: u32,
     stop: &tokio_util::sync::CancellationToken,
 ) -> Result<Option<PgPool>, DbError> {
     let mut delay = Duration::from_millis(250);
     loop {
-        match connect(url, max).await {
+        match connect(database, max).await {
             Ok(pool) => return Ok(Some(pool)),
             Err(e) if is_unavailable(&e) => {
                 tracing::warn!(error = %e, retry_in = ?delay, "database unreachable; waiting");

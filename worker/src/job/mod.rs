@@ -67,8 +67,8 @@ impl WorkerContext {
         settings: Settings,
         worker_id: String,
         abort: CancellationToken,
+        presence: Arc<Presence>,
     ) -> Self {
-        let lease = settings.lifecycle.lease;
         Self {
             pool,
             storage,
@@ -77,7 +77,7 @@ impl WorkerContext {
             settings,
             worker_id,
             abort,
-            presence: Arc::new(Presence::from_env(lease)),
+            presence,
             models: ModelCache::default(),
         }
     }
