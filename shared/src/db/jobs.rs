@@ -256,16 +256,26 @@ pub async fn job_set_succeeded(
     attempt: i32,
     result: &Value,
 ) -> Result<bool, DbError> {
+    job_set_succeeded_in(&mut *pool.acquire().await?, id, attempt, result).await
+}
+
+/// The one `running → succeeded` statement, fenced by the attempt.
+async fn job_set_succeeded_in(
+    conn: &mut sqlx::PgConnection,
+    id: JobId,
+    attempt: i32,
+    result: &Value,
+) -> Result<bool, DbError> {
     let done = sqlx::query(
         "UPDATE jobs SET status = 'succeeded', result = $3, finished_at = now(),
                 lease_expires_at = NULL,
                 progress = jsonb_build_object('fraction', 1.0, 'message', 'done')
          WHERE id = $1 AND attempt = $2 AND status = 'running'",
     )
-    .bind(id.0)
+    .bind(id)
     .bind(attempt)
     .bind(result)
-    .execute(pool)
+    .execute(conn)
     .await?;
     Ok(done.rows_affected() == 1)
 }
@@ -292,18 +302,7 @@ pub async fn job_set_succeeded_with_model(
     model: &NewModel<'_>,
 ) -> Result<bool, DbError> {
     let mut tx = pool.begin().await?;
-    let done = sqlx::query(
-        "UPDATE jobs SET status = 'succeeded', result = $3, finished_at = now(),
-                lease_expires_at = NULL,
-                progress = jsonb_build_object('fraction', 1.0, 'message', 'done')
-         WHERE id = $1 AND attempt = $2 AND status = 'running'",
-    )
-    .bind(id.0)
-    .bind(attempt)
-    .bind(result)
-    .execute(&mut *tx)
-    .await?;
-    if done.rows_affected() != 1 {
+    if !job_set_succeeded_in(&mut tx, id, attempt, result).await? {
         tx.rollback().await?;
         return Ok(false);
     }
