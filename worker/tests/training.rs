@@ -103,7 +103,9 @@ fn knn_with_k_past_the_references_returns_every_reference_in_order() {
     );
     let model = LoadedModel::load(gpu(), &t.artifact).unwrap();
     let query = from_rows(&[vec![0.4, 0.0]], None).unwrap();
-    let out = model.infer(gpu(), &query, true).unwrap();
+    let out = model
+        .infer(gpu(), &query, true, &Control::default())
+        .unwrap();
     let p = &out.rows[0];
     assert_eq!(p["neighbors"], json!([0, 2, 1]));
     // Two votes for 2 against one for 1, though 1 is nearest.
@@ -133,7 +135,9 @@ fn anomaly_detectors_survive_constant_and_duplicate_features() {
         );
         let model = LoadedModel::load(gpu(), &t.artifact).unwrap();
         let probe = from_rows(&[rows[3].clone(), vec![5.0, 1.0, 5.0, 0.0]], None).unwrap();
-        let out = model.infer(gpu(), &probe, true).unwrap();
+        let out = model
+            .infer(gpu(), &probe, true, &Control::default())
+            .unwrap();
         let (near, far) = (
             out.rows[0]["score"].as_f64().unwrap(),
             out.rows[1]["score"].as_f64().unwrap(),
@@ -204,8 +208,12 @@ fn inputs_past_one_binding_are_chunked_or_refused_naming_the_limit() {
     for (algorithm, trained) in &models {
         let whole = LoadedModel::load(gpu(), &trained.artifact).unwrap();
         let chunked = LoadedModel::load(&small, &trained.artifact).unwrap();
-        let a = whole.infer(gpu(), &queries, false).unwrap();
-        let b = chunked.infer(&small, &queries, false).unwrap();
+        let a = whole
+            .infer(gpu(), &queries, false, &Control::default())
+            .unwrap();
+        let b = chunked
+            .infer(&small, &queries, false, &Control::default())
+            .unwrap();
         assert_eq!(a.csv, b.csv, "{algorithm:?}: chunked inference differs");
         assert_eq!(a.summary, b.summary, "{algorithm:?}");
     }
@@ -361,7 +369,7 @@ fn hostile_artifacts_are_refused_as_model_corrupt_and_never_panic() {
         match LoadedModel::load(gpu(), &bytes) {
             Err(e) => assert_eq!(e.code, ErrorCode::ModelCorrupt, "{what}: {e}"),
             Ok(model) => {
-                let out = model.infer(gpu(), &probe, true);
+                let out = model.infer(gpu(), &probe, true, &Control::default());
                 panic!("{what}: loaded; inference gave {:?}", out.map(|i| i.rows));
             }
         }

@@ -8,7 +8,8 @@
 //! `(x - input_mean) / input_std` before the first layer.
 
 use super::logreg::scale;
-use super::{Inference, accuracy_summary, gpu_lost, label_text};
+use super::pacing::paced;
+use super::{Control, Inference, accuracy_summary, gpu_lost, label_text};
 use crate::artifact::{self, Artifact, Tensor};
 use crate::gpu::Gpu;
 use crate::gpu::gemm::GemmParams;
@@ -165,6 +166,11 @@ fn forward_chunk(gpu: &Gpu, widest: usize, n: usize) -> usize {
         .clamp(1, 1 << 16)
 }
 
+/// Multiply-adds of one row's forward pass.
+fn forward_work(layers: &[GpuDense]) -> usize {
+    layers.iter().map(|l| l.inputs * l.outputs).sum()
+}
+
 /// Encodes `acts[l] = act(acts[l-1] · Wₗᵀ + bₗ)` for every layer over `rows` rows of `x`
 /// starting at element `x_off` (no activation after the last layer: it leaves logits).
 /// Returns the uniforms, which must live until the encoder is submitted.
@@ -223,6 +229,7 @@ impl Evaluator {
     }
 
     /// Mean cross-entropy and accuracy over the `n` rows of `x` with labels `y`.
+    #[allow(clippy::too_many_arguments)]
     pub fn run(
         &self,
         gpu: &Gpu,
@@ -231,14 +238,14 @@ impl Evaluator {
         x: &wgpu::Buffer,
         y: &wgpu::Buffer,
         n: usize,
+        ctl: &Control,
     ) -> Result<(f64, f64), JobError> {
         let loss = gpu.zeros("eval loss", n);
         let correct = gpu.zeros("eval correct", n);
         let softmax = Kernel::softmax(gpu);
         let (f, k) = (layers[0].inputs, layers[layers.len() - 1].outputs);
         let logits = &self.acts[layers.len() - 1];
-        for off in (0..n).step_by(self.chunk) {
-            let rows = self.chunk.min(n - off);
+        paced(n, forward_work(layers), self.chunk, ctl, |off, rows| {
             let mut enc = gpu.encoder();
             let mut keep = encode_layers(
                 gpu,
@@ -259,7 +266,9 @@ impl Evaluator {
             );
             keep.push(u);
             gpu.submit(enc);
-        }
+            gpu.wait();
+            Ok(())
+        })?;
         let loss = gpu.read(&loss, n).map_err(gpu_lost)?;
         let correct = gpu.read(&correct, n).map_err(gpu_lost)?;
         let mean = |v: &[f32]| v.iter().map(|&x| x as f64).sum::<f64>() / n.max(1) as f64;
@@ -292,7 +301,7 @@ impl GpuClassifier {
     }
 
     /// Class probabilities, `rows × classes`, for raw feature rows of the model's width.
-    fn predict(&self, gpu: &Gpu, x: &Matrix) -> Result<Vec<f32>, JobError> {
+    fn predict(&self, gpu: &Gpu, x: &Matrix, ctl: &Control) -> Result<Vec<f32>, JobError> {
         let (n, f, k) = (x.rows, self.model.n_features(), self.model.n_classes());
         let layers: Vec<GpuDense> = self
             .model
@@ -319,8 +328,7 @@ impl GpuClassifier {
         let logits = &acts[layers.len() - 1];
         let softmax = Kernel::softmax(gpu);
         let mut out = Vec::with_capacity(n * k);
-        for off in (0..n).step_by(chunk) {
-            let rows = chunk.min(n - off);
+        paced(n, forward_work(&layers), chunk, ctl, |off, rows| {
             let mut slice = x.data[off * f..(off + rows) * f].to_vec();
             if let Some((mean, std)) = &self.model.input_scaling {
                 scale(&mut slice, mean, std);
@@ -350,13 +358,20 @@ impl GpuClassifier {
             keep.push(u);
             gpu.submit(enc);
             out.extend(gpu.read(logits, rows * k).map_err(gpu_lost)?);
-        }
+            Ok(())
+        })?;
         Ok(out)
     }
 
     /// `label,p0..p{k-1}` per row; with labels in the input, accuracy in the summary.
-    pub fn infer(&self, gpu: &Gpu, table: &Table, rows_json: bool) -> Result<Inference, JobError> {
-        let probs = self.predict(gpu, &table.features)?;
+    pub fn infer(
+        &self,
+        gpu: &Gpu,
+        table: &Table,
+        rows_json: bool,
+        ctl: &Control,
+    ) -> Result<Inference, JobError> {
+        let probs = self.predict(gpu, &table.features, ctl)?;
         let k = self.model.n_classes();
         let classes = &self.model.classes;
         let labels: Vec<f64> = probs.chunks(k).map(|p| classes[argmax(p)]).collect();
@@ -364,6 +379,7 @@ impl GpuClassifier {
         columns.extend((0..k).map(|c| format!("p{c}")));
         let mut inf = Inference::new(columns);
         for (l, p) in labels.iter().zip(probs.chunks(k)) {
+            ctl.check()?;
             let mut cells = vec![label_text(*l)];
             cells.extend(p.iter().map(|v| v.to_string()));
             inf.push_csv(&cells);

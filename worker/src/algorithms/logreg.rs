@@ -232,8 +232,15 @@ pub fn train(
         inputs: f,
         outputs: k,
     }];
-    let (eval_loss, eval_acc) =
-        Evaluator::new(gpu, &layer, n).run(gpu, &layer, Activation::Identity, &x_buf, &y_buf, n)?;
+    let (eval_loss, eval_acc) = Evaluator::new(gpu, &layer, n).run(
+        gpu,
+        &layer,
+        Activation::Identity,
+        &x_buf,
+        &y_buf,
+        n,
+        ctl,
+    )?;
     let model = fold_standardisation(weight, bias_v, &mean, &std, classes, columns);
     let mut metrics = training_metrics(eval_loss, eval_acc, n, &model);
     metrics["last_epoch_mean_batch_loss"] = last_loss.into();

@@ -394,7 +394,7 @@ pub fn train(gpu: &Gpu, table: Table, p: &MlpParams, ctl: &Control) -> Result<Tr
         // the training loss.
         let score = if n_val > 0 {
             evaluator
-                .run(gpu, &view, activation, &x_val, &y_val, n_val)?
+                .run(gpu, &view, activation, &x_val, &y_val, n_val, ctl)?
                 .1
         } else {
             -last_loss
@@ -440,8 +440,15 @@ pub fn train(gpu: &Gpu, table: Table, p: &MlpParams, ctl: &Control) -> Result<Tr
         }
         gpu.submit(enc);
     }
-    let (train_loss, train_acc) =
-        evaluator.run(gpu, &view, activation, &x_train, &y_train_fixed, n_train)?;
+    let (train_loss, train_acc) = evaluator.run(
+        gpu,
+        &view,
+        activation,
+        &x_train,
+        &y_train_fixed,
+        n_train,
+        ctl,
+    )?;
     let mut dense = Vec::new();
     for layer in &layers {
         dense.push(Dense {
@@ -466,7 +473,8 @@ pub fn train(gpu: &Gpu, table: Table, p: &MlpParams, ctl: &Control) -> Result<Tr
     metrics["stopped_early"] = stopped_early.into();
     metrics["last_epoch_mean_batch_loss"] = last_loss.into();
     if n_val > 0 {
-        let (val_loss, val_acc) = evaluator.run(gpu, &view, activation, &x_val, &y_val, n_val)?;
+        let (val_loss, val_acc) =
+            evaluator.run(gpu, &view, activation, &x_val, &y_val, n_val, ctl)?;
         metrics["validation_rows"] = n_val.into();
         metrics["validation_loss"] = val_loss.into();
         metrics["validation_accuracy"] = val_acc.into();

@@ -8,6 +8,7 @@ pub mod knn;
 pub mod linalg;
 pub mod logreg;
 pub mod mlp;
+pub mod pacing;
 
 use crate::artifact::{self, Artifact};
 use crate::gpu::{Gpu, GpuError};
@@ -91,7 +92,8 @@ impl Control {
         self.stop_reason().is_some()
     }
 
-    /// `Err(stopped)` once the job must stop; training loops call it between batches.
+    /// `Err(stopped)` once the job must stop; every host loop and GPU submission of a job calls
+    /// it (see [`pacing`] for how long a submission may take).
     pub fn check(&self) -> Result<(), JobError> {
         match self.stop_reason() {
             None => Ok(()),
@@ -167,9 +169,9 @@ pub fn train(
             &KmeansParams::parse(params).map_err(invalid)?,
             ctl,
         ),
-        Algorithm::Knn => knn::train(table, &KnnParams::parse(params).map_err(invalid)?),
+        Algorithm::Knn => knn::train(table, &KnnParams::parse(params).map_err(invalid)?, ctl),
         Algorithm::Anomaly => {
-            anomaly::train(table, &AnomalyParams::parse(params).map_err(invalid)?)
+            anomaly::train(table, &AnomalyParams::parse(params).map_err(invalid)?, ctl)
         }
     }
 }
@@ -212,7 +214,14 @@ impl LoadedModel {
     }
 
     /// Runs the model over `table`; `rows_json` asks for one JSON object per row as well.
-    pub fn infer(&self, gpu: &Gpu, table: &Table, rows_json: bool) -> Result<Inference, JobError> {
+    /// Returns `stopped` soon after `ctl` is told to stop.
+    pub fn infer(
+        &self,
+        gpu: &Gpu,
+        table: &Table,
+        rows_json: bool,
+        ctl: &Control,
+    ) -> Result<Inference, JobError> {
         let f = self.n_features();
         if table.features.cols != f {
             return Err(JobError::new(
@@ -224,10 +233,10 @@ impl LoadedModel {
             ));
         }
         match self {
-            Self::Classifier(m) => m.infer(gpu, table, rows_json),
-            Self::Kmeans(m) => m.infer(gpu, table, rows_json),
-            Self::Knn(m) => m.infer(gpu, table, rows_json),
-            Self::Anomaly(m) => m.infer(gpu, table, rows_json),
+            Self::Classifier(m) => m.infer(gpu, table, rows_json, ctl),
+            Self::Kmeans(m) => m.infer(gpu, table, rows_json, ctl),
+            Self::Knn(m) => m.infer(gpu, table, rows_json, ctl),
+            Self::Anomaly(m) => m.infer(gpu, table, rows_json, ctl),
         }
     }
 }

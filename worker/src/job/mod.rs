@@ -256,7 +256,7 @@ impl WorkerContext {
         })
     }
 
-    async fn infer(&self, job: &JobRecord, ctl: &Control) -> Result<Completion, JobError> {
+    async fn infer(&self, job: &JobRecord, ctl: &Arc<Control>) -> Result<Completion, JobError> {
         let model_id = ModelId(
             job.model_id
                 .ok_or_else(|| JobError::invalid_input("infer job without model_id"))?,
@@ -274,8 +274,8 @@ impl WorkerContext {
         let n = table.features.rows;
         let inline_only = job.input.get("rows").is_some() && n <= INLINE_ONLY_ROWS;
         let rows_json = inline_only || n <= INLINE_PREDICTIONS;
-        let (gpu, m) = (self.gpu.clone(), model.clone());
-        let inference = blocking(move || m.model.infer(&gpu, &table, rows_json)).await?;
+        let (gpu, m, c) = (self.gpu.clone(), model.clone(), ctl.clone());
+        let inference = blocking(move || m.model.infer(&gpu, &table, rows_json, &c)).await?;
 
         let output_uri = if inline_only {
             None
