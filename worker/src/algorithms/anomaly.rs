@@ -14,7 +14,7 @@
 use super::knn::References;
 use super::linalg;
 use super::pacing::paced;
-use super::{Control, Inference, Trained, gpu_lost};
+use super::{Control, Inference, Trained, check_bindings, gpu_lost};
 use crate::artifact::{self, Artifact, Tensor};
 use crate::gpu::Gpu;
 use crate::gpu::gemm::GemmParams;
@@ -140,28 +140,41 @@ impl GpuAnomaly {
         let method: String = a.meta("method")?;
         let f = feature_columns.len();
         let mean = a.f32("mean", &[f])?;
+        check_bindings(gpu, &[("the feature means", f)])?;
         let detector = match method.as_str() {
-            "scaled_manhattan" | "zscore" => Detector::Scaled {
-                mode: if method == "zscore" {
-                    ScoreMode::ZScoreCount
-                } else {
-                    ScoreMode::ScaledManhattan
-                },
-                center: gpu.upload("center", &mean),
-                scale: gpu.upload("scale", &a.f32("scale", &[f])?),
-                threshold: a.meta::<f64>("z_threshold")? as f32,
-            },
+            "scaled_manhattan" | "zscore" => {
+                let scale = a.f32("scale", &[f])?;
+                let threshold = a.meta::<f64>("z_threshold")? as f32;
+                Detector::Scaled {
+                    mode: if method == "zscore" {
+                        ScoreMode::ZScoreCount
+                    } else {
+                        ScoreMode::ScaledManhattan
+                    },
+                    center: gpu.upload("center", &mean),
+                    scale: gpu.upload("scale", &scale),
+                    threshold,
+                }
+            }
             "mahalanobis" | "nearest_neighbor_mahalanobis" => {
-                let rank = a.shape("whitening")?.get(1).copied().unwrap_or(0);
+                // W is f × r, r the rank of the training covariance: never more than f.
+                let (rows, rank) = a.matrix_shape("whitening")?;
+                if rows != f || rank > f {
+                    return Err(artifact::corrupt(format!(
+                        "whitening is {rows} × {rank} for {f} features"
+                    )));
+                }
                 let w = a.f32("whitening", &[f, rank])?;
+                check_bindings(gpu, &[("the whitening", f * rank)])?;
                 let references = if method == "mahalanobis" {
                     None
                 } else {
-                    let n = a.shape("references")?.first().copied().unwrap_or(0);
+                    let (n, _) = a.matrix_shape("references")?;
                     let refs = a.f32("references", &[n, rank])?;
                     if n == 0 {
                         return Err(artifact::corrupt("no reference samples"));
                     }
+                    check_bindings(gpu, &[("the reference samples", n * rank)])?;
                     Some(References {
                         buffer: gpu.upload("references", &refs),
                         rows: n,

@@ -96,24 +96,35 @@ impl ClassifierModel {
         artifact::write(self.algorithm, &tensors, &meta)
     }
 
+    /// Reads and validates a classifier: at least one class, layers that chain from the
+    /// features to one output per class with none of zero width, the hidden widths and the
+    /// input scaling its metadata records; a logreg is a single layer.
     pub fn from_artifact(a: &Artifact) -> Result<Self, JobError> {
-        let algorithm = match a.algorithm() {
+        let algorithm = match a.algorithm()? {
             "mlp" => "mlp",
-            _ => "logreg",
+            "logreg" => "logreg",
+            other => return Err(artifact::corrupt(format!("`{other}` is not a classifier"))),
         };
         let classes: Vec<f64> = a.meta("classes")?;
+        if classes.is_empty() {
+            return Err(artifact::corrupt("it names no classes"));
+        }
         let feature_columns: Vec<String> = a.meta("feature_columns")?;
-        let activation = match a.meta::<String>("activation") {
-            Ok(name) => activation_from_name(&name)
+        let activation = match a.meta_opt::<String>("activation")? {
+            Some(name) => activation_from_name(&name)
                 .ok_or_else(|| artifact::corrupt(format!("unknown activation {name}")))?,
-            Err(_) => Activation::Identity,
+            // Logistic regression has no hidden layer for one to apply to.
+            None if algorithm == "logreg" => Activation::Identity,
+            None => return Err(artifact::corrupt("no `activation` in the metadata")),
         };
-        let mut layers = Vec::new();
+        let mut layers: Vec<Dense> = Vec::new();
         let mut inputs = feature_columns.len();
         while a.has(&format!("{}.weight", 2 * layers.len())) {
             let l = 2 * layers.len();
-            let shape = a.shape(&format!("{l}.weight"))?;
-            let outputs = shape.first().copied().unwrap_or(0);
+            let (outputs, _) = a.matrix_shape(&format!("{l}.weight"))?;
+            if outputs == 0 {
+                return Err(artifact::corrupt(format!("layer {l} has no outputs")));
+            }
             layers.push(Dense {
                 weight: a.f32(&format!("{l}.weight"), &[outputs, inputs])?,
                 bias: a.f32(&format!("{l}.bias"), &[outputs])?,
@@ -127,14 +138,34 @@ impl ClassifierModel {
                 "the layers do not end in one output per class",
             ));
         }
+        let hidden: Vec<usize> = layers[..layers.len() - 1]
+            .iter()
+            .map(|l| l.outputs)
+            .collect();
+        match a.meta_opt::<Vec<usize>>("hidden")? {
+            Some(recorded) if recorded != hidden => {
+                return Err(artifact::corrupt(format!(
+                    "the hidden layers are {hidden:?} wide; the metadata says {recorded:?}"
+                )));
+            }
+            None if algorithm == "mlp" => {
+                return Err(artifact::corrupt("no `hidden` in the metadata"));
+            }
+            _ => {}
+        }
+        if algorithm == "logreg" && layers.len() != 1 {
+            return Err(artifact::corrupt(
+                "a logistic regression is one layer; this has hidden layers",
+            ));
+        }
         let input_scaling = match (
-            a.meta::<Vec<f32>>("input_mean"),
-            a.meta::<Vec<f32>>("input_std"),
+            a.meta_opt::<Vec<f32>>("input_mean")?,
+            a.meta_opt::<Vec<f32>>("input_std")?,
         ) {
-            (Ok(m), Ok(s)) if m.len() == feature_columns.len() && s.len() == m.len() => {
+            (Some(m), Some(s)) if m.len() == feature_columns.len() && s.len() == m.len() => {
                 Some((m, s))
             }
-            (Err(_), Err(_)) => None,
+            (None, None) => None,
             _ => {
                 return Err(artifact::corrupt(
                     "input_mean/input_std do not fit the features",

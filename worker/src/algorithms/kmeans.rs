@@ -283,12 +283,13 @@ pub struct GpuKmeans {
 impl GpuKmeans {
     pub fn load(gpu: &Gpu, a: &Artifact) -> Result<Self, JobError> {
         let feature_columns: Vec<String> = a.meta("feature_columns")?;
-        let shape = a.shape("centroids")?;
-        let k = shape.first().copied().unwrap_or(0);
-        let centroids = a.f32("centroids", &[k, feature_columns.len()])?;
+        let f = feature_columns.len();
+        let (k, _) = a.matrix_shape("centroids")?;
+        let centroids = a.f32("centroids", &[k, f])?;
         if k == 0 {
             return Err(artifact::corrupt("no centroids"));
         }
+        check_bindings(gpu, &[("the centroids", k * f)])?;
         Ok(Self {
             buffer: gpu.upload("centroids", &centroids),
             centroids,

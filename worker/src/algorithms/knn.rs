@@ -124,11 +124,17 @@ impl GpuKnn {
         let metric = Metric::parse(&metric_name)
             .ok_or_else(|| artifact::corrupt(format!("unknown metric {metric_name}")))?;
         let f = feature_columns.len();
-        let n = a.shape("references")?.first().copied().unwrap_or(0);
+        let (n, _) = a.matrix_shape("references")?;
         let refs = a.f32("references", &[n, f])?;
         let label_index = a.u32("label_index", &[n])?;
-        if n == 0 || label_index.iter().any(|&c| c as usize >= classes.len()) {
-            return Err(artifact::corrupt("labels out of range or no references"));
+        if n == 0 {
+            return Err(artifact::corrupt("no references"));
+        }
+        if let Some(c) = label_index.iter().find(|&&c| c as usize >= classes.len()) {
+            return Err(artifact::corrupt(format!(
+                "label index {c} is past its {} classes",
+                classes.len()
+            )));
         }
         check_bindings(gpu, &[("the reference rows", n * f)])?;
         Ok(Self {

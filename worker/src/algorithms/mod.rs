@@ -185,21 +185,29 @@ pub enum LoadedModel {
 }
 
 impl LoadedModel {
-    /// Parses an artifact and uploads what inference needs.
+    /// Parses and validates an artifact (see each algorithm's `load`), then uploads what
+    /// inference needs. A bad file is `model_corrupt`; one past the device's bindings is
+    /// `input_too_large`; nothing reaches the GPU before both checks.
     pub fn load(gpu: &Gpu, bytes: &[u8]) -> Result<Self, JobError> {
         let a = Artifact::parse(bytes)?;
         // Every model takes at least one feature; a file that says otherwise is not ours.
         if a.meta::<Vec<String>>("feature_columns")?.is_empty() {
             return Err(artifact::corrupt("it names no feature columns"));
         }
-        Ok(match a.algorithm() {
+        Ok(match a.algorithm()? {
             "kmeans" => Self::Kmeans(kmeans::GpuKmeans::load(gpu, &a)?),
             "knn" => Self::Knn(knn::GpuKnn::load(gpu, &a)?),
             "anomaly" => Self::Anomaly(anomaly::GpuAnomaly::load(gpu, &a)?),
-            "logreg" | "mlp" => Self::Classifier(classifier::GpuClassifier::upload(
-                gpu,
-                classifier::ClassifierModel::from_artifact(&a)?,
-            )),
+            "logreg" | "mlp" => {
+                let model = classifier::ClassifierModel::from_artifact(&a)?;
+                let weights: Vec<(&str, usize)> = model
+                    .layers
+                    .iter()
+                    .map(|l| ("a layer's weights", l.inputs * l.outputs))
+                    .collect();
+                check_bindings(gpu, &weights)?;
+                Self::Classifier(classifier::GpuClassifier::upload(gpu, model))
+            }
             other => return Err(artifact::corrupt(format!("unknown algorithm `{other}`"))),
         })
     }
