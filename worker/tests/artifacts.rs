@@ -149,303 +149,112 @@ fn baselines() -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
-fn hostile() -> Vec<(&'static str, Vec<u8>)> {
-    let logreg = classifier_meta("identity", json!([]));
-    let mlp = mlp_meta();
-    let knn = knn_meta();
-    let nn = anomaly_meta("nearest_neighbor_mahalanobis");
-    let no_metadata = safetensors::serialize(
-        vec![(
-            "x",
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![1], &[0u8; 4])
-                .unwrap(),
-        )],
-        None,
-    )
-    .unwrap();
-    // The logreg baseline exactly, but for its `gpuq_algorithm`.
-    let unlabelled = {
-        let tensors = [
-            ("0.weight", vec![2, 2], vec![0u8; 16]),
-            ("0.bias", vec![2], vec![0u8; 8]),
-        ];
-        let views = tensors.iter().map(|(n, s, d)| {
-            let v = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d);
-            (*n, v.unwrap())
-        });
-        let meta = logreg
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        safetensors::serialize(views, Some(meta)).unwrap()
+/// A safetensors file with no metadata, and the logreg baseline without its `gpuq_algorithm`.
+fn foreign_files() -> [Vec<u8>; 2] {
+    let f32s = |shape: Vec<usize>, bytes: &'static [u8]| {
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape, bytes).unwrap()
     };
+    let no_metadata = safetensors::serialize([("x", f32s(vec![1], &[0; 4]))], None).unwrap();
+    let meta = classifier_meta("identity", json!([]));
+    let meta = meta
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let weights = [
+        ("0.weight", f32s(vec![2, 2], &[0; 16])),
+        ("0.bias", f32s(vec![2], &[0; 8])),
+    ];
+    let unnamed = safetensors::serialize(weights, Some(meta)).unwrap();
+    [no_metadata, unnamed]
+}
+
+/// Each baseline with one thing wrong.
+#[rustfmt::skip]
+fn hostile() -> Vec<(&'static str, Vec<u8>)> {
+    use T::{F, U};
+    let (lr, mlp, knn) = (classifier_meta("identity", json!([])), mlp_meta(), knn_meta());
+    let nn = anomaly_meta("nearest_neighbor_mahalanobis");
+    let two = [("feature_columns", json!(["a", "b"]))];
+    let [no_metadata, unnamed] = foreign_files();
     vec![
-        // Not a model at all.
-        (
-            "garbage",
-            b"\xff\xff\xff\xff\xff\xff\xff\x7fnot safetensors".to_vec(),
-        ),
+        // Not a gpuq model at all.
+        ("garbage", b"\xff\xff\xff\xff\xff\xff\xff\x7fnot safetensors".to_vec()),
         ("no metadata", no_metadata),
-        ("no gpuq_algorithm", unlabelled),
-        ("an unknown algorithm", build("svm", LOGREG, &logreg)),
-        (
-            "no feature columns",
-            build(
-                "logreg",
-                &[T::F("0.weight", &[2, 0]), T::F("0.bias", &[2])],
-                &with(&logreg, "feature_columns", json!([])),
-            ),
-        ),
+        ("no gpuq_algorithm", unnamed),
+        ("an unknown algorithm", build("svm", LOGREG, &lr)),
+        ("no feature columns",
+            build("logreg", &[F("0.weight", &[2, 0]), F("0.bias", &[2])],
+                &with(&lr, "feature_columns", json!([])))),
         // Classifiers.
-        (
-            "no classes",
-            build(
-                "logreg",
-                &[T::F("0.weight", &[0, 2]), T::F("0.bias", &[0])],
-                &with(&logreg, "classes", json!([])),
-            ),
-        ),
-        (
-            "classes that are not numbers",
-            build(
-                "logreg",
-                LOGREG,
-                &with(&logreg, "classes", json!(["x", "y"])),
-            ),
-        ),
-        (
-            "more classes than outputs",
-            build(
-                "logreg",
-                LOGREG,
-                &with(&logreg, "classes", json!([0, 1, 2])),
-            ),
-        ),
-        (
-            "a layer with no outputs",
-            build(
-                "logreg",
-                &[T::F("0.weight", &[0, 2]), T::F("0.bias", &[0])],
-                &logreg,
-            ),
-        ),
-        (
-            "a zero-width hidden layer",
-            build(
-                "mlp",
-                &[
-                    T::F("0.weight", &[0, 2]),
-                    T::F("0.bias", &[0]),
-                    T::F("2.weight", &[2, 0]),
-                    T::F("2.bias", &[2]),
-                ],
-                &with(&mlp, "hidden", json!([0])),
-            ),
-        ),
-        (
-            "hidden widths the layers disagree with",
-            build("mlp", MLP, &with(&mlp, "hidden", json!([4]))),
-        ),
-        (
-            "an mlp without its hidden widths",
-            build("mlp", MLP, &with(&mlp, "hidden", Value::Null)),
-        ),
-        (
-            "an mlp without its activation",
-            build("mlp", MLP, &with(&mlp, "activation", Value::Null)),
-        ),
-        (
-            "an unknown activation",
-            build("mlp", MLP, &with(&mlp, "activation", json!("gelu"))),
-        ),
-        (
-            "a logreg with a hidden layer",
-            build("logreg", MLP, &with(&mlp, "activation", json!("identity"))),
-        ),
-        (
-            "weights wider than the feature columns",
-            build(
-                "logreg",
-                &[T::F("0.weight", &[2, 3]), T::F("0.bias", &[2])],
-                &logreg,
-            ),
-        ),
-        (
-            "a weight of three dimensions",
-            build(
-                "logreg",
-                &[T::F("0.weight", &[2, 2, 1]), T::F("0.bias", &[2])],
-                &logreg,
-            ),
-        ),
-        (
-            "a bias that does not fit its layer",
-            build(
-                "mlp",
-                &[
-                    T::F("0.weight", &[3, 2]),
-                    T::F("0.bias", &[4]),
-                    T::F("2.weight", &[2, 3]),
-                    T::F("2.bias", &[2]),
-                ],
-                &mlp,
-            ),
-        ),
-        (
-            "input_mean of the wrong length",
-            build("mlp", MLP, &with(&mlp, "input_mean", json!([0.0]))),
-        ),
-        (
-            "input_mean without input_std",
-            build("mlp", MLP, &with(&mlp, "input_std", Value::Null)),
-        ),
+        ("no classes",
+            build("logreg", &[F("0.weight", &[0, 2]), F("0.bias", &[0])],
+                &with(&lr, "classes", json!([])))),
+        ("classes that are not numbers",
+            build("logreg", LOGREG, &with(&lr, "classes", json!(["x", "y"])))),
+        ("more classes than outputs",
+            build("logreg", LOGREG, &with(&lr, "classes", json!([0, 1, 2])))),
+        ("a layer with no outputs",
+            build("logreg", &[F("0.weight", &[0, 2]), F("0.bias", &[0])], &lr)),
+        ("a zero-width hidden layer",
+            build("mlp", &[F("0.weight", &[0, 2]), F("0.bias", &[0]), F("2.weight", &[2, 0]),
+                F("2.bias", &[2])], &with(&mlp, "hidden", json!([0])))),
+        ("hidden widths the layers disagree with",
+            build("mlp", MLP, &with(&mlp, "hidden", json!([4])))),
+        ("an mlp without its hidden widths", build("mlp", MLP, &with(&mlp, "hidden", Value::Null))),
+        ("an mlp without its activation",
+            build("mlp", MLP, &with(&mlp, "activation", Value::Null))),
+        ("an unknown activation", build("mlp", MLP, &with(&mlp, "activation", json!("gelu")))),
+        ("a logreg with a hidden layer",
+            build("logreg", MLP, &with(&mlp, "activation", json!("identity")))),
+        ("weights wider than the feature columns",
+            build("logreg", &[F("0.weight", &[2, 3]), F("0.bias", &[2])], &lr)),
+        ("a weight of three dimensions",
+            build("logreg", &[F("0.weight", &[2, 2, 1]), F("0.bias", &[2])], &lr)),
+        ("a bias that does not fit its layer",
+            build("mlp", &[F("0.weight", &[3, 2]), F("0.bias", &[4]), F("2.weight", &[2, 3]),
+                F("2.bias", &[2])], &mlp)),
+        ("input_mean of the wrong length",
+            build("mlp", MLP, &with(&mlp, "input_mean", json!([0.0])))),
+        ("input_mean without input_std", build("mlp", MLP, &with(&mlp, "input_std", Value::Null))),
         // k-means.
-        (
-            "no centroids",
-            build(
-                "kmeans",
-                &[T::F("centroids", &[0, 2])],
-                &[("feature_columns", json!(["a", "b"]))],
-            ),
-        ),
-        (
-            "centroids narrower than the feature columns",
-            build(
-                "kmeans",
-                &[T::F("centroids", &[3, 1])],
-                &[("feature_columns", json!(["a", "b"]))],
-            ),
-        ),
-        (
-            "centroids as one vector",
-            build(
-                "kmeans",
-                &[T::F("centroids", &[6])],
-                &[("feature_columns", json!(["a", "b"]))],
-            ),
-        ),
+        ("no centroids", build("kmeans", &[F("centroids", &[0, 2])], &two)),
+        ("centroids narrower than the feature columns",
+            build("kmeans", &[F("centroids", &[3, 1])], &two)),
+        ("centroids as one vector", build("kmeans", &[F("centroids", &[6])], &two)),
         // k nearest neighbours.
-        (
-            "knn label index past its classes",
-            build(
-                "knn",
-                &[T::F("references", &[4, 2]), T::U("label_index", &[4], 5)],
-                &knn,
-            ),
-        ),
-        (
-            "knn with no classes",
-            build("knn", KNN, &with(&knn, "classes", json!([]))),
-        ),
-        (
-            "knn label index shorter than the references",
-            build(
-                "knn",
-                &[T::F("references", &[4, 2]), T::U("label_index", &[3], 0)],
-                &knn,
-            ),
-        ),
-        (
-            "knn references narrower than the feature columns",
-            build(
-                "knn",
-                &[T::F("references", &[4, 1]), T::U("label_index", &[4], 0)],
-                &knn,
-            ),
-        ),
-        (
-            "knn with no references",
-            build(
-                "knn",
-                &[T::F("references", &[0, 2]), T::U("label_index", &[0], 0)],
-                &knn,
-            ),
-        ),
-        (
-            "knn with k = 0",
-            build("knn", KNN, &with(&knn, "k", json!(0))),
-        ),
-        (
-            "knn with k past 1024",
-            build("knn", KNN, &with(&knn, "k", json!(5000))),
-        ),
-        (
-            "knn with an unknown metric",
-            build("knn", KNN, &with(&knn, "metric", json!("chebyshev"))),
-        ),
+        ("knn label index past its classes",
+            build("knn", &[F("references", &[4, 2]), U("label_index", &[4], 5)], &knn)),
+        ("knn with no classes", build("knn", KNN, &with(&knn, "classes", json!([])))),
+        ("knn label index shorter than the references",
+            build("knn", &[F("references", &[4, 2]), U("label_index", &[3], 0)], &knn)),
+        ("knn references narrower than the feature columns",
+            build("knn", &[F("references", &[4, 1]), U("label_index", &[4], 0)], &knn)),
+        ("knn with no references",
+            build("knn", &[F("references", &[0, 2]), U("label_index", &[0], 0)], &knn)),
+        ("knn with k = 0", build("knn", KNN, &with(&knn, "k", json!(0)))),
+        ("knn with k past 1024", build("knn", KNN, &with(&knn, "k", json!(5000)))),
+        ("knn with an unknown metric",
+            build("knn", KNN, &with(&knn, "metric", json!("chebyshev")))),
         // Anomaly detectors.
-        (
-            "anomaly with an unknown method",
-            build("anomaly", &[T::F("mean", &[2])], &anomaly_meta("bogus")),
-        ),
-        (
-            "a mean of the wrong length",
-            build(
-                "anomaly",
-                &[T::F("mean", &[3]), T::F("scale", &[2])],
-                &anomaly_meta("zscore"),
-            ),
-        ),
-        (
-            "zscore without its scale",
-            build("anomaly", &[T::F("mean", &[2])], &anomaly_meta("zscore")),
-        ),
-        (
-            "a whitening wider than the features",
-            build(
-                "anomaly",
-                &[
-                    T::F("mean", &[2]),
-                    T::F("whitening", &[2, 3]),
-                    T::F("references", &[4, 3]),
-                ],
-                &nn,
-            ),
-        ),
-        (
-            "a whitening of more rows than features",
-            build(
-                "anomaly",
-                &[
-                    T::F("mean", &[2]),
-                    T::F("whitening", &[3, 2]),
-                    T::F("references", &[4, 2]),
-                ],
-                &nn,
-            ),
-        ),
-        (
-            "references narrower than the whitening",
-            build(
-                "anomaly",
-                &[
-                    T::F("mean", &[2]),
-                    T::F("whitening", &[2, 2]),
-                    T::F("references", &[4, 1]),
-                ],
-                &nn,
-            ),
-        ),
-        (
-            "a nearest-neighbour detector without references",
-            build(
-                "anomaly",
-                &[T::F("mean", &[2]), T::F("whitening", &[2, 2])],
-                &nn,
-            ),
-        ),
-        (
-            "no reference samples",
-            build(
-                "anomaly",
-                &[
-                    T::F("mean", &[2]),
-                    T::F("whitening", &[2, 2]),
-                    T::F("references", &[0, 2]),
-                ],
-                &nn,
-            ),
-        ),
+        ("anomaly with an unknown method",
+            build("anomaly", &[F("mean", &[2])], &anomaly_meta("bogus"))),
+        ("a mean of the wrong length",
+            build("anomaly", &[F("mean", &[3]), F("scale", &[2])], &anomaly_meta("zscore"))),
+        ("zscore without its scale", build("anomaly", &[F("mean", &[2])], &anomaly_meta("zscore"))),
+        ("a whitening wider than the features",
+            build("anomaly", &[F("mean", &[2]), F("whitening", &[2, 3]), F("references", &[4, 3])],
+                &nn)),
+        ("a whitening of more rows than features",
+            build("anomaly", &[F("mean", &[2]), F("whitening", &[3, 2]), F("references", &[4, 2])],
+                &nn)),
+        ("references narrower than the whitening",
+            build("anomaly", &[F("mean", &[2]), F("whitening", &[2, 2]), F("references", &[4, 1])],
+                &nn)),
+        ("a nearest-neighbour detector without references",
+            build("anomaly", &[F("mean", &[2]), F("whitening", &[2, 2])], &nn)),
+        ("no reference samples",
+            build("anomaly", &[F("mean", &[2]), F("whitening", &[2, 2]), F("references", &[0, 2])],
+                &nn)),
     ]
 }
 
