@@ -4,14 +4,18 @@
 // another, so equal distances keep the lower index first — the order a sequential scan gives.
 // Features are accumulated in order, one rounding per term (no reassociation).
 // Distances: 0 squared Euclidean, 1 cosine (1 - cos), 2 Manhattan.
+// One dispatch scans references `ref_start..refs`; with `ref_start > 0` it carries on from
+// the best lists already in the output buffers, so a scan split over several submissions (each
+// short enough for a stop to take effect between them) gives what one pass gives.
 
 struct Params {
     queries: u32,
-    refs: u32,
+    refs: u32,   // the end of the references this dispatch scans
     cols: u32,
-    k: u32,      // at most `refs`
+    k: u32,      // at most the number of references
     metric: u32,
-    _pad0: u32, _pad1: u32, _pad2: u32,
+    ref_start: u32,
+    _pad1: u32, _pad2: u32,
 }
 
 @group(0) @binding(0) var<storage, read> q: array<f32>;
@@ -48,16 +52,18 @@ fn nearest(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroup
     if (i >= p.queries) { return; }
     let qb = i * p.cols;
     let ob = i * p.k;
-    for (var s = 0u; s < p.k; s++) {
-        best_d[ob + s] = 3.4e38;
-        best_i[ob + s] = 0xffffffffu;
+    if (p.ref_start == 0u) {
+        for (var s = 0u; s < p.k; s++) {
+            best_d[ob + s] = 3.4e38;
+            best_i[ob + s] = 0xffffffffu;
+        }
     }
     var q_norm = 0.0;
     if (p.metric == 1u) {
         for (var j = 0u; j < p.cols; j++) { q_norm = q_norm + q[qb + j] * q[qb + j]; }
     }
-    var worst = 3.4e38;
-    for (var ri = 0u; ri < p.refs; ri++) {
+    var worst = best_d[ob + p.k - 1u];
+    for (var ri = p.ref_start; ri < p.refs; ri++) {
         let d = distance(qb, ri * p.cols, q_norm);
         if (d < worst) {
             var s = p.k - 1u;

@@ -1,8 +1,9 @@
 //! Model artifacts as safetensors: named float32 (and u32) tensors plus string metadata, the
 //! format PyTorch and NumPy load directly. Every artifact records `gpuq_algorithm`; each
-//! algorithm decides its own tensors (see its module).
+//! algorithm decides its own tensors (see its module) and validates all of them when it loads
+//! one: a file that is not a whole, consistent model is `model_corrupt`, never a panic.
 
-use gpuq_shared::{ErrorCode, JobError};
+use gpuq_shared::{Algorithm, ErrorCode, JobError};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::de::DeserializeOwned;
 use std::collections::HashMap;
@@ -42,7 +43,7 @@ pub fn write(algorithm: &str, tensors: &[Tensor], meta: &[(&str, serde_json::Val
 pub fn corrupt(msg: impl std::fmt::Display) -> JobError {
     JobError::new(
         ErrorCode::ModelCorrupt,
-        format!("the model artifact is unreadable: {msg}"),
+        format!("the model artifact is not a valid gpuq model: {msg}"),
     )
 }
 
@@ -62,11 +63,15 @@ impl<'a> Artifact<'a> {
         })
     }
 
-    pub fn algorithm(&self) -> &str {
+    /// The `gpuq_algorithm` that wrote it (a file without one is not gpuq's).
+    /// The algorithm the file says it holds, parsed at this boundary: missing or unknown is
+    /// `model_corrupt`.
+    pub fn algorithm(&self) -> Result<Algorithm, JobError> {
         self.meta
             .get("gpuq_algorithm")
-            .map(String::as_str)
-            .unwrap_or("logreg")
+            .ok_or_else(|| corrupt("no `gpuq_algorithm` in the metadata"))?
+            .parse()
+            .map_err(corrupt)
     }
 
     pub fn has(&self, name: &str) -> bool {
@@ -75,15 +80,28 @@ impl<'a> Artifact<'a> {
 
     /// A metadata value (stored as JSON).
     pub fn meta<T: DeserializeOwned>(&self, key: &str) -> Result<T, JobError> {
-        let raw = self
-            .meta
+        self.meta_opt(key)?
+            .ok_or_else(|| corrupt(format!("no `{key}` in the metadata")))
+    }
+
+    /// A metadata value that may be absent; present, it must parse.
+    pub fn meta_opt<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, JobError> {
+        self.meta
             .get(key)
-            .ok_or_else(|| corrupt(format!("no `{key}` in the metadata")))?;
-        serde_json::from_str(raw).map_err(|e| corrupt(format!("`{key}`: {e}")))
+            .map(|raw| serde_json::from_str(raw).map_err(|e| corrupt(format!("`{key}`: {e}"))))
+            .transpose()
     }
 
     pub fn shape(&self, name: &str) -> Result<Vec<usize>, JobError> {
         Ok(self.tensors.tensor(name).map_err(corrupt)?.shape().to_vec())
+    }
+
+    /// The (rows, columns) of a two-dimensional tensor.
+    pub fn matrix_shape(&self, name: &str) -> Result<(usize, usize), JobError> {
+        match self.shape(name)?[..] {
+            [rows, cols] => Ok((rows, cols)),
+            ref other => Err(corrupt(format!("{name} has shape {other:?}, not a matrix"))),
+        }
     }
 
     fn raw(&self, name: &str, dtype: Dtype, shape: &[usize]) -> Result<&[u8], JobError> {
@@ -133,7 +151,7 @@ mod tests {
             &[("classes", json!([0.0, 7.5]))],
         );
         let a = Artifact::parse(&bytes).unwrap();
-        assert_eq!(a.algorithm(), "knn");
+        assert_eq!(a.algorithm().unwrap(), Algorithm::Knn);
         assert_eq!(a.f32("0.weight", &[2, 3]).unwrap(), w);
         assert_eq!(a.u32("label_index", &[2]).unwrap(), idx);
         assert_eq!(a.meta::<Vec<f64>>("classes").unwrap(), vec![0.0, 7.5]);
@@ -143,6 +161,16 @@ mod tests {
         );
         assert_eq!(
             a.meta::<u32>("k").unwrap_err().code,
+            ErrorCode::ModelCorrupt
+        );
+        assert_eq!(a.meta_opt::<u32>("k").unwrap(), None);
+        assert_eq!(
+            a.meta_opt::<u32>("classes").unwrap_err().code,
+            ErrorCode::ModelCorrupt
+        );
+        assert_eq!(a.matrix_shape("0.weight").unwrap(), (2, 3));
+        assert_eq!(
+            a.matrix_shape("label_index").unwrap_err().code,
             ErrorCode::ModelCorrupt
         );
     }

@@ -106,6 +106,44 @@ fn knn_matches_cpu_including_ties_and_k_past_the_references() {
 }
 
 #[test]
+fn knn_over_references_in_slices_matches_one_pass() {
+    // A scan split over submissions (so that a stop can come between them) carries each
+    // query's best list over: ties still go to the lower index, k past a slice still fills.
+    let g = gpu();
+    for metric in [Metric::SquaredEuclidean, Metric::Cosine] {
+        for &(queries, refs, cols, k, slice) in &[(70, 33, 7, 5, 1), (129, 200, 16, 9, 7)] {
+            let r = awkward(refs, cols, 61);
+            let mut q = awkward(queries, cols, 62);
+            q[..cols].copy_from_slice(&r[..cols]);
+            let p = KnnParams::new(queries, refs, cols, k, metric);
+            let (qb, rb) = (g.upload("q", &q), g.upload("r", &r));
+            let kk = p.k as usize;
+            let (db, ib) = (g.zeros("d", queries * kk), g.zeros("i", queries * kk));
+            let kernel = Kernel::knn(g);
+            for start in (0..refs).step_by(slice) {
+                let part = p.slice(start, (start + slice).min(refs));
+                let u = g.uniform(&part);
+                let mut enc = g.encoder();
+                kernel.encode(
+                    &mut enc,
+                    &kernel.bind(g, &[&qb, &rb, &db, &ib, &u]),
+                    part.groups(),
+                );
+                g.submit(enc);
+            }
+            let (want_d, want_i) = knn_ref(&q, &r, &p);
+            let what = format!("knn {metric:?} q={queries} r={refs} k={k} in slices of {slice}");
+            assert_eq!(
+                g.read_u32(&ib, queries * kk).unwrap(),
+                want_i,
+                "{what}: indices"
+            );
+            assert_close(&g.read(&db, queries * kk).unwrap(), &want_d, 1e-5, &what);
+        }
+    }
+}
+
+#[test]
 fn anomaly_scores_match_cpu() {
     let g = gpu();
     for &(rows, cols) in &[(1, 1), (5, 31), (257, 3)] {

@@ -11,16 +11,18 @@
 //! column at inference (1 genuine, 0 impostor) the result adds the equal-error rate and the
 //! zero-miss false-alarm rate.
 
+use super::knn::References;
 use super::linalg;
-use super::{Inference, Trained, gpu_lost};
+use super::pacing::paced;
+use super::{Control, Inference, Trained, check_bindings, gpu_lost};
 use crate::artifact::{self, Artifact, Tensor};
 use crate::gpu::Gpu;
 use crate::gpu::gemm::GemmParams;
 use crate::gpu::kernels::Kernel;
-use crate::gpu::neighbors::{KnnParams as KnnShape, Metric, ScoreMode, ScoreParams};
+use crate::gpu::neighbors::{Metric, ScoreMode, ScoreParams};
 use gpuq_shared::dataset::Table;
 use gpuq_shared::params::{AnomalyMethod, AnomalyParams};
-use gpuq_shared::{ErrorCode, JobError};
+use gpuq_shared::{Algorithm, ErrorCode, JobError};
 use serde_json::json;
 
 /// Eigenvalues at most 1e-10 λ_max count as zero (a rank-deficient covariance, such as timing
@@ -29,7 +31,8 @@ const PINV_RCOND: f64 = 1e-10;
 /// Covariance work is on the host: beyond this many features it is refused.
 const MAX_MAHALANOBIS_FEATURES: usize = 2048;
 
-pub fn train(table: Table, p: &AnomalyParams) -> Result<Trained, JobError> {
+pub fn train(table: Table, p: &AnomalyParams, ctl: &Control) -> Result<Trained, JobError> {
+    ctl.check()?;
     let x = table.features;
     let (n, f) = (x.rows, x.cols);
     if n < 2 {
@@ -44,15 +47,16 @@ pub fn train(table: Table, p: &AnomalyParams) -> Result<Trained, JobError> {
         AnomalyMethod::ScaledManhattan | AnomalyMethod::Zscore => {
             let scale: Vec<f32> = (0..f)
                 .map(|j| {
+                    ctl.check()?;
                     let col = x.data.chunks(f).map(|r| r[j] as f64 - mean[j]);
                     let s = if p.method == AnomalyMethod::Zscore {
                         (col.map(|d| d * d).sum::<f64>() / (n - 1) as f64).sqrt()
                     } else {
                         col.map(f64::abs).sum::<f64>() / n as f64
                     };
-                    if s > 0.0 { s as f32 } else { 1.0 }
+                    Ok(if s > 0.0 { s as f32 } else { 1.0 })
                 })
-                .collect();
+                .collect::<Result<_, JobError>>()?;
             tensors_f32.push(("scale", vec![f], scale));
         }
         AnomalyMethod::Mahalanobis | AnomalyMethod::NearestNeighborMahalanobis => {
@@ -64,22 +68,19 @@ pub fn train(table: Table, p: &AnomalyParams) -> Result<Trained, JobError> {
                     ),
                 ));
             }
-            let cov = linalg::covariance(&x.data, f, &mean);
-            let w = linalg::whitening(&cov, f, PINV_RCOND);
+            let cov = linalg::covariance(&x.data, f, &mean, ctl)?;
+            let w = linalg::whitening(&cov, f, PINV_RCOND, ctl)?;
             let r = w.len() / f;
             if p.method == AnomalyMethod::NearestNeighborMahalanobis {
-                let refs: Vec<f32> = x
-                    .data
-                    .chunks(f)
-                    .flat_map(|row| {
-                        let (w, mean) = (&w, &mean);
-                        (0..r).map(move |c| {
-                            (0..f)
-                                .map(|j| (row[j] as f64 - mean[j]) * w[j * r + c])
-                                .sum::<f64>() as f32
-                        })
-                    })
-                    .collect();
+                let mut refs: Vec<f32> = Vec::with_capacity(n * r);
+                for row in x.data.chunks(f) {
+                    ctl.check()?;
+                    refs.extend((0..r).map(|c| {
+                        (0..f)
+                            .map(|j| (row[j] as f64 - mean[j]) * w[j * r + c])
+                            .sum::<f64>() as f32
+                    }));
+                }
                 tensors_f32.push(("references", vec![n, r], refs));
             }
             tensors_f32.push((
@@ -94,7 +95,7 @@ pub fn train(table: Table, p: &AnomalyParams) -> Result<Trained, JobError> {
         .map(|(name, shape, data)| Tensor::F32(name, shape.clone(), data))
         .collect();
     let artifact = artifact::write(
-        "anomaly",
+        Algorithm::Anomaly.as_str(),
         &tensors,
         &[
             ("method", json!(p.method)),
@@ -122,12 +123,12 @@ enum Detector {
     Whitened {
         w: wgpu::Buffer,
         rank: usize,
-        references: Option<(wgpu::Buffer, usize)>,
+        references: Option<References>,
     },
 }
 
 pub struct GpuAnomaly {
-    method: String,
+    method: AnomalyMethod,
     mean: Vec<f32>,
     detector: Detector,
     feature_columns: Vec<String>,
@@ -136,32 +137,51 @@ pub struct GpuAnomaly {
 impl GpuAnomaly {
     pub fn load(gpu: &Gpu, a: &Artifact) -> Result<Self, JobError> {
         let feature_columns: Vec<String> = a.meta("feature_columns")?;
-        let method: String = a.meta("method")?;
+        let method: AnomalyMethod = a.meta("method")?;
         let f = feature_columns.len();
         let mean = a.f32("mean", &[f])?;
-        let detector = match method.as_str() {
-            "scaled_manhattan" | "zscore" => Detector::Scaled {
-                mode: if method == "zscore" {
-                    ScoreMode::ZScoreCount
-                } else {
-                    ScoreMode::ScaledManhattan
-                },
-                center: gpu.upload("center", &mean),
-                scale: gpu.upload("scale", &a.f32("scale", &[f])?),
-                threshold: a.meta::<f64>("z_threshold")? as f32,
-            },
-            "mahalanobis" | "nearest_neighbor_mahalanobis" => {
-                let rank = a.shape("whitening")?.get(1).copied().unwrap_or(0);
+        check_bindings(gpu, &[("the feature means", f)])?;
+        let detector = match method {
+            AnomalyMethod::ScaledManhattan | AnomalyMethod::Zscore => {
+                let scale = a.f32("scale", &[f])?;
+                let threshold = a.meta::<f64>("z_threshold")? as f32;
+                Detector::Scaled {
+                    mode: if method == AnomalyMethod::Zscore {
+                        ScoreMode::ZScoreCount
+                    } else {
+                        ScoreMode::ScaledManhattan
+                    },
+                    center: gpu.upload("center", &mean),
+                    scale: gpu.upload("scale", &scale),
+                    threshold,
+                }
+            }
+            AnomalyMethod::Mahalanobis | AnomalyMethod::NearestNeighborMahalanobis => {
+                // W is f × r, r the rank of the training covariance: never more than f.
+                let (rows, rank) = a.matrix_shape("whitening")?;
+                if rows != f || rank > f {
+                    return Err(artifact::corrupt(format!(
+                        "whitening is {rows} × {rank} for {f} features"
+                    )));
+                }
                 let w = a.f32("whitening", &[f, rank])?;
-                let references = if method == "mahalanobis" {
+                check_bindings(gpu, &[("the whitening", f * rank)])?;
+                let references = if method == AnomalyMethod::Mahalanobis {
                     None
                 } else {
-                    let n = a.shape("references")?.first().copied().unwrap_or(0);
+                    let (n, _) = a.matrix_shape("references")?;
                     let refs = a.f32("references", &[n, rank])?;
                     if n == 0 {
                         return Err(artifact::corrupt("no reference samples"));
                     }
-                    Some((gpu.upload("references", &refs), n))
+                    check_bindings(gpu, &[("the reference samples", n * rank)])?;
+                    Some(References {
+                        buffer: gpu.upload("references", &refs),
+                        rows: n,
+                        cols: rank,
+                        k: 1,
+                        metric: Metric::SquaredEuclidean,
+                    })
                 };
                 Detector::Whitened {
                     w: gpu.upload("whitening", &w),
@@ -169,7 +189,6 @@ impl GpuAnomaly {
                     references,
                 }
             }
-            other => return Err(artifact::corrupt(format!("unknown method {other}"))),
         };
         Ok(Self {
             method,
@@ -183,115 +202,120 @@ impl GpuAnomaly {
         self.feature_columns.len()
     }
 
-    /// The anomaly score of every row.
-    pub fn scores(&self, gpu: &Gpu, x: &[f32], n: usize) -> Result<Vec<f32>, JobError> {
+    /// The anomaly score of every row, in [`paced`] submissions.
+    pub fn scores(
+        &self,
+        gpu: &Gpu,
+        x: &[f32],
+        n: usize,
+        ctl: &Control,
+    ) -> Result<Vec<f32>, JobError> {
         let f = self.n_features();
-        let width = match &self.detector {
-            Detector::Scaled { .. } => f,
-            Detector::Whitened { rank, .. } => f.max(*rank),
+        // Rows per chunk so that the widest per-row buffer fits one binding.
+        let chunk = |width: usize| {
+            n.min(gpu.max_binding_bytes() as usize / (4 * width.max(1)))
+                .clamp(1, 1 << 14)
         };
-        let chunk = n
-            .min(gpu.max_binding_bytes() as usize / (4 * width.max(1)))
-            .clamp(1, 1 << 14);
-        // The nearest-neighbour search leaves squared distances.
-        let squared = matches!(
-            self.detector,
-            Detector::Whitened {
-                references: Some(_),
-                ..
-            }
-        );
         let mut out = Vec::with_capacity(n);
-        let score = gpu.zeros("scores", chunk);
-        for off in (0..n).step_by(chunk) {
-            let rows = chunk.min(n - off);
-            let slice = &x[off * f..(off + rows) * f];
-            let mut enc = gpu.encoder();
-            let mut keep = Vec::new();
-            match &self.detector {
-                Detector::Scaled {
-                    mode,
-                    center,
-                    scale,
-                    threshold,
-                } => {
-                    let xb = gpu.upload("features", slice);
-                    encode_scores(
-                        gpu,
-                        &mut enc,
-                        &xb,
-                        center,
-                        scale,
-                        &score,
-                        ScoreParams::new(rows, f, *mode, *threshold),
-                        &mut keep,
-                    );
-                    keep.push(xb);
-                }
-                Detector::Whitened {
-                    w,
-                    rank,
-                    references,
-                } => {
-                    // Centre on the host (exact enough in f32), whiten on the GPU.
-                    let centred: Vec<f32> = slice
-                        .chunks(f)
-                        .flat_map(|row| row.iter().zip(&self.mean).map(|(v, m)| v - m))
-                        .collect();
-                    let xb = gpu.upload("features", &centred);
-                    let z = gpu.zeros("whitened", rows * rank.max(&1));
-                    let p = GemmParams::new(rows, *rank, f, false, false);
-                    let u = gpu.uniform(&p);
-                    let gemm = Kernel::gemm(gpu);
-                    gemm.encode(&mut enc, &gemm.bind(gpu, &[&xb, w, &z, &u, w]), p.groups());
-                    keep.extend([xb, u]);
+        match &self.detector {
+            Detector::Scaled {
+                mode,
+                center,
+                scale,
+                threshold,
+            } => {
+                let chunk = chunk(f);
+                let score = gpu.zeros("scores", chunk);
+                paced(n, f, chunk, ctl, |off, rows| {
+                    let xb = gpu.upload("features", &x[off * f..(off + rows) * f]);
+                    let p = ScoreParams::new(rows, f, *mode, *threshold);
+                    submit_scores(gpu, &xb, center, scale, &score, p);
+                    out.extend(gpu.read(&score, rows).map_err(gpu_lost)?);
+                    Ok(())
+                })?;
+            }
+            Detector::Whitened {
+                w,
+                rank,
+                references,
+            } => {
+                // Whole chunks, so that a search among the references has as many queries as
+                // a binding holds; the whitening and the search pace themselves.
+                let chunk = chunk(f.max(*rank));
+                let score = gpu.zeros("scores", chunk);
+                for off in (0..n).step_by(chunk) {
+                    let rows = chunk.min(n - off);
+                    let z = self.whiten(gpu, &x[off * f..(off + rows) * f], w, *rank, ctl)?;
                     match references {
                         None => {
+                            ctl.check()?;
                             let unused = gpu.zeros("unused", 1);
-                            encode_scores(
-                                gpu,
-                                &mut enc,
-                                &z,
-                                &unused,
-                                &unused,
-                                &score,
-                                ScoreParams::new(rows, *rank, ScoreMode::Norm, 0.0),
-                                &mut keep,
-                            );
-                            keep.extend([z, unused]);
+                            let p = ScoreParams::new(rows, *rank, ScoreMode::Norm, 0.0);
+                            submit_scores(gpu, &z, &unused, &unused, &score, p);
+                            out.extend(gpu.read(&score, rows).map_err(gpu_lost)?);
                         }
-                        Some((refs, n_refs)) => {
-                            let shape =
-                                KnnShape::new(rows, *n_refs, *rank, 1, Metric::SquaredEuclidean);
-                            let idx = gpu.zeros("nearest", rows);
-                            let u = gpu.uniform(&shape);
-                            let knn = Kernel::knn(gpu);
-                            knn.encode(
-                                &mut enc,
-                                &knn.bind(gpu, &[&z, refs, &score, &idx, &u]),
-                                shape.groups(),
-                            );
-                            keep.extend([z, idx, u]);
+                        Some(refs) => {
+                            let nearest = gpu.zeros("nearest", rows);
+                            refs.nearest(gpu, &z, rows, [&score, &nearest], ctl)?;
+                            // The search leaves squared distances.
+                            let d2 = gpu.read(&score, rows).map_err(gpu_lost)?;
+                            out.extend(d2.iter().map(|v| v.max(0.0).sqrt()));
                         }
                     }
                 }
             }
-            gpu.submit(enc);
-            let mut s = gpu.read(&score, rows).map_err(gpu_lost)?;
-            if squared {
-                s.iter_mut().for_each(|v| *v = v.max(0.0).sqrt());
-            }
-            out.extend(s);
         }
         Ok(out)
     }
 
+    /// `z = (x − μ) W` for the rows of `slice`, on the GPU, in [`paced`] ranges of rows.
+    fn whiten(
+        &self,
+        gpu: &Gpu,
+        slice: &[f32],
+        w: &wgpu::Buffer,
+        rank: usize,
+        ctl: &Control,
+    ) -> Result<wgpu::Buffer, JobError> {
+        let f = self.n_features();
+        let rows = slice.len() / f;
+        // Centre on the host (exact enough in f32), whiten on the GPU.
+        let centred: Vec<f32> = slice
+            .chunks(f)
+            .flat_map(|row| row.iter().zip(&self.mean).map(|(v, m)| v - m))
+            .collect();
+        let xb = gpu.upload("features", &centred);
+        let z = gpu.zeros("whitened", rows * rank.max(1));
+        let gemm = Kernel::gemm(gpu);
+        paced(rows, f * rank.max(1), rows, ctl, |start, len| {
+            let p = GemmParams {
+                a_off: (start * f) as u32,
+                c_off: (start * rank) as u32,
+                ..GemmParams::new(len, rank, f, false, false)
+            };
+            let u = gpu.uniform(&p);
+            let mut enc = gpu.encoder();
+            gemm.encode(&mut enc, &gemm.bind(gpu, &[&xb, w, &z, &u, w]), p.groups());
+            gpu.submit(enc);
+            gpu.wait();
+            Ok(())
+        })?;
+        Ok(z)
+    }
+
     /// `score` per row; with labels, the equal-error and zero-miss false-alarm rates.
-    pub fn infer(&self, gpu: &Gpu, table: &Table, rows_json: bool) -> Result<Inference, JobError> {
+    pub fn infer(
+        &self,
+        gpu: &Gpu,
+        table: &Table,
+        rows_json: bool,
+        ctl: &Control,
+    ) -> Result<Inference, JobError> {
         let x = &table.features;
-        let scores = self.scores(gpu, &x.data, x.rows)?;
+        let scores = self.scores(gpu, &x.data, x.rows, ctl)?;
         let mut inf = Inference::new(vec!["score".into()]);
         for s in &scores {
+            ctl.check()?;
             inf.push_csv(&[s.to_string()]);
             if rows_json {
                 inf.rows.push(json!({ "score": s }));
@@ -325,21 +349,24 @@ impl GpuAnomaly {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn encode_scores(
+/// Submits the score kernel over `p.rows` rows of `x` into `out`.
+fn submit_scores(
     gpu: &Gpu,
-    enc: &mut wgpu::CommandEncoder,
     x: &wgpu::Buffer,
     center: &wgpu::Buffer,
     scale: &wgpu::Buffer,
     out: &wgpu::Buffer,
     p: ScoreParams,
-    keep: &mut Vec<wgpu::Buffer>,
 ) {
     let u = gpu.uniform(&p);
     let k = Kernel::anomaly_score(gpu);
-    k.encode(enc, &k.bind(gpu, &[x, center, scale, out, &u]), p.groups());
-    keep.push(u);
+    let mut enc = gpu.encoder();
+    k.encode(
+        &mut enc,
+        &k.bind(gpu, &[x, center, scale, out, &u]),
+        p.groups(),
+    );
+    gpu.submit(enc);
 }
 
 /// Detection error rates of anomaly scores, an alarm being `score > threshold`.

@@ -8,13 +8,14 @@
 //! `(x - input_mean) / input_std` before the first layer.
 
 use super::logreg::scale;
-use super::{Inference, accuracy_summary, gpu_lost, label_text};
+use super::pacing::paced;
+use super::{Control, Inference, accuracy_summary, gpu_lost, label_text};
 use crate::artifact::{self, Artifact, Tensor};
 use crate::gpu::Gpu;
 use crate::gpu::gemm::GemmParams;
 use crate::gpu::kernels::{Activation, Kernel, SoftmaxMode, SoftmaxParams};
-use gpuq_shared::JobError;
 use gpuq_shared::dataset::{Matrix, Table};
+use gpuq_shared::{Algorithm, JobError};
 use serde_json::{Value, json};
 
 /// One `Linear(in, out)`: `weight` is out × in, row-major.
@@ -29,7 +30,7 @@ pub struct Dense {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClassifierModel {
     /// `gpuq_algorithm`: `logreg` or `mlp`.
-    pub algorithm: &'static str,
+    pub algorithm: Algorithm,
     pub layers: Vec<Dense>,
     /// Between hidden layers (none after the last).
     pub activation: Activation,
@@ -92,27 +93,37 @@ impl ClassifierModel {
             meta.push(("input_mean", json!(mean)));
             meta.push(("input_std", json!(std)));
         }
-        artifact::write(self.algorithm, &tensors, &meta)
+        artifact::write(self.algorithm.as_str(), &tensors, &meta)
     }
 
+    /// Reads and validates a classifier: at least one class, layers that chain from the
+    /// features to one output per class with none of zero width, the hidden widths and the
+    /// input scaling its metadata records; a logreg is a single layer.
     pub fn from_artifact(a: &Artifact) -> Result<Self, JobError> {
-        let algorithm = match a.algorithm() {
-            "mlp" => "mlp",
-            _ => "logreg",
+        let algorithm = match a.algorithm()? {
+            a @ (Algorithm::Mlp | Algorithm::Logreg) => a,
+            other => return Err(artifact::corrupt(format!("`{other}` is not a classifier"))),
         };
         let classes: Vec<f64> = a.meta("classes")?;
+        if classes.is_empty() {
+            return Err(artifact::corrupt("it names no classes"));
+        }
         let feature_columns: Vec<String> = a.meta("feature_columns")?;
-        let activation = match a.meta::<String>("activation") {
-            Ok(name) => activation_from_name(&name)
+        let activation = match a.meta_opt::<String>("activation")? {
+            Some(name) => activation_from_name(&name)
                 .ok_or_else(|| artifact::corrupt(format!("unknown activation {name}")))?,
-            Err(_) => Activation::Identity,
+            // Logistic regression has no hidden layer for one to apply to.
+            None if algorithm == Algorithm::Logreg => Activation::Identity,
+            None => return Err(artifact::corrupt("no `activation` in the metadata")),
         };
-        let mut layers = Vec::new();
+        let mut layers: Vec<Dense> = Vec::new();
         let mut inputs = feature_columns.len();
         while a.has(&format!("{}.weight", 2 * layers.len())) {
             let l = 2 * layers.len();
-            let shape = a.shape(&format!("{l}.weight"))?;
-            let outputs = shape.first().copied().unwrap_or(0);
+            let (outputs, _) = a.matrix_shape(&format!("{l}.weight"))?;
+            if outputs == 0 {
+                return Err(artifact::corrupt(format!("layer {l} has no outputs")));
+            }
             layers.push(Dense {
                 weight: a.f32(&format!("{l}.weight"), &[outputs, inputs])?,
                 bias: a.f32(&format!("{l}.bias"), &[outputs])?,
@@ -126,14 +137,34 @@ impl ClassifierModel {
                 "the layers do not end in one output per class",
             ));
         }
+        let hidden: Vec<usize> = layers[..layers.len() - 1]
+            .iter()
+            .map(|l| l.outputs)
+            .collect();
+        match a.meta_opt::<Vec<usize>>("hidden")? {
+            Some(recorded) if recorded != hidden => {
+                return Err(artifact::corrupt(format!(
+                    "the hidden layers are {hidden:?} wide; the metadata says {recorded:?}"
+                )));
+            }
+            None if algorithm == Algorithm::Mlp => {
+                return Err(artifact::corrupt("no `hidden` in the metadata"));
+            }
+            _ => {}
+        }
+        if algorithm == Algorithm::Logreg && layers.len() != 1 {
+            return Err(artifact::corrupt(
+                "a logistic regression is one layer; this has hidden layers",
+            ));
+        }
         let input_scaling = match (
-            a.meta::<Vec<f32>>("input_mean"),
-            a.meta::<Vec<f32>>("input_std"),
+            a.meta_opt::<Vec<f32>>("input_mean")?,
+            a.meta_opt::<Vec<f32>>("input_std")?,
         ) {
-            (Ok(m), Ok(s)) if m.len() == feature_columns.len() && s.len() == m.len() => {
+            (Some(m), Some(s)) if m.len() == feature_columns.len() && s.len() == m.len() => {
                 Some((m, s))
             }
-            (Err(_), Err(_)) => None,
+            (None, None) => None,
             _ => {
                 return Err(artifact::corrupt(
                     "input_mean/input_std do not fit the features",
@@ -163,6 +194,11 @@ pub struct GpuDense<'a> {
 fn forward_chunk(gpu: &Gpu, widest: usize, n: usize) -> usize {
     n.min(gpu.max_binding_bytes() as usize / (4 * widest.max(1)))
         .clamp(1, 1 << 16)
+}
+
+/// Multiply-adds of one row's forward pass.
+fn forward_work(layers: &[GpuDense]) -> usize {
+    layers.iter().map(|l| l.inputs * l.outputs).sum()
 }
 
 /// Encodes `acts[l] = act(acts[l-1] · Wₗᵀ + bₗ)` for every layer over `rows` rows of `x`
@@ -223,6 +259,7 @@ impl Evaluator {
     }
 
     /// Mean cross-entropy and accuracy over the `n` rows of `x` with labels `y`.
+    #[allow(clippy::too_many_arguments)]
     pub fn run(
         &self,
         gpu: &Gpu,
@@ -231,14 +268,14 @@ impl Evaluator {
         x: &wgpu::Buffer,
         y: &wgpu::Buffer,
         n: usize,
+        ctl: &Control,
     ) -> Result<(f64, f64), JobError> {
         let loss = gpu.zeros("eval loss", n);
         let correct = gpu.zeros("eval correct", n);
         let softmax = Kernel::softmax(gpu);
         let (f, k) = (layers[0].inputs, layers[layers.len() - 1].outputs);
         let logits = &self.acts[layers.len() - 1];
-        for off in (0..n).step_by(self.chunk) {
-            let rows = self.chunk.min(n - off);
+        paced(n, forward_work(layers), self.chunk, ctl, |off, rows| {
             let mut enc = gpu.encoder();
             let mut keep = encode_layers(
                 gpu,
@@ -259,7 +296,9 @@ impl Evaluator {
             );
             keep.push(u);
             gpu.submit(enc);
-        }
+            gpu.wait();
+            Ok(())
+        })?;
         let loss = gpu.read(&loss, n).map_err(gpu_lost)?;
         let correct = gpu.read(&correct, n).map_err(gpu_lost)?;
         let mean = |v: &[f32]| v.iter().map(|&x| x as f64).sum::<f64>() / n.max(1) as f64;
@@ -292,7 +331,7 @@ impl GpuClassifier {
     }
 
     /// Class probabilities, `rows × classes`, for raw feature rows of the model's width.
-    fn predict(&self, gpu: &Gpu, x: &Matrix) -> Result<Vec<f32>, JobError> {
+    fn predict(&self, gpu: &Gpu, x: &Matrix, ctl: &Control) -> Result<Vec<f32>, JobError> {
         let (n, f, k) = (x.rows, self.model.n_features(), self.model.n_classes());
         let layers: Vec<GpuDense> = self
             .model
@@ -319,8 +358,7 @@ impl GpuClassifier {
         let logits = &acts[layers.len() - 1];
         let softmax = Kernel::softmax(gpu);
         let mut out = Vec::with_capacity(n * k);
-        for off in (0..n).step_by(chunk) {
-            let rows = chunk.min(n - off);
+        paced(n, forward_work(&layers), chunk, ctl, |off, rows| {
             let mut slice = x.data[off * f..(off + rows) * f].to_vec();
             if let Some((mean, std)) = &self.model.input_scaling {
                 scale(&mut slice, mean, std);
@@ -350,13 +388,20 @@ impl GpuClassifier {
             keep.push(u);
             gpu.submit(enc);
             out.extend(gpu.read(logits, rows * k).map_err(gpu_lost)?);
-        }
+            Ok(())
+        })?;
         Ok(out)
     }
 
     /// `label,p0..p{k-1}` per row; with labels in the input, accuracy in the summary.
-    pub fn infer(&self, gpu: &Gpu, table: &Table, rows_json: bool) -> Result<Inference, JobError> {
-        let probs = self.predict(gpu, &table.features)?;
+    pub fn infer(
+        &self,
+        gpu: &Gpu,
+        table: &Table,
+        rows_json: bool,
+        ctl: &Control,
+    ) -> Result<Inference, JobError> {
+        let probs = self.predict(gpu, &table.features, ctl)?;
         let k = self.model.n_classes();
         let classes = &self.model.classes;
         let labels: Vec<f64> = probs.chunks(k).map(|p| classes[argmax(p)]).collect();
@@ -364,6 +409,7 @@ impl GpuClassifier {
         columns.extend((0..k).map(|c| format!("p{c}")));
         let mut inf = Inference::new(columns);
         for (l, p) in labels.iter().zip(probs.chunks(k)) {
+            ctl.check()?;
             let mut cells = vec![label_text(*l)];
             cells.extend(p.iter().map(|v| v.to_string()));
             inf.push_csv(&cells);
@@ -403,7 +449,7 @@ mod tests {
 
     fn model(hidden: usize) -> ClassifierModel {
         ClassifierModel {
-            algorithm: "mlp",
+            algorithm: Algorithm::Mlp,
             layers: vec![
                 Dense {
                     weight: vec![1.0, -2.0, 0.5, 3.0, 0.0, 1.5][..hidden * 3].to_vec(),

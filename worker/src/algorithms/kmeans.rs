@@ -3,14 +3,15 @@
 //! runs by inertia. Empty clusters are moved to the points farthest from their centroids.
 //! Artifact: `centroids` (k × features, float32).
 
+use super::pacing::paced;
 use super::{Control, Inference, Trained, check_bindings, gpu_lost};
 use crate::artifact::{self, Artifact, Tensor};
 use crate::gpu::Gpu;
 use crate::gpu::kernels::Kernel;
 use crate::gpu::neighbors::KmeansParams as Shape;
-use gpuq_shared::JobError;
 use gpuq_shared::dataset::{Matrix, Table};
 use gpuq_shared::params::KmeansParams;
+use gpuq_shared::{Algorithm, JobError};
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
@@ -26,7 +27,12 @@ fn dist2(a: &[f32], b: &[f32]) -> f64 {
 
 /// Greedy k-means++: each new centre is the best of `2 + ln k` candidates drawn with
 /// probability proportional to the squared distance to the nearest centre so far.
-pub fn kmeans_plus_plus(x: &Matrix, k: usize, rng: &mut impl Rng) -> Vec<f32> {
+pub fn kmeans_plus_plus(
+    x: &Matrix,
+    k: usize,
+    rng: &mut impl Rng,
+    ctl: &Control,
+) -> Result<Vec<f32>, JobError> {
     let n = x.rows;
     let trials = 2 + (k as f64).ln() as usize;
     let first = rng.random_range(0..n);
@@ -36,6 +42,7 @@ pub fn kmeans_plus_plus(x: &Matrix, k: usize, rng: &mut impl Rng) -> Vec<f32> {
     for _ in 1..k {
         let mut best: Option<(f64, usize, Vec<f64>)> = None;
         for _ in 0..trials {
+            ctl.check()?;
             let target = rng.random::<f64>() * potential;
             let mut acc = 0.0;
             let mut candidate = n - 1;
@@ -59,7 +66,7 @@ pub fn kmeans_plus_plus(x: &Matrix, k: usize, rng: &mut impl Rng) -> Vec<f32> {
         closest = with;
         potential = pot;
     }
-    centres
+    Ok(centres)
 }
 
 /// Buffers of one training run, reused across the `n_init` runs.
@@ -228,7 +235,7 @@ pub fn train(
             run as f32 / p.n_init as f32,
             format!("initialisation {}/{}", run + 1, p.n_init),
         );
-        let init = kmeans_plus_plus(&x, k, &mut rng);
+        let init = kmeans_plus_plus(&x, k, &mut rng, ctl)?;
         let result = lloyd.run(&init, p.max_iter, tol_abs, ctl)?;
         inertias.push(result.1);
         if best.as_ref().is_none_or(|b| result.1 < b.1) {
@@ -251,7 +258,7 @@ pub fn train(
         "clusters": k,
     });
     let artifact = artifact::write(
-        "kmeans",
+        Algorithm::Kmeans.as_str(),
         &[Tensor::F32("centroids", vec![k, f], &centroids)],
         &[
             ("feature_columns", json!(x.columns)),
@@ -276,12 +283,13 @@ pub struct GpuKmeans {
 impl GpuKmeans {
     pub fn load(gpu: &Gpu, a: &Artifact) -> Result<Self, JobError> {
         let feature_columns: Vec<String> = a.meta("feature_columns")?;
-        let shape = a.shape("centroids")?;
-        let k = shape.first().copied().unwrap_or(0);
-        let centroids = a.f32("centroids", &[k, feature_columns.len()])?;
+        let f = feature_columns.len();
+        let (k, _) = a.matrix_shape("centroids")?;
+        let centroids = a.f32("centroids", &[k, f])?;
         if k == 0 {
             return Err(artifact::corrupt("no centroids"));
         }
+        check_bindings(gpu, &[("the centroids", k * f)])?;
         Ok(Self {
             buffer: gpu.upload("centroids", &centroids),
             centroids,
@@ -299,7 +307,13 @@ impl GpuKmeans {
 
     /// `cluster,distance` (Euclidean, to the cluster's centroid) per row; the inertia of the
     /// input in the summary.
-    pub fn infer(&self, gpu: &Gpu, table: &Table, rows_json: bool) -> Result<Inference, JobError> {
+    pub fn infer(
+        &self,
+        gpu: &Gpu,
+        table: &Table,
+        rows_json: bool,
+        ctl: &Control,
+    ) -> Result<Inference, JobError> {
         let x = &table.features;
         let (n, f, k) = (x.rows, x.cols, self.k());
         let chunk = n
@@ -309,12 +323,11 @@ impl GpuKmeans {
         let mut inertia = 0f64;
         let assign_buf = gpu.zeros("assignment", chunk);
         let dist_buf = gpu.zeros("distance", chunk);
-        for off in (0..n).step_by(chunk) {
-            let rows = chunk.min(n - off);
+        let kernel = Kernel::kmeans_assign(gpu);
+        paced(n, k * f, chunk, ctl, |off, rows| {
             let x_buf = gpu.upload("features", &x.data[off * f..(off + rows) * f]);
             let shape = Shape::new(rows, f, k);
             let u = gpu.uniform(&shape);
-            let kernel = Kernel::kmeans_assign(gpu);
             let mut enc = gpu.encoder();
             kernel.encode(
                 &mut enc,
@@ -332,7 +345,8 @@ impl GpuKmeans {
                     inf.rows.push(json!({ "cluster": c, "distance": d }));
                 }
             }
-        }
+            Ok(())
+        })?;
         inf.summary.insert("clusters".into(), json!(k));
         inf.summary.insert("inertia".into(), json!(inertia));
         Ok(inf)

@@ -7,23 +7,26 @@
 //! `classes` metadata), metadata `k`, `metric`, `classes`, `feature_columns`.
 
 use super::logreg::class_indices_any;
-use super::{Inference, Trained, accuracy_summary, check_bindings, gpu_lost, label_text};
+use super::pacing::paced;
+use super::{Control, Inference, Trained, accuracy_summary, check_bindings, gpu_lost, label_text};
 use crate::artifact::{self, Artifact, Tensor};
 use crate::gpu::Gpu;
 use crate::gpu::kernels::Kernel;
 use crate::gpu::neighbors::{KnnParams as Shape, Metric};
-use gpuq_shared::JobError;
 use gpuq_shared::dataset::Table;
 use gpuq_shared::params::KnnParams;
+use gpuq_shared::{Algorithm, JobError};
 use serde_json::json;
 
 /// References past this many bytes are refused (they must fit one GPU binding anyway).
-pub fn train(table: Table, p: &KnnParams) -> Result<Trained, JobError> {
+pub fn train(table: Table, p: &KnnParams, ctl: &Control) -> Result<Trained, JobError> {
+    ctl.check()?;
     let labels = table
         .labels
         .ok_or_else(|| JobError::invalid_input("training needs a label column"))?;
     let x = table.features;
     let (classes, index) = class_indices_any(&labels)?;
+    ctl.check()?;
     let (n, f) = (x.rows, x.cols);
     if (n * f) as u64 * 4 > u32::MAX as u64 {
         return Err(super::too_large(
@@ -33,7 +36,7 @@ pub fn train(table: Table, p: &KnnParams) -> Result<Trained, JobError> {
         ));
     }
     let artifact = artifact::write(
-        "knn",
+        Algorithm::Knn.as_str(),
         &[
             Tensor::F32("references", vec![n, f], &x.data),
             Tensor::U32("label_index", vec![n], &index),
@@ -45,6 +48,7 @@ pub fn train(table: Table, p: &KnnParams) -> Result<Trained, JobError> {
             ("feature_columns", json!(x.columns)),
         ],
     );
+    ctl.check()?;
     let metrics = json!({
         "rows": n,
         "features": f,
@@ -60,14 +64,50 @@ pub fn train(table: Table, p: &KnnParams) -> Result<Trained, JobError> {
     })
 }
 
+/// Reference rows on the GPU and how to search them: each query's `k` nearest by `metric`.
+pub struct References {
+    pub buffer: wgpu::Buffer,
+    pub rows: usize,
+    pub cols: usize,
+    pub k: usize,
+    pub metric: Metric,
+}
+
+impl References {
+    /// Leaves the nearest references of each of the `n` rows of `queries` in `best` (distances,
+    /// indices; `n × k`, nearest first), scanning the references in [`paced`] slices.
+    pub fn nearest(
+        &self,
+        gpu: &Gpu,
+        queries: &wgpu::Buffer,
+        n: usize,
+        best: [&wgpu::Buffer; 2],
+        ctl: &Control,
+    ) -> Result<(), JobError> {
+        let kernel = Kernel::knn(gpu);
+        let shape = Shape::new(n, self.rows, self.cols, self.k, self.metric);
+        let per_reference = n * (self.cols + 1);
+        paced(self.rows, per_reference, self.rows, ctl, |start, len| {
+            let slice = shape.slice(start, start + len);
+            let u = gpu.uniform(&slice);
+            let mut enc = gpu.encoder();
+            kernel.encode(
+                &mut enc,
+                &kernel.bind(gpu, &[queries, &self.buffer, best[0], best[1], &u]),
+                slice.groups(),
+            );
+            gpu.submit(enc);
+            gpu.wait();
+            Ok(())
+        })
+    }
+}
+
 /// References resident on the GPU.
 pub struct GpuKnn {
-    refs: wgpu::Buffer,
-    n_refs: usize,
+    refs: References,
     label_index: Vec<u32>,
     classes: Vec<f64>,
-    k: usize,
-    metric: Metric,
     feature_columns: Vec<String>,
 }
 
@@ -84,20 +124,29 @@ impl GpuKnn {
         let metric = Metric::parse(&metric_name)
             .ok_or_else(|| artifact::corrupt(format!("unknown metric {metric_name}")))?;
         let f = feature_columns.len();
-        let n = a.shape("references")?.first().copied().unwrap_or(0);
+        let (n, _) = a.matrix_shape("references")?;
         let refs = a.f32("references", &[n, f])?;
         let label_index = a.u32("label_index", &[n])?;
-        if n == 0 || label_index.iter().any(|&c| c as usize >= classes.len()) {
-            return Err(artifact::corrupt("labels out of range or no references"));
+        if n == 0 {
+            return Err(artifact::corrupt("no references"));
+        }
+        if let Some(c) = label_index.iter().find(|&&c| c as usize >= classes.len()) {
+            return Err(artifact::corrupt(format!(
+                "label index {c} is past its {} classes",
+                classes.len()
+            )));
         }
         check_bindings(gpu, &[("the reference rows", n * f)])?;
         Ok(Self {
-            refs: gpu.upload("references", &refs),
-            n_refs: n,
+            refs: References {
+                buffer: gpu.upload("references", &refs),
+                rows: n,
+                cols: f,
+                k: k.clamp(1, n),
+                metric,
+            },
             label_index,
             classes,
-            k: k.clamp(1, n),
-            metric,
             feature_columns,
         })
     }
@@ -112,26 +161,18 @@ impl GpuKnn {
         gpu: &Gpu,
         x: &[f32],
         n: usize,
+        ctl: &Control,
     ) -> Result<(Vec<f32>, Vec<u32>), JobError> {
-        let (f, k) = (self.n_features(), self.k);
+        let (f, k) = (self.n_features(), self.refs.k);
         let by_limit = gpu.max_binding_bytes() as usize / (4 * f.max(k));
         let chunk = n.min(by_limit).clamp(1, 1 << 14);
         let (mut dist, mut idx) = (Vec::with_capacity(n * k), Vec::with_capacity(n * k));
         let best_d = gpu.zeros("best distances", chunk * k);
         let best_i = gpu.zeros("best indices", chunk * k);
-        let kernel = Kernel::knn(gpu);
         for off in (0..n).step_by(chunk) {
             let rows = chunk.min(n - off);
             let q = gpu.upload("queries", &x[off * f..(off + rows) * f]);
-            let shape = Shape::new(rows, self.n_refs, f, k, self.metric);
-            let u = gpu.uniform(&shape);
-            let mut enc = gpu.encoder();
-            kernel.encode(
-                &mut enc,
-                &kernel.bind(gpu, &[&q, &self.refs, &best_d, &best_i, &u]),
-                shape.groups(),
-            );
-            gpu.submit(enc);
+            self.refs.nearest(gpu, &q, rows, [&best_d, &best_i], ctl)?;
             dist.extend(gpu.read(&best_d, rows * k).map_err(gpu_lost)?);
             idx.extend(gpu.read_u32(&best_i, rows * k).map_err(gpu_lost)?);
         }
@@ -156,20 +197,27 @@ impl GpuKnn {
             .iter()
             .min_by(|a, b| b.1.cmp(&a.1).then(a.2.total_cmp(&b.2)).then(a.3.cmp(&b.3)))
             .expect("k >= 1");
-        (best.0, self.metric.finish(dist[best.3]))
+        (best.0, self.refs.metric.finish(dist[best.3]))
     }
 
     /// `label,distance,n0..n{k-1}` per row: the voted label, the distance to its nearest
     /// voter and the training-row index of each neighbour, nearest first.
-    pub fn infer(&self, gpu: &Gpu, table: &Table, rows_json: bool) -> Result<Inference, JobError> {
+    pub fn infer(
+        &self,
+        gpu: &Gpu,
+        table: &Table,
+        rows_json: bool,
+        ctl: &Control,
+    ) -> Result<Inference, JobError> {
         let x = &table.features;
-        let k = self.k;
-        let (dist, idx) = self.neighbours(gpu, &x.data, x.rows)?;
+        let k = self.refs.k;
+        let (dist, idx) = self.neighbours(gpu, &x.data, x.rows, ctl)?;
         let mut columns = vec!["label".to_string(), "distance".to_string()];
         columns.extend((0..k).map(|s| format!("n{s}")));
         let mut inf = Inference::new(columns);
         let mut predicted = Vec::with_capacity(x.rows);
         for (d, i) in dist.chunks(k).zip(idx.chunks(k)) {
+            ctl.check()?;
             let (class, distance) = self.vote(d, i);
             let label = self.classes[class];
             predicted.push(label);
@@ -177,7 +225,7 @@ impl GpuKnn {
             cells.extend(i.iter().map(|v| v.to_string()));
             inf.push_csv(&cells);
             if rows_json {
-                let distances: Vec<f64> = d.iter().map(|&v| self.metric.finish(v)).collect();
+                let distances: Vec<f64> = d.iter().map(|&v| self.refs.metric.finish(v)).collect();
                 inf.rows.push(json!({
                     "label": label, "distance": distance, "neighbors": i, "distances": distances,
                 }));

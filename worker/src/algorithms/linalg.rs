@@ -1,6 +1,10 @@
 //! Small dense linear algebra on the host, in f64: covariance, and the symmetric
 //! eigendecomposition (cyclic Jacobi) behind the pseudo-inverse and whitening that the
 //! Mahalanobis detectors use. Sizes are features × features, so the host is the right place.
+//! The long loops check the job's [`Control`] as they go: a stopped job ends within a row.
+
+use super::Control;
+use gpuq_shared::JobError;
 
 /// Column means of a row-major `n × f` matrix.
 pub fn means(x: &[f32], f: usize) -> Vec<f64> {
@@ -15,10 +19,11 @@ pub fn means(x: &[f32], f: usize) -> Vec<f64> {
 }
 
 /// Sample covariance (denominator n − 1), `f × f` row-major.
-pub fn covariance(x: &[f32], f: usize, mean: &[f64]) -> Vec<f64> {
+pub fn covariance(x: &[f32], f: usize, mean: &[f64], ctl: &Control) -> Result<Vec<f64>, JobError> {
     let n = x.len() / f.max(1);
     let mut c = vec![0f64; f * f];
     for row in x.chunks(f) {
+        ctl.check()?;
         let d: Vec<f64> = row.iter().zip(mean).map(|(&v, m)| v as f64 - m).collect();
         for i in 0..f {
             for j in i..f {
@@ -33,12 +38,16 @@ pub fn covariance(x: &[f32], f: usize, mean: &[f64]) -> Vec<f64> {
             c[j * f + i] = c[i * f + j];
         }
     }
-    c
+    Ok(c)
 }
 
 /// Eigenvalues and eigenvectors (columns of the returned row-major matrix) of a symmetric
 /// matrix, by cyclic Jacobi rotations.
-pub fn symmetric_eigen(a: &[f64], f: usize) -> (Vec<f64>, Vec<f64>) {
+pub fn symmetric_eigen(
+    a: &[f64],
+    f: usize,
+    ctl: &Control,
+) -> Result<(Vec<f64>, Vec<f64>), JobError> {
     let mut a = a.to_vec();
     let mut v = vec![0f64; f * f];
     for i in 0..f {
@@ -54,6 +63,7 @@ pub fn symmetric_eigen(a: &[f64], f: usize) -> (Vec<f64>, Vec<f64>) {
             break;
         }
         for p in 0..f {
+            ctl.check()?;
             for q in p + 1..f {
                 let apq = a[p * f + q];
                 if apq == 0.0 {
@@ -82,14 +92,14 @@ pub fn symmetric_eigen(a: &[f64], f: usize) -> (Vec<f64>, Vec<f64>) {
             }
         }
     }
-    ((0..f).map(|i| a[i * f + i]).collect(), v)
+    Ok(((0..f).map(|i| a[i * f + i]).collect(), v))
 }
 
 /// A whitening matrix `W` (`f × r`, row-major) with `W Wᵀ` the pseudo-inverse of the
 /// symmetric positive semi-definite `s`: eigenvalues at most `rcond × λ_max` count as zero
 /// (NumPy's `pinv(hermitian=True)` rule). Then `‖(x − y) W‖² = (x − y)ᵀ s⁺ (x − y)`.
-pub fn whitening(s: &[f64], f: usize, rcond: f64) -> Vec<f64> {
-    let (values, vectors) = symmetric_eigen(s, f);
+pub fn whitening(s: &[f64], f: usize, rcond: f64, ctl: &Control) -> Result<Vec<f64>, JobError> {
+    let (values, vectors) = symmetric_eigen(s, f, ctl)?;
     let max = values.iter().fold(0f64, |m, v| m.max(v.abs()));
     let kept: Vec<usize> = (0..f).filter(|&i| values[i] > rcond * max).collect();
     let r = kept.len();
@@ -100,7 +110,7 @@ pub fn whitening(s: &[f64], f: usize, rcond: f64) -> Vec<f64> {
             w[row * r + col] = vectors[row * f + i] * scale;
         }
     }
-    w
+    Ok(w)
 }
 
 #[cfg(test)]
@@ -111,7 +121,7 @@ mod tests {
     fn whitening_inverts_a_full_rank_covariance() {
         // s = [[4, 2], [2, 3]]; s⁻¹ = [[3, -2], [-2, 4]] / 8.
         let s = [4.0, 2.0, 2.0, 3.0];
-        let w = whitening(&s, 2, 1e-15);
+        let w = whitening(&s, 2, 1e-15, &Control::default()).unwrap();
         let r = w.len() / 2;
         assert_eq!(r, 2);
         let inv = |i: usize, j: usize| (0..r).map(|k| w[i * r + k] * w[j * r + k]).sum::<f64>();
@@ -125,11 +135,22 @@ mod tests {
         // Two identical columns: rank 1, pseudo-inverse [[1, 1], [1, 1]] / (4 var).
         let x = [1.0f32, 1.0, 2.0, 2.0, 4.0, 4.0];
         let m = means(&x, 2);
-        let s = covariance(&x, 2, &m);
+        let ctl = Control::default();
+        let s = covariance(&x, 2, &m, &ctl).unwrap();
         assert!((s[0] - 7.0 / 3.0).abs() < 1e-12);
-        let w = whitening(&s, 2, 1e-10);
+        let w = whitening(&s, 2, 1e-10, &ctl).unwrap();
         assert_eq!(w.len(), 2, "one direction kept");
         let inv00 = w[0] * w[0];
         assert!((inv00 - 1.0 / (4.0 * 7.0 / 3.0)).abs() < 1e-12, "{inv00}");
+    }
+
+    #[test]
+    fn a_stopped_job_ends_the_eigendecomposition_as_stopped() {
+        let ctl = Control::default();
+        ctl.request_stop();
+        let s = [4.0, 2.0, 2.0, 3.0];
+        let e = whitening(&s, 2, 1e-15, &ctl).unwrap_err();
+        assert_eq!(e.code, gpuq_shared::ErrorCode::Stopped);
+        assert!(covariance(&[1.0, 2.0], 2, &[0.0, 0.0], &ctl).is_err());
     }
 }

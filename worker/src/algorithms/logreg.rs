@@ -11,7 +11,7 @@ use crate::gpu::kernels::{
 };
 use gpuq_shared::dataset::{Matrix, Table};
 use gpuq_shared::params::LogregParams;
-use gpuq_shared::{ErrorCode, JobError};
+use gpuq_shared::{Algorithm, ErrorCode, JobError};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 
@@ -232,8 +232,15 @@ pub fn train(
         inputs: f,
         outputs: k,
     }];
-    let (eval_loss, eval_acc) =
-        Evaluator::new(gpu, &layer, n).run(gpu, &layer, Activation::Identity, &x_buf, &y_buf, n)?;
+    let (eval_loss, eval_acc) = Evaluator::new(gpu, &layer, n).run(
+        gpu,
+        &layer,
+        Activation::Identity,
+        &x_buf,
+        &y_buf,
+        n,
+        ctl,
+    )?;
     let model = fold_standardisation(weight, bias_v, &mean, &std, classes, columns);
     let mut metrics = training_metrics(eval_loss, eval_acc, n, &model);
     metrics["last_epoch_mean_batch_loss"] = last_loss.into();
@@ -290,7 +297,7 @@ fn fold_standardisation(
         bias[c] -= shift as f32;
     }
     ClassifierModel {
-        algorithm: "logreg",
+        algorithm: Algorithm::Logreg,
         layers: vec![Dense {
             inputs: f,
             outputs: bias.len(),

@@ -14,7 +14,7 @@ use crate::gpu::kernels::{
 };
 use gpuq_shared::dataset::Table;
 use gpuq_shared::params::{self, MlpParams, Optimizer};
-use gpuq_shared::{ErrorCode, JobError};
+use gpuq_shared::{Algorithm, ErrorCode, JobError};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use std::time::{Duration, Instant};
@@ -393,7 +393,7 @@ pub fn train(gpu: &Gpu, table: Table, p: &MlpParams, ctl: &Control) -> Result<Tr
         // the training loss.
         let score = if n_val > 0 {
             evaluator
-                .run(gpu, &view, activation, &x_val, &y_val, n_val)?
+                .run(gpu, &view, activation, &x_val, &y_val, n_val, ctl)?
                 .1
         } else {
             -last_loss
@@ -439,8 +439,15 @@ pub fn train(gpu: &Gpu, table: Table, p: &MlpParams, ctl: &Control) -> Result<Tr
         }
         gpu.submit(enc);
     }
-    let (train_loss, train_acc) =
-        evaluator.run(gpu, &view, activation, &x_train, &y_train_fixed, n_train)?;
+    let (train_loss, train_acc) = evaluator.run(
+        gpu,
+        &view,
+        activation,
+        &x_train,
+        &y_train_fixed,
+        n_train,
+        ctl,
+    )?;
     let mut dense = Vec::new();
     for layer in &layers {
         dense.push(Dense {
@@ -453,7 +460,7 @@ pub fn train(gpu: &Gpu, table: Table, p: &MlpParams, ctl: &Control) -> Result<Tr
         });
     }
     let model = ClassifierModel {
-        algorithm: "mlp",
+        algorithm: Algorithm::Mlp,
         layers: dense,
         activation,
         input_scaling: Some((mean, std)),
@@ -465,7 +472,8 @@ pub fn train(gpu: &Gpu, table: Table, p: &MlpParams, ctl: &Control) -> Result<Tr
     metrics["stopped_early"] = stopped_early.into();
     metrics["last_epoch_mean_batch_loss"] = last_loss.into();
     if n_val > 0 {
-        let (val_loss, val_acc) = evaluator.run(gpu, &view, activation, &x_val, &y_val, n_val)?;
+        let (val_loss, val_acc) =
+            evaluator.run(gpu, &view, activation, &x_val, &y_val, n_val, ctl)?;
         metrics["validation_rows"] = n_val.into();
         metrics["validation_loss"] = val_loss.into();
         metrics["validation_accuracy"] = val_acc.into();

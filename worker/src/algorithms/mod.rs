@@ -8,12 +8,13 @@ pub mod knn;
 pub mod linalg;
 pub mod logreg;
 pub mod mlp;
+pub mod pacing;
 
 use crate::artifact::{self, Artifact};
 use crate::gpu::{Gpu, GpuError};
 use gpuq_shared::dataset::Table;
 use gpuq_shared::params::TrainParams;
-use gpuq_shared::{ErrorCode, JobError};
+use gpuq_shared::{Algorithm, ErrorCode, JobError};
 use serde_json::{Map, Value, json};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -91,7 +92,8 @@ impl Control {
         self.stop_reason().is_some()
     }
 
-    /// `Err(stopped)` once the job must stop; training loops call it between batches.
+    /// `Err(stopped)` once the job must stop; every host loop and GPU submission of a job calls
+    /// it (see [`pacing`] for how long a submission may take).
     pub fn check(&self) -> Result<(), JobError> {
         match self.stop_reason() {
             None => Ok(()),
@@ -154,8 +156,8 @@ pub fn train(
         TrainParams::Logreg(p) => logreg::train(gpu, table, p, ctl),
         TrainParams::Mlp(p) => mlp::train(gpu, table, p, ctl),
         TrainParams::Kmeans(p) => kmeans::train(gpu, table, p, ctl),
-        TrainParams::Knn(p) => knn::train(table, p),
-        TrainParams::Anomaly(p) => anomaly::train(table, p),
+        TrainParams::Knn(p) => knn::train(table, p, ctl),
+        TrainParams::Anomaly(p) => anomaly::train(table, p, ctl),
     }
 }
 
@@ -168,22 +170,29 @@ pub enum LoadedModel {
 }
 
 impl LoadedModel {
-    /// Parses an artifact and uploads what inference needs.
+    /// Parses and validates an artifact (see each algorithm's `load`), then uploads what
+    /// inference needs. A bad file is `model_corrupt`; one past the device's bindings is
+    /// `input_too_large`; nothing reaches the GPU before both checks.
     pub fn load(gpu: &Gpu, bytes: &[u8]) -> Result<Self, JobError> {
         let a = Artifact::parse(bytes)?;
         // Every model takes at least one feature; a file that says otherwise is not ours.
         if a.meta::<Vec<String>>("feature_columns")?.is_empty() {
             return Err(artifact::corrupt("it names no feature columns"));
         }
-        Ok(match a.algorithm() {
-            "kmeans" => Self::Kmeans(kmeans::GpuKmeans::load(gpu, &a)?),
-            "knn" => Self::Knn(knn::GpuKnn::load(gpu, &a)?),
-            "anomaly" => Self::Anomaly(anomaly::GpuAnomaly::load(gpu, &a)?),
-            "logreg" | "mlp" => Self::Classifier(classifier::GpuClassifier::upload(
-                gpu,
-                classifier::ClassifierModel::from_artifact(&a)?,
-            )),
-            other => return Err(artifact::corrupt(format!("unknown algorithm `{other}`"))),
+        Ok(match a.algorithm()? {
+            Algorithm::Kmeans => Self::Kmeans(kmeans::GpuKmeans::load(gpu, &a)?),
+            Algorithm::Knn => Self::Knn(knn::GpuKnn::load(gpu, &a)?),
+            Algorithm::Anomaly => Self::Anomaly(anomaly::GpuAnomaly::load(gpu, &a)?),
+            Algorithm::Logreg | Algorithm::Mlp => {
+                let model = classifier::ClassifierModel::from_artifact(&a)?;
+                let weights: Vec<(&str, usize)> = model
+                    .layers
+                    .iter()
+                    .map(|l| ("a layer's weights", l.inputs * l.outputs))
+                    .collect();
+                check_bindings(gpu, &weights)?;
+                Self::Classifier(classifier::GpuClassifier::upload(gpu, model))
+            }
         })
     }
 
@@ -197,7 +206,14 @@ impl LoadedModel {
     }
 
     /// Runs the model over `table`; `rows_json` asks for one JSON object per row as well.
-    pub fn infer(&self, gpu: &Gpu, table: &Table, rows_json: bool) -> Result<Inference, JobError> {
+    /// Returns `stopped` soon after `ctl` is told to stop.
+    pub fn infer(
+        &self,
+        gpu: &Gpu,
+        table: &Table,
+        rows_json: bool,
+        ctl: &Control,
+    ) -> Result<Inference, JobError> {
         let f = self.n_features();
         if table.features.cols != f {
             return Err(JobError::new(
@@ -209,10 +225,10 @@ impl LoadedModel {
             ));
         }
         match self {
-            Self::Classifier(m) => m.infer(gpu, table, rows_json),
-            Self::Kmeans(m) => m.infer(gpu, table, rows_json),
-            Self::Knn(m) => m.infer(gpu, table, rows_json),
-            Self::Anomaly(m) => m.infer(gpu, table, rows_json),
+            Self::Classifier(m) => m.infer(gpu, table, rows_json, ctl),
+            Self::Kmeans(m) => m.infer(gpu, table, rows_json, ctl),
+            Self::Knn(m) => m.infer(gpu, table, rows_json, ctl),
+            Self::Anomaly(m) => m.infer(gpu, table, rows_json, ctl),
         }
     }
 }

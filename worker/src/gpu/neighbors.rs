@@ -115,14 +115,21 @@ pub enum Metric {
     Manhattan = 2,
 }
 
-impl Metric {
-    pub fn parse(name: &str) -> Option<Self> {
-        match name {
-            "euclidean" => Some(Self::SquaredEuclidean),
-            "cosine" => Some(Self::Cosine),
-            "manhattan" => Some(Self::Manhattan),
-            _ => None,
+impl From<gpuq_shared::params::Metric> for Metric {
+    fn from(m: gpuq_shared::params::Metric) -> Self {
+        use gpuq_shared::params::Metric as Named;
+        match m {
+            Named::Euclidean => Self::SquaredEuclidean,
+            Named::Cosine => Self::Cosine,
+            Named::Manhattan => Self::Manhattan,
         }
+    }
+}
+
+impl Metric {
+    /// The kernel's metric for a name as params and artifacts spell it.
+    pub fn parse(name: &str) -> Option<Self> {
+        gpuq_shared::params::Metric::from_name(name).map(Self::from)
     }
 
     /// The reported distance for the kernel's value.
@@ -138,11 +145,14 @@ impl Metric {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Pod, Zeroable)]
 pub struct KnnParams {
     pub queries: u32,
+    /// The end of the references one dispatch scans.
     pub refs: u32,
     pub cols: u32,
     pub k: u32,
     pub metric: u32,
-    pub _pad: [u32; 3],
+    /// The first reference one dispatch scans (see [`KnnParams::slice`]).
+    pub ref_start: u32,
+    pub _pad: [u32; 2],
 }
 
 impl KnnParams {
@@ -154,7 +164,18 @@ impl KnnParams {
             cols: cols as u32,
             k: k.min(refs).max(1) as u32,
             metric: metric as u32,
-            _pad: [0; 3],
+            ref_start: 0,
+            _pad: [0; 2],
+        }
+    }
+
+    /// Scans only references `start..end`, carrying on from the best lists already in the
+    /// output buffers when `start > 0`: consecutive slices give what one pass over all gives.
+    pub fn slice(self, start: usize, end: usize) -> Self {
+        Self {
+            ref_start: start as u32,
+            refs: end as u32,
+            ..self
         }
     }
     pub fn groups(&self) -> (u32, u32) {

@@ -264,7 +264,7 @@ impl WorkerContext {
         model_id: ModelId,
         params: &InferParams,
         input: &Input,
-        ctl: &Control,
+        ctl: &Arc<Control>,
     ) -> Result<Completion, JobError> {
         let model = self.model(&job.tenant_id, model_id).await?;
         let label_column = params
@@ -276,8 +276,8 @@ impl WorkerContext {
         let n = table.features.rows;
         let inline_only = input.uri().is_none() && n <= INLINE_ONLY_ROWS;
         let rows_json = inline_only || n <= INLINE_PREDICTIONS;
-        let (gpu, m) = (self.gpu.clone(), model.clone());
-        let inference = blocking(move || m.model.infer(&gpu, &table, rows_json)).await?;
+        let (gpu, m, c) = (self.gpu.clone(), model.clone(), ctl.clone());
+        let inference = blocking(move || m.model.infer(&gpu, &table, rows_json, &c)).await?;
 
         let output_uri = if inline_only {
             None
