@@ -375,6 +375,29 @@ impl TestApp {
         Ok(id)
     }
 
+    /// Messages waiting in this test's queue, by a passive declare (which changes nothing).
+    pub async fn queued_messages(&self) -> u32 {
+        use lapin::options::QueueDeclareOptions;
+        let conn = gpuq_shared::queue::connect(&self.settings.amqp_url)
+            .await
+            .unwrap();
+        let channel = conn.create_channel().await.unwrap();
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let queue = channel
+            .queue_declare(
+                self.settings.queue.as_str().into(),
+                passive,
+                lapin::types::FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let _ = conn.close(200, "done".into()).await;
+        queue.message_count()
+    }
+
     /// Whether the worker process `pid` has exited (and been reaped).
     pub fn worker_exited(&mut self, pid: u32) -> bool {
         self.children
