@@ -67,8 +67,12 @@ pub async fn submit(
         Work::Train(params) => params.algorithm(),
     };
 
-    // Subscribe before the job exists, so its finishing cannot be missed.
-    let waiting = wait.map(|w| (w, s.waiters.subscribe()));
+    // A place among the tenant's waiters before anything is recorded; then subscribe before
+    // the job exists, so its finishing cannot be missed.
+    let waiting = match wait {
+        Some(w) if !w.is_zero() => Some((w, s.waiters.admit(&tenant.id)?, s.waiters.subscribe())),
+        _ => None,
+    };
     let max_attempts = sub
         .max_attempts
         .unwrap_or(s.settings.lifecycle.max_attempts);
@@ -97,7 +101,7 @@ pub async fn submit(
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("recording the job failed: {e}")))??;
     let id = job.id;
     let job = match waiting {
-        Some((w, rx)) => s
+        Some((w, _slot, rx)) => s
             .waiters
             .wait_with(&s.pool, id, w, rx, Some(job.clone()))
             .await?
@@ -215,6 +219,9 @@ pub async fn get(
                 code: ErrorCode::InvalidParameter,
                 message: format!("wait must be a number of seconds, not `{w}`"),
             })?;
+            let _slot = (!wait.is_zero())
+                .then(|| s.waiters.admit(&tenant.id))
+                .transpose()?;
             s.waiters.wait_for(&s.pool, &tenant.id, id, wait).await?
         }
         None => db::job_get_for(&s.pool, &tenant.id, id).await?,
