@@ -1,16 +1,16 @@
-//! `Authorization: Bearer <key>` on every `/v1` route, then the tenant's rate limit. The tenant
-//! goes into the request's extensions for the handlers; no route under `/v1` runs without one.
+//! `Authorization: Bearer <key>` on every `/v1` route, then the tenant's rate limit. Before the
+//! key is looked up, the client's address must have failed attempts to spare, so a flood of
+//! unknown keys is answered `429` without touching the database. The tenant goes into the
+//! request's extensions for the handlers; no route under `/v1` runs without one.
 
 use crate::AppState;
 use crate::error::ApiError;
-use axum::extract::{Request, State};
-use axum::http::header;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
 use axum::response::Response;
 use gpuq_shared::{auth, db};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// The authenticated caller.
 #[derive(Debug, Clone)]
@@ -25,12 +25,38 @@ pub async fn require_key(
     mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let token = request
-        .headers()
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let client = bucket_of(client_address(
+        peer,
+        request.headers(),
+        s.trusted_proxy_hops,
+    ));
+    s.attempts.check(&client).map_err(ApiError::RateLimited)?;
+    let tenant = match authenticate(&s, request.headers()).await {
+        Err(e @ ApiError::Unauthorized(_)) => {
+            s.attempts.charge(&client);
+            return Err(e);
+        }
+        other => other?,
+    };
+    if let Err(wait) = s.rate.take(&tenant.id) {
+        return Err(ApiError::RateLimited(wait));
+    }
+    request.extensions_mut().insert(tenant);
+    Ok(next.run(request).await)
+}
+
+/// The tenant of a live key in `Authorization` (scheme case-insensitive, RFC 9110 §11.1).
+async fn authenticate(s: &AppState, headers: &HeaderMap) -> Result<Tenant, ApiError> {
+    let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
+        .and_then(|v| v.trim_start().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
         .ok_or_else(|| {
             ApiError::Unauthorized("send an API key: `Authorization: Bearer <key>`".into())
         })?;
@@ -40,51 +66,53 @@ pub async fn require_key(
     if !auth::secret_matches(secret, &key.secret_sha256) {
         return Err(invalid());
     }
-    if let Err(wait) = s.rate.take(&key.tenant_id) {
-        return Err(ApiError::RateLimited(wait));
-    }
-    request.extensions_mut().insert(Tenant {
+    Ok(Tenant {
         id: key.tenant_id,
         input_prefixes: key.input_prefixes,
-    });
-    Ok(next.run(request).await)
+    })
 }
 
-/// A token bucket per tenant: `burst` requests at once, refilled at `per_second`.
-#[derive(Clone)]
-pub struct RateLimiter {
-    per_second: f64,
-    burst: f64,
-    buckets: Arc<Mutex<HashMap<String, (f64, Instant)>>>,
-}
-
-impl RateLimiter {
-    pub fn new(per_second: f64, burst: u32) -> Self {
-        Self {
-            per_second,
-            burst: f64::from(burst.max(1)),
-            buckets: Arc::default(),
-        }
+/// Where the request comes from: the peer, or behind `trusted_hops` proxies that each append
+/// the address they received from to `X-Forwarded-For`, the entry the outermost one wrote
+/// (entries further left are the client's to forge). Unknown when neither says.
+pub fn client_address(peer: Option<IpAddr>, headers: &HeaderMap, trusted_hops: usize) -> IpAddr {
+    let unknown = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+    if trusted_hops == 0 {
+        return peer.unwrap_or(unknown);
     }
+    let forwarded: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    let Some(entry) = forwarded
+        .len()
+        .checked_sub(trusted_hops)
+        .map(|i| forwarded[i])
+    else {
+        // Fewer hops than configured: the request did not come through every proxy.
+        return peer.unwrap_or(unknown);
+    };
+    entry
+        .parse::<IpAddr>()
+        .or_else(|_| entry.parse::<SocketAddr>().map(|a| a.ip()))
+        .unwrap_or(unknown)
+}
 
-    /// Takes one token, or says how long until one is there.
-    pub fn take(&self, tenant: &str) -> Result<(), Duration> {
-        let now = Instant::now();
-        let mut buckets = self.buckets.lock().expect("rate limiter lock");
-        let (tokens, at) = buckets
-            .entry(tenant.to_string())
-            .or_insert((self.burst, now));
-        *tokens =
-            (*tokens + now.duration_since(*at).as_secs_f64() * self.per_second).min(self.burst);
-        *at = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            Ok(())
-        } else if self.per_second > 0.0 {
-            Err(Duration::from_secs_f64((1.0 - *tokens) / self.per_second))
-        } else {
-            Err(Duration::from_secs(3600))
-        }
+/// The bucket an address counts against: IPv4 as it is, IPv6 by its /64 (what one host is
+/// usually given, so a client cannot hop between its own addresses).
+pub fn bucket_of(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V4(_) => address,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
     }
 }
 
@@ -92,19 +120,46 @@ impl RateLimiter {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_bucket_allows_a_burst_then_refills_per_tenant() {
-        let limiter = RateLimiter::new(10.0, 3);
-        for _ in 0..3 {
-            assert!(limiter.take("a").is_ok());
+    fn forwarded(values: &[&str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for v in values {
+            headers.append("x-forwarded-for", v.parse().unwrap());
         }
-        let wait = limiter.take("a").unwrap_err();
-        assert!(
-            wait > Duration::ZERO && wait <= Duration::from_millis(100),
-            "{wait:?}"
+        headers
+    }
+
+    #[test]
+    fn the_client_address_is_the_peer_unless_proxies_are_trusted() {
+        let peer: IpAddr = "10.0.0.5".parse().unwrap();
+        let h = forwarded(&["1.1.1.1, 2.2.2.2"]);
+        assert_eq!(
+            client_address(Some(peer), &h, 0),
+            peer,
+            "a forged header is ignored"
         );
-        assert!(limiter.take("b").is_ok(), "tenants have separate buckets");
-        std::thread::sleep(Duration::from_millis(120));
-        assert!(limiter.take("a").is_ok());
+        assert_eq!(client_address(Some(peer), &h, 1).to_string(), "2.2.2.2");
+        assert_eq!(client_address(Some(peer), &h, 2).to_string(), "1.1.1.1");
+        assert_eq!(
+            client_address(Some(peer), &h, 3),
+            peer,
+            "fewer hops than configured"
+        );
+        let split = forwarded(&["1.1.1.1", "[2001:db8::1]:443"]);
+        assert_eq!(client_address(None, &split, 1).to_string(), "2001:db8::1");
+        assert!(client_address(None, &forwarded(&["junk"]), 1).is_unspecified());
+        assert!(client_address(None, &HeaderMap::new(), 0).is_unspecified());
+    }
+
+    #[test]
+    fn ipv6_addresses_share_a_bucket_per_slash_64() {
+        let a = bucket_of("2001:db8:1:2:aaaa::1".parse().unwrap());
+        let b = bucket_of("2001:db8:1:2:bbbb::9".parse().unwrap());
+        let c = bucket_of("2001:db8:1:3::1".parse().unwrap());
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(
+            bucket_of("::ffff:192.0.2.7".parse().unwrap()).to_string(),
+            "192.0.2.7"
+        );
     }
 }

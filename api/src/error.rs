@@ -28,6 +28,11 @@ pub enum ApiError {
     },
     #[error("too many requests: try again in {0:.1?}")]
     RateLimited(std::time::Duration),
+    #[error(
+        "this tenant already has {0} requests waiting on jobs, as many as it may; \
+         try again once one has returned"
+    )]
+    TooManyWaiters(usize),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -70,6 +75,12 @@ impl From<gpuq_shared::submit::SubmitError> for ApiError {
     }
 }
 
+impl From<crate::waiters::TooManyWaiters> for ApiError {
+    fn from(e: crate::waiters::TooManyWaiters) -> Self {
+        ApiError::TooManyWaiters(e.0)
+    }
+}
+
 impl From<gpuq_shared::db::DbError> for ApiError {
     fn from(e: gpuq_shared::db::DbError) -> Self {
         if gpuq_shared::db::is_unavailable(&e) {
@@ -90,6 +101,7 @@ impl ApiError {
             | ApiError::Forbidden { code, .. } => *code,
             ApiError::Unauthorized(_) => ErrorCode::Unauthorized,
             ApiError::RateLimited(_) => ErrorCode::RateLimited,
+            ApiError::TooManyWaiters(_) => ErrorCode::TooManyWaiters,
             ApiError::NotFound(_) => ErrorCode::NotFound,
             ApiError::Conflict(_) => ErrorCode::Conflict,
             ApiError::MethodNotAllowed => ErrorCode::MethodNotAllowed,
@@ -119,7 +131,9 @@ impl IntoResponse for ApiError {
                 (wait.as_secs_f64().ceil() as u64).max(1).to_string(),
             )),
             ApiError::Unauthorized(_) => Some((header::WWW_AUTHENTICATE, "Bearer".to_string())),
-            ApiError::Unavailable(_) => Some((header::RETRY_AFTER, "1".to_string())),
+            ApiError::Unavailable(_) | ApiError::TooManyWaiters(_) => {
+                Some((header::RETRY_AFTER, "1".to_string()))
+            }
             _ => None,
         };
         if let Some((name, value)) = extra {

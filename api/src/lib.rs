@@ -3,22 +3,26 @@
 
 pub mod auth;
 pub mod error;
+pub mod rate;
 pub mod routes;
 pub mod view;
 pub mod waiters;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{ConnectInfo, DefaultBodyLimit};
 use axum::routing::{get, post};
 use error::ApiError;
 use gpuq_shared::config::{Settings, parse_var, var_or};
 use gpuq_shared::queue::Publisher;
 use gpuq_shared::{db, reaper};
+use rate::RateLimiter;
 use sqlx::PgPool;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
 use waiters::Waiters;
 
 /// What every handler can reach.
@@ -29,7 +33,12 @@ pub struct AppState {
     pub waiters: Waiters,
     pub max_body_bytes: usize,
     pub settings: Arc<Settings>,
-    pub rate: auth::RateLimiter,
+    /// Each tenant's requests.
+    pub rate: RateLimiter<String>,
+    /// Each client address's failed authentication attempts (IPv6 by /64).
+    pub attempts: RateLimiter<IpAddr>,
+    /// Proxies in front of the API whose `X-Forwarded-For` entries are believed.
+    pub trusted_proxy_hops: usize,
 }
 
 /// Settings of the API process on top of the shared ones.
@@ -46,6 +55,15 @@ pub struct ApiSettings {
     pub rate_per_second: f64,
     /// …and at once.
     pub rate_burst: u32,
+    /// Failed authentication attempts each client address may make per second on average…
+    pub auth_failures_per_second: f64,
+    /// …and at once; past them the address gets `429` before any key is looked up.
+    pub auth_failures_burst: u32,
+    /// Proxies in front of the API that append the address they received from to
+    /// `X-Forwarded-For` (the AWS load balancer: 1); 0 takes the peer as the client.
+    pub trusted_proxy_hops: usize,
+    /// Requests one tenant may have waiting on jobs at once (`?wait=`, `Prefer: wait=`).
+    pub max_waiters_per_tenant: usize,
     /// How long a client may take to send its request headers.
     pub header_timeout: Duration,
     /// Postgres connections this process may hold.
@@ -61,6 +79,10 @@ impl ApiSettings {
             reaper: parse_var("GPUQ_API_REAPER", 1u8)? == 1,
             rate_per_second: parse_var("GPUQ_RATE_LIMIT_PER_SECOND", 50.0)?,
             rate_burst: parse_var("GPUQ_RATE_LIMIT_BURST", 100)?,
+            auth_failures_per_second: parse_var("GPUQ_AUTH_FAILURES_PER_SECOND", 1.0)?,
+            auth_failures_burst: parse_var("GPUQ_AUTH_FAILURES_BURST", 20)?,
+            trusted_proxy_hops: parse_var("GPUQ_TRUSTED_PROXY_HOPS", 0)?,
+            max_waiters_per_tenant: parse_var("GPUQ_MAX_WAITERS_PER_TENANT", 100)?,
             header_timeout: Duration::from_secs_f64(parse_var(
                 "GPUQ_HEADER_TIMEOUT_SECONDS",
                 10.0,
@@ -100,12 +122,21 @@ impl Application {
         let publisher = Arc::new(publisher);
         let listener = TcpListener::bind(&settings.addr).await?;
         let state = AppState {
-            waiters: Waiters::start(pool.clone(), shutdown.clone()),
+            waiters: Waiters::start(
+                pool.clone(),
+                settings.max_waiters_per_tenant,
+                shutdown.clone(),
+            ),
             pool,
             publisher,
             max_body_bytes: settings.max_body_bytes,
             settings: Arc::new(settings.shared.clone()),
-            rate: auth::RateLimiter::new(settings.rate_per_second, settings.rate_burst),
+            rate: RateLimiter::new(settings.rate_per_second, settings.rate_burst),
+            attempts: RateLimiter::new(
+                settings.auth_failures_per_second,
+                settings.auth_failures_burst,
+            ),
+            trusted_proxy_hops: settings.trusted_proxy_hops,
         };
         Ok(Self {
             listener,
@@ -132,7 +163,8 @@ impl Application {
 }
 
 /// HTTP/1.1 with a deadline for the request headers (so a client that trickles them cannot hold
-/// a connection), until `shutdown`; then in-flight requests get up to 30 s to finish.
+/// a connection), until `shutdown`; then in-flight requests get up to 30 s to finish. Each
+/// request carries its peer's address (`ConnectInfo<SocketAddr>`).
 async fn serve(
     listener: TcpListener,
     app: Router,
@@ -145,10 +177,10 @@ async fn serve(
     http.timer(TokioTimer::new())
         .header_read_timeout(header_timeout);
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors and the like: pause rather than spin.
                     tracing::warn!(error = %e, "accept failed");
@@ -157,7 +189,13 @@ async fn serve(
                 }
             },
         };
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let app = app
+            .clone()
+            .map_request(move |mut request: axum::extract::Request<_>| {
+                request.extensions_mut().insert(ConnectInfo(peer));
+                request
+            });
+        let service = hyper_util::service::TowerToHyperService::new(app);
         let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
             if let Err(e) = conn.await {

@@ -1,11 +1,15 @@
 //! Lets a request wait for a job to finish (`Prefer: wait=N` on submit, `?wait=N` on get)
 //! without polling: the jobs table's trigger NOTIFYs `gpuq_job_finished`, one listener
-//! connection fans the ids out, and each waiter re-reads its job when its id goes by.
+//! connection fans the ids out, and each waiter re-reads its job only when its id goes by — or
+//! when notifications may have been missed (the listener reconnected, or the waiter fell
+//! behind). Each tenant may have only so many requests waiting at once.
 
 use gpuq_shared::JobId;
 use gpuq_shared::db::{self, JobRecord};
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -14,25 +18,72 @@ use uuid::Uuid;
 /// The longest a request may wait.
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
 
+const CHANNEL: &str = "gpuq_job_finished";
+
+/// What the listener tells every waiter.
+#[derive(Debug, Clone, Copy)]
+pub enum Wake {
+    /// This job reached a terminal state.
+    Finished(Uuid),
+    /// Notifications may have been lost (the listener (re)connected): everyone looks again.
+    Resync,
+}
+
 #[derive(Clone)]
 pub struct Waiters {
-    finished: broadcast::Sender<Uuid>,
+    wakes: broadcast::Sender<Wake>,
+    /// Requests waiting now, per tenant.
+    waiting: Arc<Mutex<HashMap<String, usize>>>,
+    max_per_tenant: usize,
+}
+
+/// The tenant already has as many requests waiting as it may.
+#[derive(Debug)]
+pub struct TooManyWaiters(pub usize);
+
+/// A place among the tenant's waiters, given back when dropped (also when the client hangs
+/// up and its request is dropped).
+#[derive(Debug)]
+pub struct WaiterSlot {
+    waiting: Arc<Mutex<HashMap<String, usize>>>,
+    tenant: String,
+}
+
+impl Drop for WaiterSlot {
+    fn drop(&mut self) {
+        let mut waiting = self.waiting.lock().expect("waiters lock");
+        if let Some(n) = waiting.get_mut(&self.tenant) {
+            *n -= 1;
+            if *n == 0 {
+                waiting.remove(&self.tenant);
+            }
+        }
+    }
 }
 
 impl Waiters {
     /// Starts the listener task; it runs until `shutdown`.
-    pub fn start(pool: PgPool, shutdown: CancellationToken) -> Self {
-        let (finished, _) = broadcast::channel(4096);
-        let tx = finished.clone();
+    pub fn start(pool: PgPool, max_per_tenant: usize, shutdown: CancellationToken) -> Self {
+        let waiters = Self::new(max_per_tenant);
+        let tx = waiters.wakes.clone();
         tokio::spawn(async move {
             loop {
                 let listen = async {
                     let mut listener = PgListener::connect_with(&pool).await?;
-                    listener.listen("gpuq_job_finished").await?;
+                    listener.listen(CHANNEL).await?;
+                    // Whatever finished while nobody listened is found by a fresh look.
+                    let _ = tx.send(Wake::Resync);
                     loop {
-                        let n = listener.recv().await?;
-                        if let Ok(id) = Uuid::parse_str(n.payload()) {
-                            let _ = tx.send(id);
+                        match listener.try_recv().await? {
+                            Some(n) => {
+                                if let Ok(id) = Uuid::parse_str(n.payload()) {
+                                    let _ = tx.send(Wake::Finished(id));
+                                }
+                            }
+                            None => {
+                                tracing::warn!("job notification listener reconnected");
+                                let _ = tx.send(Wake::Resync);
+                            }
                         }
                     }
                     #[allow(unreachable_code)]
@@ -47,11 +98,31 @@ impl Waiters {
                 }
             }
         });
-        Self { finished }
+        waiters
     }
 
-    /// Returns the job once it is terminal or `wait` has passed, whichever is first. Re-reads the
-    /// job every second as well, so a lost notification costs at most a second.
+    fn new(max_per_tenant: usize) -> Self {
+        Self {
+            wakes: broadcast::channel(4096).0,
+            waiting: Arc::default(),
+            max_per_tenant,
+        }
+    }
+
+    /// A place among `tenant`'s waiters, if it has one left.
+    pub fn admit(&self, tenant: &str) -> Result<WaiterSlot, TooManyWaiters> {
+        let mut waiting = self.waiting.lock().expect("waiters lock");
+        if waiting.get(tenant).copied().unwrap_or(0) >= self.max_per_tenant {
+            return Err(TooManyWaiters(self.max_per_tenant));
+        }
+        *waiting.entry(tenant.to_string()).or_default() += 1;
+        Ok(WaiterSlot {
+            waiting: self.waiting.clone(),
+            tenant: tenant.to_string(),
+        })
+    }
+
+    /// Returns the job once it is terminal or `wait` has passed, whichever is first.
     pub async fn wait_for(
         &self,
         pool: &PgPool,
@@ -67,9 +138,9 @@ impl Waiters {
         self.wait_with(pool, id, wait, rx, first).await
     }
 
-    /// A receiver of finished job ids, to take before the state the caller then reads or writes.
-    pub fn subscribe(&self) -> broadcast::Receiver<Uuid> {
-        self.finished.subscribe()
+    /// A receiver of wake-ups, to take before the state the caller then reads or writes.
+    pub fn subscribe(&self) -> broadcast::Receiver<Wake> {
+        self.wakes.subscribe()
     }
 
     /// As [`wait_for`](Self::wait_for) with a receiver taken earlier and a `known` state of the
@@ -80,7 +151,7 @@ impl Waiters {
         pool: &PgPool,
         id: JobId,
         wait: Duration,
-        mut rx: broadcast::Receiver<Uuid>,
+        mut rx: broadcast::Receiver<Wake>,
         mut known: Option<JobRecord>,
     ) -> Result<Option<JobRecord>, db::DbError> {
         let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
@@ -93,15 +164,13 @@ impl Waiters {
                 Some(j) if !j.status.is_terminal() => {}
                 _ => return Ok(job),
             }
-            let recheck = tokio::time::Instant::now() + Duration::from_secs(1);
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep_until(deadline) => return Ok(job),
-                    _ = tokio::time::sleep_until(recheck) => break,
                     got = rx.recv() => match got {
-                        Ok(done) if done == id.0 => break,
-                        Ok(_) => continue,
-                        Err(broadcast::error::RecvError::Lagged(_)) => break,
+                        Ok(Wake::Finished(done)) if done == id.0 => break,
+                        Ok(Wake::Finished(_)) => continue,
+                        Ok(Wake::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => break,
                         Err(broadcast::error::RecvError::Closed) => return Ok(job),
                     },
                 }
@@ -114,4 +183,22 @@ impl Waiters {
 pub fn parse_wait(s: &str) -> Option<Duration> {
     let secs: f64 = s.trim().parse().ok()?;
     (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs).min(MAX_WAIT))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_tenant_gets_so_many_slots_and_a_dropped_one_comes_back() {
+        let waiters = Waiters::new(2);
+        let a1 = waiters.admit("a").unwrap();
+        let _a2 = waiters.admit("a").unwrap();
+        assert_eq!(waiters.admit("a").unwrap_err().0, 2);
+        let _b = waiters.admit("b").expect("tenants have their own slots");
+        drop(a1);
+        let _a3 = waiters.admit("a").expect("a dropped slot is free again");
+        drop((_a2, _a3));
+        assert!(!waiters.waiting.lock().unwrap().contains_key("a"));
+    }
 }

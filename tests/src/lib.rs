@@ -44,6 +44,10 @@ pub struct Options {
     pub limits: Limits,
     /// Each tenant's requests per second (and burst) at the API.
     pub rate_limit: (f64, u32),
+    /// Each client address's failed authentication attempts per second (and burst).
+    pub auth_failure_limit: (f64, u32),
+    /// Requests one tenant may have waiting on jobs at once.
+    pub max_waiters_per_tenant: usize,
 }
 
 impl Default for Options {
@@ -64,6 +68,8 @@ impl Default for Options {
             },
             limits: Limits::default(),
             rate_limit: (10_000.0, 10_000),
+            auth_failure_limit: (10_000.0, 10_000),
+            max_waiters_per_tenant: 1000,
         }
     }
 }
@@ -116,6 +122,10 @@ impl TestApp {
             reaper: true,
             rate_per_second: opts.rate_limit.0,
             rate_burst: opts.rate_limit.1,
+            auth_failures_per_second: opts.auth_failure_limit.0,
+            auth_failures_burst: opts.auth_failure_limit.1,
+            trusted_proxy_hops: 0,
+            max_waiters_per_tenant: opts.max_waiters_per_tenant,
             header_timeout: Duration::from_secs(2),
             db_connections: 6,
         };
@@ -385,6 +395,29 @@ impl TestApp {
         .execute(&self.pool)
         .await?;
         Ok(id)
+    }
+
+    /// Messages waiting in this test's queue, by a passive declare (which changes nothing).
+    pub async fn queued_messages(&self) -> u32 {
+        use lapin::options::QueueDeclareOptions;
+        let conn = gpuq_shared::queue::connect(&self.settings.amqp_url)
+            .await
+            .unwrap();
+        let channel = conn.create_channel().await.unwrap();
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let queue = channel
+            .queue_declare(
+                self.settings.queue.as_str().into(),
+                passive,
+                lapin::types::FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let _ = conn.close(200, "done".into()).await;
+        queue.message_count()
     }
 
     /// Whether the worker process `pid` has exited (and been reaped).

@@ -239,3 +239,116 @@ async fn a_list_summarises_inline_inputs_so_a_page_stays_small() {
         .await;
     assert_eq!(full["input"]["rows"].as_array().unwrap().len(), 2000);
 }
+
+/// A client that sends a whole submit and hangs up must not leave its job recorded but
+/// unpublished. With the reaper's republish 60 s away (so it cannot rescue them): four clients
+/// hang up while their inserts wait on a lock the test holds, then 200 hang up at moments spread
+/// over a submit's life; every job recorded is in the queue.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_hangs_up_after_submitting_still_gets_its_job_published() {
+    use std::time::{Duration, Instant};
+    use tokio::io::AsyncWriteExt;
+    let mut options = Options {
+        workers: 0,
+        ..Options::default()
+    };
+    options.lifecycle.republish_after = Duration::from_secs(60);
+    let app = TestApp::spawn_with(options).await;
+    let addr = app.url.trim_start_matches("http://").to_string();
+    let body = train_body().to_string();
+    let request = format!(
+        "POST /v1/jobs HTTP/1.1\r\nHost: gpuq\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        app.key,
+        body.len()
+    );
+    let send = |addr: String, request: String| async move {
+        let mut socket = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        socket.write_all(request.as_bytes()).await.unwrap();
+        socket
+    };
+    let counts = || async {
+        let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+        (jobs as u32, app.queued_messages().await)
+    };
+    // Both counts steady for a second: whatever the server still does for them is done.
+    let settled = || async {
+        let mut last = counts().await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let now = counts().await;
+            if now == last || Instant::now() > deadline {
+                return now;
+            }
+            last = now;
+        }
+    };
+    app.submit(train_body()).await; // the pool's connections and the publisher are warm
+
+    // Four inserts wait on the lock; their clients hang up; the lock goes.
+    let mut lock = app.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE jobs IN SHARE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let mut sockets = Vec::new();
+    for _ in 0..4 {
+        sockets.push(send(addr.clone(), request.clone()).await);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+             AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO jobs%'",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        if waiting == 4 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{waiting} inserts wait on the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(sockets);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    lock.rollback().await.unwrap();
+    let (recorded, published) = settled().await;
+    eprintln!("hung up mid-insert: {recorded} jobs recorded, {published} messages queued");
+    assert_eq!(
+        (recorded, published),
+        (5, 5),
+        "the four hung-up jobs are recorded and published"
+    );
+
+    // Ten waves of twenty, each hanging up 0 to 40 ms after sending: before, during and after
+    // the insert and the publish.
+    for _wave in 0..10 {
+        let hang_ups = (0..20u64).map(|i| {
+            let socket = send(addr.clone(), request.clone());
+            tokio::spawn(async move {
+                let socket = socket.await;
+                tokio::time::sleep(Duration::from_millis(i * 2)).await;
+                drop(socket);
+            })
+        });
+        for h in futures_util::future::join_all(hang_ups).await {
+            h.unwrap();
+        }
+    }
+    let (recorded, published) = settled().await;
+    eprintln!("after the burst: {recorded} jobs recorded, {published} messages queued");
+    assert_eq!(
+        published,
+        recorded,
+        "{} recorded jobs were never published",
+        recorded.saturating_sub(published)
+    );
+}

@@ -11,7 +11,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use gpuq_shared::db::{self, Idempotent, JobFilter, NewJob};
+use gpuq_shared::db::{self, Idempotent, JobFilter, JobRecord, NewJob};
 use gpuq_shared::job::{Input, Work};
 use gpuq_shared::{ErrorCode, JobId, JobStatus, JobType, auth, submit};
 use serde_json::{Value, json};
@@ -67,45 +67,41 @@ pub async fn submit(
         Work::Train(params) => params.algorithm(),
     };
 
-    // Subscribe before the job exists, so its finishing cannot be missed.
-    let waiting = wait.map(|w| (w, s.waiters.subscribe()));
-    let new_job = NewJob {
-        id: JobId::new(),
-        tenant: &tenant.id,
-        spec: &sub.spec,
-        algorithm,
-        max_attempts: sub
-            .max_attempts
-            .unwrap_or(s.settings.lifecycle.max_attempts),
-        timeout_s: sub
-            .timeout_s
-            .unwrap_or(s.settings.lifecycle.default_timeout_s) as i32,
+    // A place among the tenant's waiters before anything is recorded; then subscribe before
+    // the job exists, so its finishing cannot be missed.
+    let waiting = match wait {
+        Some(w) if !w.is_zero() => Some((w, s.waiters.admit(&tenant.id)?, s.waiters.subscribe())),
+        _ => None,
     };
-    let (job, created) = match &idempotency_key {
-        None => (db::job_insert(&s.pool, &new_job).await?, true),
-        Some(key) => {
-            // The same request, whatever its JSON spacing or key order: hash its parsed form
-            // (objects serialise with sorted keys).
-            let digest = auth::body_sha256(value.to_string().as_bytes());
-            match db::job_insert_idempotent(&s.pool, &new_job, key, &digest).await? {
-                Idempotent::Created(job) => (job, true),
-                Idempotent::Existing(job) => (job, false),
-                Idempotent::KeyReused => {
-                    return Err(ApiError::Conflict(format!(
-                        "Idempotency-Key `{key}` was used for a different request"
-                    )));
-                }
-            }
-        }
-    };
+    let max_attempts = sub
+        .max_attempts
+        .unwrap_or(s.settings.lifecycle.max_attempts);
+    let timeout_s = sub
+        .timeout_s
+        .unwrap_or(s.settings.lifecycle.default_timeout_s) as i32;
+    // The same request, whatever its JSON spacing or key order: hash its parsed form (objects
+    // serialise with sorted keys).
+    let idempotency = idempotency_key.map(|k| (k, auth::body_sha256(value.to_string().as_bytes())));
+    // Recording and publishing run in a task of their own, which this handler awaits: a client
+    // that hangs up drops the handler, never the work, so no job is left recorded but unpublished.
+    let (state, tenant_id, spec) = (s.clone(), tenant.id.clone(), sub.spec);
+    let recording = tokio::spawn(async move {
+        let new_job = NewJob {
+            id: JobId::new(),
+            tenant: &tenant_id,
+            spec: &spec,
+            algorithm,
+            max_attempts,
+            timeout_s,
+        };
+        record_and_publish(&state, &new_job, idempotency).await
+    });
+    let (job, created) = recording
+        .await
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("recording the job failed: {e}")))??;
     let id = job.id;
-    // The job is safe in Postgres: if the broker is down the reaper publishes it later, so a
-    // failed publish does not fail the request. A replayed request publishes nothing.
-    if created && let Err(e) = s.publisher.publish(id).await {
-        tracing::warn!(job = %id, error = %e, "publish failed; the reaper will publish the job");
-    }
     let job = match waiting {
-        Some((w, rx)) => s
+        Some((w, _slot, rx)) => s
             .waiters
             .wait_with(&s.pool, id, w, rx, Some(job.clone()))
             .await?
@@ -126,6 +122,35 @@ pub async fn submit(
         response.headers_mut().insert("preference-applied", applied);
     }
     Ok(response)
+}
+
+/// Records the job (once per `Idempotency-Key` and request digest) and publishes it; says
+/// whether this request created it.
+async fn record_and_publish(
+    s: &AppState,
+    new_job: &NewJob<'_>,
+    idempotency: Option<(String, [u8; 32])>,
+) -> Result<(JobRecord, bool), ApiError> {
+    let (job, created) = match &idempotency {
+        None => (db::job_insert(&s.pool, new_job).await?, true),
+        Some((key, digest)) => {
+            match db::job_insert_idempotent(&s.pool, new_job, key, digest).await? {
+                Idempotent::Created(job) => (job, true),
+                Idempotent::Existing(job) => (job, false),
+                Idempotent::KeyReused => {
+                    return Err(ApiError::Conflict(format!(
+                        "Idempotency-Key `{key}` was used for a different request"
+                    )));
+                }
+            }
+        }
+    };
+    // The job is safe in Postgres: if the broker is down the reaper publishes it later, so a
+    // failed publish does not fail the request. A replayed request publishes nothing.
+    if created && let Err(e) = s.publisher.publish(job.id).await {
+        tracing::warn!(job = %job.id, error = %e, "publish failed; the reaper will publish the job");
+    }
+    Ok((job, created))
 }
 
 /// `Idempotency-Key`: 1 to 255 visible ASCII characters.
@@ -194,6 +219,9 @@ pub async fn get(
                 code: ErrorCode::InvalidParameter,
                 message: format!("wait must be a number of seconds, not `{w}`"),
             })?;
+            let _slot = (!wait.is_zero())
+                .then(|| s.waiters.admit(&tenant.id))
+                .transpose()?;
             s.waiters.wait_for(&s.pool, &tenant.id, id, wait).await?
         }
         None => db::job_get_for(&s.pool, &tenant.id, id).await?,
