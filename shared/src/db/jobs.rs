@@ -420,11 +420,12 @@ pub async fn jobs_requeue_expired(pool: &PgPool, backoff: Backoff) -> Result<u64
 }
 
 /// The API, after the broker confirmed a new job's message: the job is published. Without
-/// this mark the reaper would take the job for one whose message never went out.
+/// this mark the reaper would take the job for one whose message never went out. Only a job
+/// never claimed: one that already ran and went back to the queue waits for the reaper.
 pub async fn job_set_published(pool: &PgPool, id: JobId) -> Result<(), DbError> {
     sqlx::query(
         "UPDATE jobs SET published_at = now()
-         WHERE id = $1 AND status = 'queued' AND published_at IS NULL",
+         WHERE id = $1 AND status = 'queued' AND published_at IS NULL AND attempt = 0",
     )
     .bind(id.0)
     .execute(pool)
