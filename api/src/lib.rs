@@ -13,8 +13,10 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit};
 use axum::routing::{get, post};
 use error::ApiError;
 use gpuq_shared::config::{Settings, parse_var, var_or};
+use gpuq_shared::db;
+use gpuq_shared::maintenance::Maintenance;
 use gpuq_shared::queue::Publisher;
-use gpuq_shared::{db, reaper};
+use gpuq_shared::storage::Storage;
 use rate::RateLimiter;
 use sqlx::PgPool;
 use std::net::IpAddr;
@@ -39,6 +41,8 @@ pub struct AppState {
     pub attempts: RateLimiter<IpAddr>,
     /// Proxies in front of the API whose `X-Forwarded-For` entries are believed.
     pub trusted_proxy_hops: usize,
+    /// Deletes the outputs of deleted jobs and the artifacts of deleted models.
+    pub storage: Storage,
 }
 
 /// Settings of the API process on top of the shared ones.
@@ -48,8 +52,8 @@ pub struct ApiSettings {
     /// `host:port` to listen on; port 0 picks a free one.
     pub addr: String,
     pub max_body_bytes: usize,
-    /// Run the reaper in this process too (on by default, so jobs are never stranded when no
-    /// worker runs).
+    /// Contend to run maintenance (the reaper, retention) in this process too (on by default,
+    /// so jobs are never stranded when no worker runs); one process at a time is elected.
     pub reaper: bool,
     /// Requests per second each tenant may make on average…
     pub rate_per_second: f64,
@@ -137,6 +141,7 @@ impl Application {
                 settings.auth_failures_burst,
             ),
             trusted_proxy_hops: settings.trusted_proxy_hops,
+            storage: Storage::from_env().await,
         };
         Ok(Self {
             listener,
@@ -152,9 +157,14 @@ impl Application {
     /// Serves until `shutdown`, then drains in-flight requests.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         if self.settings.reaper {
-            let (pool, publisher) = (self.state.pool.clone(), self.state.publisher.clone());
-            let (lifecycle, stop) = (self.settings.shared.lifecycle.clone(), shutdown.clone());
-            tokio::spawn(async move { reaper::run(pool, &publisher, lifecycle, stop).await });
+            let maintenance = Maintenance::new(
+                self.state.pool.clone(),
+                self.state.publisher.clone(),
+                self.state.storage.clone(),
+                self.settings.shared.clone(),
+            );
+            let stop = shutdown.clone();
+            tokio::spawn(async move { maintenance.run(stop).await });
         }
         let app = router(self.state);
         serve(self.listener, app, self.settings.header_timeout, shutdown).await;
@@ -219,10 +229,16 @@ pub fn router(state: AppState) -> Router {
             "/v1/jobs",
             post(routes::jobs::submit).get(routes::jobs::list),
         )
-        .route("/v1/jobs/{id}", get(routes::jobs::get))
+        .route(
+            "/v1/jobs/{id}",
+            get(routes::jobs::get).delete(routes::jobs::delete),
+        )
         .route("/v1/jobs/{id}/cancel", post(routes::jobs::cancel))
         .route("/v1/models", get(routes::models::list))
-        .route("/v1/models/{id}", get(routes::models::get))
+        .route(
+            "/v1/models/{id}",
+            get(routes::models::get).delete(routes::models::delete),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_key,

@@ -98,6 +98,43 @@ pub struct Settings {
     pub s3_prefix: String,
     pub lifecycle: Lifecycle,
     pub limits: Limits,
+    pub retention: Retention,
+}
+
+/// How long finished work is kept before the maintenance loop deletes it; `None` keeps it
+/// forever (the default).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Retention {
+    /// Finished jobs (`succeeded`, `failed`, `canceled`) and their output objects, counted from
+    /// when they finished. Models are kept until deleted.
+    pub jobs: Option<Duration>,
+    /// Idempotency keys, counted from the submission: a key older than this makes a new job.
+    pub idempotency_keys: Option<Duration>,
+}
+
+impl Retention {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Ok(Self {
+            jobs: days_var("GPUQ_RETAIN_JOBS_DAYS")?,
+            idempotency_keys: days_var("GPUQ_RETAIN_IDEMPOTENCY_DAYS")?,
+        })
+    }
+}
+
+/// A positive number of days (fractions allowed), or `None` when the variable is unset or empty.
+fn days_var(name: &str) -> Result<Option<Duration>, ConfigError> {
+    let Some(value) = non_empty_var(name) else {
+        return Ok(None);
+    };
+    match value.parse::<f64>() {
+        Ok(days) if days > 0.0 && days.is_finite() && days < 1e6 => {
+            Ok(Some(Duration::from_secs_f64(days * 86_400.0)))
+        }
+        _ => Err(ConfigError {
+            name: name.into(),
+            value,
+        }),
+    }
 }
 
 /// When a job sent back to the queue may run again: `base · 2^(attempt−1)`, capped at `max`,
@@ -140,9 +177,11 @@ impl Default for Limits {
 pub struct Lifecycle {
     /// How long a claim holds without renewal; renewed every third of it.
     pub lease: Duration,
-    /// A `queued` job whose message went out this long ago (or never) is published again.
+    /// How old a `queued` job's message must be before the reaper may take it for lost, which it
+    /// does only while the queue holds fewer messages than queued jobs (see `reaper.rs`). Also
+    /// caps how long a recorded job may go unmarked before the reaper publishes it.
     pub republish_after: Duration,
-    /// How often the reaper looks for expired leases and unpublished jobs.
+    /// How often the elected process sweeps (reaper, retention) and the others contend.
     pub reaper_interval: Duration,
     /// Attempts a job gets before a retryable failure becomes final.
     pub max_attempts: i32,
@@ -188,6 +227,7 @@ impl Settings {
                     max_timeout_s: parse_var("GPUQ_MAX_TIMEOUT_SECONDS", d.max_timeout_s)?,
                 }
             },
+            retention: Retention::from_env()?,
         })
     }
 
@@ -361,5 +401,22 @@ mod tests {
             redact_url("postgres://u:p%40ss@db:5432/x"),
             "postgres://u:***@db:5432/x"
         );
+    }
+
+    #[test]
+    fn retention_is_forever_unless_a_positive_number_of_days_is_set() {
+        assert_eq!(days_var("GPUQ_TEST_UNSET_RETAIN").unwrap(), None);
+        // SAFETY: these variables are read by this test only.
+        unsafe {
+            std::env::set_var("GPUQ_TEST_RETAIN_HALF", "0.5");
+            std::env::set_var("GPUQ_TEST_RETAIN_ZERO", "0");
+            std::env::set_var("GPUQ_TEST_RETAIN_WORD", "week");
+        }
+        assert_eq!(
+            days_var("GPUQ_TEST_RETAIN_HALF").unwrap(),
+            Some(Duration::from_secs(43_200))
+        );
+        assert!(days_var("GPUQ_TEST_RETAIN_ZERO").is_err());
+        assert!(days_var("GPUQ_TEST_RETAIN_WORD").is_err());
     }
 }

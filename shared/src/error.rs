@@ -90,7 +90,7 @@ error_codes! {
     RateLimited = "rate_limited", Retryable, 429;
     /// Too many requests of this tenant are waiting on jobs at once.
     TooManyWaiters = "too_many_waiters", Retryable, 429;
-    /// Postgres or RabbitMQ is out of reach; try again.
+    /// Postgres, RabbitMQ or S3 (for a delete) is out of reach; try again.
     Unavailable = "unavailable", Retryable, 503;
     /// A bug: the API logged it.
     Internal = "internal", Retryable, 500;

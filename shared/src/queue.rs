@@ -114,18 +114,67 @@ impl Publisher {
         }
     }
 
+    /// Publishes many job messages at once: every message goes out before the first
+    /// confirmation is awaited, so a backlog of thousands takes a few round trips, not one per
+    /// job. `Ok` once the broker has confirmed them all; on any error some may have gone out
+    /// (a duplicate is harmless) and the link is dropped, so the next call starts afresh.
+    pub async fn publish_batch(&self, job_ids: &[JobId]) -> Result<(), QueueError> {
+        let result = self.publish_batch_once(job_ids).await;
+        if result.is_err() {
+            *self.link.lock().await = None;
+        }
+        result
+    }
+
+    async fn publish_batch_once(&self, job_ids: &[JobId]) -> Result<(), QueueError> {
+        if job_ids.is_empty() {
+            return Ok(());
+        }
+        let channel = self.channel().await?;
+        let mut confirms = Vec::with_capacity(job_ids.len());
+        for &job_id in job_ids {
+            let body = serde_json::to_vec(&JobMessage { job_id }).expect("serialisable");
+            let confirm = with_timeout(channel.basic_publish(
+                "".into(),
+                self.queue.as_str().into(),
+                BasicPublishOptions::default(),
+                &body,
+                message_properties(),
+            ))
+            .await??;
+            confirms.push(confirm);
+        }
+        for confirm in confirms {
+            if !with_timeout(confirm).await??.is_ack() {
+                return Err(QueueError::Nacked);
+            }
+        }
+        Ok(())
+    }
+
+    /// The messages ready for delivery in the job queue (a declare of it, which is idempotent
+    /// and recreates a deleted queue). Messages delivered to a consumer and not yet acked are
+    /// not counted.
+    pub async fn ready_messages(&self) -> Result<u32, QueueError> {
+        let channel = self.channel().await?;
+        let queue = with_timeout(channel.queue_declare(
+            self.queue.as_str().into(),
+            QueueDeclareOptions::durable(),
+            FieldTable::default(),
+        ))
+        .await??;
+        Ok(queue.message_count())
+    }
+
     async fn publish_once(&self, job_id: JobId) -> Result<(), QueueError> {
         let channel = self.channel().await?;
         let body = serde_json::to_vec(&JobMessage { job_id }).expect("serialisable");
-        let props = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_content_type("application/json".into());
         let confirm = with_timeout(channel.basic_publish(
             "".into(),
             self.queue.as_str().into(),
             BasicPublishOptions::default(),
             &body,
-            props,
+            message_properties(),
         ))
         .await??;
         let confirmation = with_timeout(confirm).await??;
@@ -135,4 +184,11 @@ impl Publisher {
             Err(QueueError::Nacked)
         }
     }
+}
+
+/// A job message is persistent JSON.
+fn message_properties() -> BasicProperties {
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into())
 }

@@ -1,54 +1,123 @@
-//! The reaper: what makes a crash anywhere lose nothing. It hands jobs whose worker stopped
-//! renewing its lease back to the queue, and publishes `queued` jobs whose retry backoff is over
-//! or whose message never went out or was lost. Duplicate messages are harmless: the claim is conditional.
+//! The reaper: what makes a crash anywhere lose nothing, without flooding a deep queue. It hands
+//! jobs whose worker stopped renewing its lease back to the queue, publishes `queued` jobs whose
+//! message never went out (or whose retry backoff is over), and publishes again those whose
+//! message was lost. Duplicate messages are harmless (the claim is conditional) but each costs
+//! a delivery, so the reaper only adds one where a message is missing.
+//!
+//! # When is a message lost?
+//!
+//! A job's `published_at` says when its message was confirmed by the broker (set by the API
+//! after the confirm, and by the reaper when it publishes). Age alone does not mean loss: with
+//! the workers busy or stopped, a message legitimately waits in a deep queue for hours, and
+//! republishing every job older than `republish_after` adds one more message per queued job
+//! every `republish_after` — the backlog grows duplicates without bound.
+//!
+//! So the reaper counts instead. Every job marked published and still `queued` should have a
+//! message in the queue; if the queue holds at least as many ready messages as there are such
+//! jobs, nothing is missing and nothing is published again. When it holds `d` fewer, `d`
+//! messages are missing (a broker that lost messages, a purged or deleted queue): the reaper
+//! publishes again the `d` jobs published longest ago (and more than `republish_after` ago, so
+//! a message being confirmed right now is never taken for lost). In a FIFO queue the message
+//! published longest ago is the likeliest one gone; should it be a live one after all, the
+//! count is level again and the duplicate is drained (acked and dropped) when it is delivered,
+//! after which the count shows the real gap once more and the next-oldest jobs get their turn.
+//!
+//! The count is read from the broker first and from Postgres second, so a message published
+//! between the two reads counts for the broker only (no false gap). Its limits, which err
+//! towards duplicates, never towards loss: messages a worker has been delivered but not yet
+//! acked (at most its prefetch, `GPUQ_WORKER_CONCURRENCY`) are not counted as ready, so with
+//! busy workers up to the pool's total prefetch may be published twice; messages of jobs no
+//! longer `queued` (stale duplicates) count as ready and hide as many lost ones until the
+//! workers drain them. With the workers stopped, the queue holds exactly one message per job.
 
 use crate::config::Lifecycle;
 use crate::db;
+use crate::domain::JobId;
 use crate::queue::Publisher;
 use sqlx::PgPool;
-use tokio_util::sync::CancellationToken;
+use std::time::Duration;
 
-/// Runs until `shutdown` fires, one sweep every `lifecycle.reaper_interval`.
-pub async fn run(
-    pool: PgPool,
-    publisher: &Publisher,
-    lifecycle: Lifecycle,
-    shutdown: CancellationToken,
-) {
-    let mut tick = tokio::time::interval(lifecycle.reaper_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        if let Err(e) = sweep(&pool, publisher, &lifecycle).await {
-            tracing::warn!(error = %e, "reaper sweep failed; will retry");
-        }
-    }
+/// How long a recorded job may stay unmarked before the reaper publishes it: the API normally
+/// confirms and marks within milliseconds (capped by `republish_after` for short test settings).
+const PUBLISH_GRACE: Duration = Duration::from_secs(10);
+
+/// Jobs published per batch (and each sweep publishes at most a few batches).
+const BATCH: i64 = 1000;
+const BATCHES_PER_SWEEP: usize = 20;
+
+/// What one sweep did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Swept {
+    /// Running jobs whose lease expired, sent back to `queued` (or `failed`).
+    pub requeued: u64,
+    /// Jobs published for the first time (or after their backoff).
+    pub published: usize,
+    /// Jobs published again because the broker lost their message.
+    pub republished: usize,
 }
 
-/// One pass; returns how many jobs it published.
+/// One pass.
 pub async fn sweep(
     pool: &PgPool,
     publisher: &Publisher,
     lifecycle: &Lifecycle,
-) -> anyhow::Result<usize> {
-    let expired = db::jobs_requeue_expired(pool, lifecycle.backoff).await?;
-    if expired > 0 {
-        tracing::info!(count = expired, "requeued jobs whose lease expired");
+) -> anyhow::Result<Swept> {
+    let mut swept = Swept {
+        requeued: db::jobs_requeue_expired(pool, lifecycle.backoff).await?,
+        ..Swept::default()
+    };
+    if swept.requeued > 0 {
+        tracing::info!(count = swept.requeued, "requeued jobs whose lease expired");
     }
-    let ids = db::jobs_due_for_publish(pool, lifecycle.republish_after, 1000).await?;
-    if !ids.is_empty() {
+    let grace = PUBLISH_GRACE.min(lifecycle.republish_after);
+    for _ in 0..BATCHES_PER_SWEEP {
+        let ids = db::jobs_due_for_publish(pool, grace, BATCH).await?;
+        publish(pool, publisher, &ids).await?;
+        swept.published += ids.len();
+        if (ids.len() as i64) < BATCH {
+            break;
+        }
+    }
+    if swept.published > 0 {
         tracing::info!(
-            count = ids.len(),
-            "publishing queued jobs: retries due, or no live message"
+            count = swept.published,
+            "published queued jobs whose message never went out"
         );
     }
-    for id in &ids {
-        // A failure here leaves the job queued with `published_at` set: the next sweep after
-        // `republish_after` tries again.
-        publisher.publish(*id).await?;
+    // The broker first, Postgres second: see the module's doc.
+    let ready = u64::from(publisher.ready_messages().await?);
+    let believed = db::jobs_count_published(pool).await?;
+    let missing = believed.saturating_sub(ready);
+    if missing > 0 {
+        let ids = db::jobs_republish_stale(
+            pool,
+            lifecycle.republish_after,
+            (missing as i64).min(BATCH * BATCHES_PER_SWEEP as i64),
+        )
+        .await?;
+        for chunk in ids.chunks(BATCH as usize) {
+            publish(pool, publisher, chunk).await?;
+        }
+        swept.republished = ids.len();
+        if !ids.is_empty() {
+            tracing::warn!(
+                missing,
+                ready,
+                believed,
+                count = ids.len(),
+                "the queue holds fewer messages than queued jobs: published the oldest again"
+            );
+        }
     }
-    Ok(ids.len())
+    Ok(swept)
+}
+
+/// Publishes jobs already marked published; if the broker fails, unmarks them so the next sweep
+/// publishes them again.
+async fn publish(pool: &PgPool, publisher: &Publisher, ids: &[JobId]) -> anyhow::Result<()> {
+    if let Err(e) = publisher.publish_batch(ids).await {
+        db::jobs_set_unpublished(pool, ids).await?;
+        return Err(e.into());
+    }
+    Ok(())
 }

@@ -109,6 +109,47 @@ impl Storage {
     }
 }
 
+impl Storage {
+    /// Deletes an object; one already gone is not an error.
+    pub async fn delete(&self, uri: &S3Uri) -> Result<(), JobError> {
+        match self
+            .client
+            .delete_object()
+            .bucket(&uri.bucket)
+            .key(&uri.key)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if matches!(e.code(), Some("NoSuchKey" | "NotFound")) => Ok(()),
+            Err(e) => Err(storage_error(&uri.to_string(), Access::Write, e)),
+        }
+    }
+
+    /// The objects under `prefix` in `bucket`, every page of them.
+    pub async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<S3Uri>, JobError> {
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(prefix)
+            .into_paginator()
+            .send();
+        let mut found = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page
+                .map_err(|e| storage_error(&format!("s3://{bucket}/{prefix}"), Access::Read, e))?;
+            found.extend(
+                page.contents()
+                    .iter()
+                    .filter_map(|o| o.key())
+                    .map(|k| S3Uri::new(bucket, k)),
+            );
+        }
+        Ok(found)
+    }
+}
+
 /// Whether a failed call read the tenant's input or wrote what gpuq produces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Access {

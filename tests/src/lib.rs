@@ -3,7 +3,9 @@
 //! Postgres, RabbitMQ, S3 server and Vulkan device that `scripts/dev test` starts.
 
 use gpuq_shared::S3Uri;
-use gpuq_shared::config::{Backoff, DatabaseSettings, Lifecycle, Limits, Secret, Settings};
+use gpuq_shared::config::{
+    Backoff, DatabaseSettings, Lifecycle, Limits, Retention, Secret, Settings,
+};
 use gpuq_shared::storage::Storage;
 use serde_json::Value;
 use sqlx::PgPool;
@@ -48,6 +50,9 @@ pub struct Options {
     pub auth_failure_limit: (f64, u32),
     /// Requests one tenant may have waiting on jobs at once.
     pub max_waiters_per_tenant: usize,
+    pub retention: Retention,
+    /// Whether the API contends to run maintenance (the reaper, retention).
+    pub api_maintenance: bool,
 }
 
 impl Default for Options {
@@ -70,6 +75,8 @@ impl Default for Options {
             rate_limit: (10_000.0, 10_000),
             auth_failure_limit: (10_000.0, 10_000),
             max_waiters_per_tenant: 1000,
+            retention: Retention::default(),
+            api_maintenance: true,
         }
     }
 }
@@ -113,13 +120,14 @@ impl TestApp {
             s3_prefix: format!("t-{tag}"),
             lifecycle: opts.lifecycle,
             limits: opts.limits,
+            retention: opts.retention,
         };
         let shutdown = CancellationToken::new();
         let api_settings = gpuq_api::ApiSettings {
             shared: settings.clone(),
             addr: "127.0.0.1:0".into(),
             max_body_bytes: 1024 * 1024,
-            reaper: true,
+            reaper: opts.api_maintenance,
             rate_per_second: opts.rate_limit.0,
             rate_burst: opts.rate_limit.1,
             auth_failures_per_second: opts.auth_failure_limit.0,
@@ -276,6 +284,38 @@ impl TestApp {
         client_with_key(&key.token)
     }
 
+    /// Whether the object exists (`false` once deleted).
+    pub async fn object_exists(&self, uri: &str) -> bool {
+        match self.storage.get_bytes(&uri.parse().unwrap()).await {
+            Ok(_) => true,
+            Err(e) if e.code == gpuq_shared::ErrorCode::InputNotFound => false,
+            Err(e) => panic!("reading {uri}: {e}"),
+        }
+    }
+
+    /// Messages ready in this test's job queue.
+    pub async fn queue_depth(&self) -> u32 {
+        let s = &self.settings;
+        gpuq_shared::queue::Publisher::lazy(s.amqp_url.expose(), &s.queue)
+            .ready_messages()
+            .await
+            .unwrap()
+    }
+
+    /// Empties this test's job queue, as a broker that lost its messages would.
+    pub async fn purge_queue(&self) -> u32 {
+        let conn = gpuq_shared::queue::connect(self.settings.amqp_url.expose())
+            .await
+            .unwrap();
+        let channel = conn.create_channel().await.unwrap();
+        let purged = channel
+            .queue_purge(self.settings.queue.as_str().into(), Default::default())
+            .await
+            .unwrap();
+        let _ = conn.close(200, "purged".into()).await;
+        purged
+    }
+
     pub async fn get_object(&self, uri: &str) -> Vec<u8> {
         self.storage.get_bytes(&uri.parse().unwrap()).await.unwrap()
     }
@@ -300,6 +340,11 @@ impl TestApp {
                 .body(body),
         )
         .await
+    }
+
+    pub async fn delete(&self, path: &str) -> (StatusCode, Value) {
+        self.send(self.client.delete(format!("{}{path}", self.url)))
+            .await
     }
 
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {
@@ -399,25 +444,7 @@ impl TestApp {
 
     /// Messages waiting in this test's queue, by a passive declare (which changes nothing).
     pub async fn queued_messages(&self) -> u32 {
-        use lapin::options::QueueDeclareOptions;
-        let conn = gpuq_shared::queue::connect(&self.settings.amqp_url)
-            .await
-            .unwrap();
-        let channel = conn.create_channel().await.unwrap();
-        let passive = QueueDeclareOptions {
-            passive: true,
-            ..QueueDeclareOptions::default()
-        };
-        let queue = channel
-            .queue_declare(
-                self.settings.queue.as_str().into(),
-                passive,
-                lapin::types::FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        let _ = conn.close(200, "done".into()).await;
-        queue.message_count()
+        self.queue_depth().await
     }
 
     /// Whether the worker process `pid` has exited (and been reaped).

@@ -223,7 +223,7 @@ async fn waiters_read_nothing_while_they_wait_and_wake_as_soon_as_their_job_fini
 
     // Over 3 s, no connection to this test's database runs a statement (watched from a
     // connection of its own: `state_change` moves with every statement a backend runs).
-    let mut watch = sqlx::PgConnection::connect(&app.settings.database_url)
+    let mut watch = sqlx::PgConnection::connect(&app.database_url)
         .await
         .unwrap();
     let since: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT clock_timestamp()")

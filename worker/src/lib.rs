@@ -1,5 +1,6 @@
 //! The gpuq GPU worker: consumes job ids from RabbitMQ, runs them on one wgpu device, records
-//! outcomes in Postgres and outputs in S3. Also runs a reaper, so jobs of a crashed peer move on.
+//! outcomes in Postgres and outputs in S3. Also contends to run maintenance (the reaper, so jobs
+//! of a crashed peer move on, and retention), which one elected process does at a time.
 
 pub mod algorithms;
 pub mod artifact;
@@ -9,9 +10,10 @@ pub mod job;
 pub mod presence;
 
 use gpuq_shared::config::{Settings, non_empty_var, parse_var, var_or};
+use gpuq_shared::db;
+use gpuq_shared::maintenance::Maintenance;
 use gpuq_shared::queue::Publisher;
 use gpuq_shared::storage::Storage;
-use gpuq_shared::{db, reaper};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -82,27 +84,19 @@ pub async fn run_with_abort(
     });
     tracing::info!(%worker_id, "worker starting");
     let reaper_task = {
-        let (pool, publisher, lifecycle, stop) = (
-            pool.clone(),
-            publisher.clone(),
-            s.lifecycle.clone(),
-            shutdown.clone(),
-        );
-        tokio::spawn(async move { reaper::run(pool, &publisher, lifecycle, stop).await })
+        let maintenance =
+            Maintenance::new(pool.clone(), publisher.clone(), storage.clone(), s.clone());
+        let stop = shutdown.clone();
+        tokio::spawn(async move { maintenance.run(stop).await })
     };
-    let presence = Arc::new(presence::Presence::new(
-        settings.ecs_agent_uri.as_deref(),
-        s.lifecycle.lease,
-    ));
     let ctx = Arc::new(job::WorkerContext::new(
         pool,
         storage,
         publisher,
         Arc::new(gpu),
-        s.clone(),
+        &settings,
         worker_id,
         abort,
-        presence,
     ));
     let presence_stop = CancellationToken::new();
     let presence_task = tokio::spawn(presence::run(

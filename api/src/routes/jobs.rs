@@ -13,7 +13,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use gpuq_shared::db::{self, Idempotent, JobFilter, JobRecord, NewJob};
 use gpuq_shared::job::{Input, Work};
-use gpuq_shared::{ErrorCode, JobId, JobStatus, JobType, auth, submit};
+use gpuq_shared::{ErrorCode, JobId, JobStatus, JobType, auth, retention, submit};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -147,10 +147,26 @@ async fn record_and_publish(
     };
     // The job is safe in Postgres: if the broker is down the reaper publishes it later, so a
     // failed publish does not fail the request. A replayed request publishes nothing.
-    if created && let Err(e) = s.publisher.publish(job.id).await {
-        tracing::warn!(job = %job.id, error = %e, "publish failed; the reaper will publish the job");
+    if created {
+        publish_recorded(s, job.id).await;
     }
     Ok((job, created))
+}
+
+/// Publishes a job just recorded and, once the broker confirms, marks it published, so the
+/// reaper counts its message as in the queue. Unmarked (the publish failed, or the mark did), the
+/// reaper publishes it within seconds.
+async fn publish_recorded(s: &AppState, id: JobId) {
+    match s.publisher.publish(id).await {
+        Ok(()) => {
+            if let Err(e) = db::job_set_published(&s.pool, id).await {
+                tracing::warn!(job = %id, error = %e, "could not mark the job published; the reaper will publish it again");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(job = %id, error = %e, "publish failed; the reaper will publish the job")
+        }
+    }
 }
 
 /// `Idempotency-Key`: 1 to 255 visible ASCII characters.
@@ -285,4 +301,40 @@ pub async fn cancel(
             job.status.as_str()
         ))),
     }
+}
+
+/// Deletes a finished job and its output objects (`204`); `409` while it is queued or running
+/// (cancel it first). A train job's model stays: delete it with `DELETE /v1/models/{id}`.
+pub async fn delete(
+    State(s): State<AppState>,
+    Extension(tenant): Extension<Tenant>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id: JobId = parse_id(&id, "job")?;
+    let job = db::job_get_for(&s.pool, &tenant.id, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no job {id}")))?;
+    if !job.status.is_terminal() {
+        return Err(ApiError::Conflict(format!(
+            "job {id} is {}: only a finished job can be deleted (cancel it first)",
+            job.status
+        )));
+    }
+    let finished = db::FinishedJob {
+        id: job.id,
+        tenant_id: job.tenant_id,
+        job_type: job.job_type,
+        result: job.result,
+    };
+    retention::delete_job_outputs(&s.storage, &s.settings, &finished)
+        .await
+        .map_err(storage_unavailable)?;
+    db::job_delete_finished(&s.pool, &tenant.id, id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// S3 failed while deleting: nothing of the row was touched, so the client may simply retry.
+pub(crate) fn storage_unavailable(e: gpuq_shared::JobError) -> ApiError {
+    tracing::warn!(error = %e, "S3 failed during a delete");
+    ApiError::Unavailable(format!("storage failed ({}); try again", e.code))
 }

@@ -1,4 +1,4 @@
-//! `GET /v1/models/{id}` and `GET /v1/models`.
+//! `GET /v1/models/{id}`, `GET /v1/models` and `DELETE /v1/models/{id}`.
 
 use super::{parse_id, parse_limit, query_params};
 use crate::auth::Tenant;
@@ -6,7 +6,8 @@ use crate::error::ApiError;
 use crate::{AppState, view};
 use axum::Json;
 use axum::extract::{Extension, Path, RawQuery, State};
-use gpuq_shared::{ModelId, db};
+use axum::http::StatusCode;
+use gpuq_shared::{ModelId, S3Uri, db};
 use serde_json::{Value, json};
 
 pub async fn get(
@@ -40,4 +41,33 @@ pub async fn list(
         "models": models.iter().map(view::model).collect::<Vec<_>>(),
         "next": next,
     })))
+}
+
+/// Deletes the model and its artifact (`204`). Infer jobs naming it are refused from then on
+/// (`404`), and a queued one fails `model_not_found`: workers check the model still exists
+/// before using a copy they hold.
+pub async fn delete(
+    State(s): State<AppState>,
+    Extension(tenant): Extension<Tenant>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id: ModelId = parse_id(&id, "model")?;
+    let model = db::model_get_for(&s.pool, &tenant.id, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no model {id}")))?;
+    // The artifact first: should the row's delete then fail, a retry finds the row and finishes,
+    // where the other order could leave an object nothing points to.
+    let own = s.settings.tenant_prefix(&tenant.id);
+    match model.artifact_uri.parse::<S3Uri>() {
+        Ok(uri) if uri.bucket == s.settings.bucket && uri.key.starts_with(&own) => s
+            .storage
+            .delete(&uri)
+            .await
+            .map_err(super::jobs::storage_unavailable)?,
+        _ => {
+            tracing::warn!(model = %id, uri = %model.artifact_uri, "artifact outside the tenant's prefix; left in place")
+        }
+    }
+    db::model_delete(&s.pool, &tenant.id, id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -434,11 +434,60 @@ pub async fn jobs_requeue_expired(pool: &PgPool, backoff: Backoff) -> Result<u64
     Ok(moved.rows_affected())
 }
 
-/// Reaper, part two: `queued` jobs to publish now — those back from a failure whose backoff is
-/// over, those whose message never went out (the API died between insert and publish), and
-/// those whose message went out `republish_after` ago and was never consumed (lost). Marks them
-/// published now and returns them, oldest first.
+/// The API, after the broker confirmed a new job's message: the job is published. Without
+/// this mark the reaper would take the job for one whose message never went out. Only a job
+/// never claimed: one that already ran and went back to the queue waits for the reaper.
+pub async fn job_set_published(pool: &PgPool, id: JobId) -> Result<(), DbError> {
+    sqlx::query(
+        "UPDATE jobs SET published_at = now()
+         WHERE id = $1 AND status = 'queued' AND published_at IS NULL AND attempt = 0",
+    )
+    .bind(id.0)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Reaper, part two: `queued` jobs whose message never went out — back from a failure whose
+/// backoff is over, or recorded `grace` ago and still not marked published (the API's publish
+/// failed, or it died before it). Marks them published now and returns them, oldest first.
 pub async fn jobs_due_for_publish(
+    pool: &PgPool,
+    grace: Duration,
+    limit: i64,
+) -> Result<Vec<JobId>, DbError> {
+    let ids: Vec<Uuid> = sqlx::query_scalar(
+        "UPDATE jobs SET published_at = now()
+         WHERE id IN (SELECT id FROM jobs
+                      WHERE status = 'queued' AND published_at IS NULL
+                        AND COALESCE(run_after, created_at + $1 * interval '1 millisecond')
+                            <= now()
+                      ORDER BY created_at
+                      LIMIT $2
+                      FOR UPDATE SKIP LOCKED)
+         RETURNING id",
+    )
+    .bind(grace.as_millis() as f64)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    Ok(ids.into_iter().map(JobId).collect())
+}
+
+/// How many `queued` jobs are believed to have a message in the broker (marked published).
+pub async fn jobs_count_published(pool: &PgPool) -> Result<u64, DbError> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM jobs WHERE status = 'queued' AND published_at IS NOT NULL",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(n as u64)
+}
+
+/// Reaper, part three: up to `limit` `queued` jobs published more than `republish_after` ago,
+/// longest-published first, to publish again because the broker holds fewer messages than
+/// there are published jobs (the reaper's rule, in `reaper.rs`). Marks them published now.
+pub async fn jobs_republish_stale(
     pool: &PgPool,
     republish_after: Duration,
     limit: i64,
@@ -447,12 +496,9 @@ pub async fn jobs_due_for_publish(
         "UPDATE jobs SET published_at = now()
          WHERE id IN (SELECT id FROM jobs
                       WHERE status = 'queued'
-                        AND CASE WHEN published_at IS NULL AND run_after IS NOT NULL
-                                 THEN run_after <= now()
-                                 ELSE COALESCE(published_at, created_at)
-                                      < now() - $1 * interval '1 millisecond'
-                            END
-                      ORDER BY created_at
+                        AND published_at < now() - $1 * interval '1 millisecond'
+                        AND (run_after IS NULL OR run_after <= now())
+                      ORDER BY published_at
                       LIMIT $2
                       FOR UPDATE SKIP LOCKED)
          RETURNING id",
@@ -462,6 +508,20 @@ pub async fn jobs_due_for_publish(
     .fetch_all(pool)
     .await?;
     Ok(ids.into_iter().map(JobId).collect())
+}
+
+/// Jobs the reaper marked published but could not publish (the broker failed mid-batch): not
+/// published after all, so the next sweep publishes them again.
+pub async fn jobs_set_unpublished(pool: &PgPool, ids: &[JobId]) -> Result<(), DbError> {
+    let ids: Vec<Uuid> = ids.iter().map(|id| id.0).collect();
+    sqlx::query(
+        "UPDATE jobs SET published_at = NULL
+         WHERE id = ANY($1) AND status = 'queued'",
+    )
+    .bind(&ids)
+    .execute(pool)
+    .await?;
+    Ok(())
 }
 
 /// The backlog the scaler sizes the pool by: jobs that may run now (`queued`, past any retry

@@ -1,20 +1,25 @@
 //! The Postgres layer: every SQL statement gpuq runs, one function each, named noun-first, in one
 //! file per table (river's layout): [`jobs`] (the state machine), [`idempotency`] (keys of
-//! submissions), [`models`], [`tenants`] (tenants and their API keys) and [`workers`]. Each job
+//! submissions), [`models`], [`tenants`] (tenants and their API keys) and [`workers`]; [`retention`]
+//! deletes finished work and [`election`] holds the maintenance lock. Each job
 //! state transition is one function with one guarded `UPDATE`; nothing else writes `status`.
 //! Completion writes are fenced by `attempt` so a worker that lost its lease cannot overwrite
 //! the work of the one that took the job over. Everything is re-exported here: callers write
 //! `db::job_get`.
 
+mod election;
 mod idempotency;
 mod jobs;
 mod models;
+mod retention;
 mod tenants;
 mod workers;
 
+pub use election::*;
 pub use idempotency::*;
 pub use jobs::*;
 pub use models::*;
+pub use retention::*;
 pub use tenants::*;
 pub use workers::*;
 

@@ -5,8 +5,10 @@
 
 mod input;
 mod models;
+mod retry;
 
 use models::ModelCache;
+use retry::retry_db;
 
 use crate::algorithms::{self, Control, StopReason, Trained};
 use crate::gpu::Gpu;
@@ -64,20 +66,20 @@ impl WorkerContext {
         storage: Storage,
         publisher: Arc<Publisher>,
         gpu: Arc<Gpu>,
-        settings: Settings,
+        settings: &crate::WorkerSettings,
         worker_id: String,
         abort: CancellationToken,
-        presence: Arc<Presence>,
     ) -> Self {
+        let lease = settings.shared.lifecycle.lease;
         Self {
             pool,
             storage,
             publisher,
             gpu,
-            settings,
+            settings: settings.shared.clone(),
             worker_id,
             abort,
-            presence,
+            presence: Arc::new(Presence::new(settings.ecs_agent_uri.as_deref(), lease)),
             models: ModelCache::default(),
         }
     }
@@ -324,26 +326,6 @@ async fn blocking<T: Send + 'static>(
             format!("the GPU task panicked: {e}"),
         ))
     })
-}
-
-/// Retries a database write a few times across a brief outage.
-async fn retry_db<T, F, Fut>(mut f: F) -> Result<T, db::DbError>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, db::DbError>>,
-{
-    let mut delay = Duration::from_millis(100);
-    for _ in 0..5 {
-        match f().await {
-            Ok(v) => return Ok(v),
-            Err(e) => {
-                tracing::warn!(error = %e, "database write failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-            }
-        }
-    }
-    f().await
 }
 
 /// Renews the lease every third of it (at least every second, to pass progress and notice a

@@ -24,12 +24,27 @@ pub(super) struct ModelCache {
 
 impl WorkerContext {
     /// The tenant's model on the GPU, loading its record and artifact on first use. Another
-    /// tenant's model does not exist for this job.
+    /// tenant's model does not exist for this job, nor does a deleted one: its record is read
+    /// on every use, and a copy held for a model deleted since is dropped, never served.
     pub(super) async fn model(
         &self,
         tenant: &str,
         id: ModelId,
     ) -> Result<Arc<CachedModel>, JobError> {
+        let record = db::model_get_for(&self.pool, tenant, id)
+            .await
+            .map_err(|e| JobError::new(ErrorCode::DatabaseError, e.to_string()))?;
+        let Some(record) = record else {
+            let mut cache = self.models.models.lock().expect("model cache");
+            if cache.get(&id).is_some_and(|m| m.tenant == tenant) {
+                cache.remove(&id);
+            }
+            drop(cache);
+            return Err(JobError::new(
+                ErrorCode::ModelNotFound,
+                format!("model {id} does not exist"),
+            ));
+        };
         let cached = self
             .models
             .models
@@ -40,15 +55,6 @@ impl WorkerContext {
         if let Some(m) = cached.filter(|m| m.tenant == tenant) {
             return Ok(m);
         }
-        let record = db::model_get_for(&self.pool, tenant, id)
-            .await
-            .map_err(|e| JobError::new(ErrorCode::DatabaseError, e.to_string()))?
-            .ok_or_else(|| {
-                JobError::new(
-                    ErrorCode::ModelNotFound,
-                    format!("model {id} does not exist"),
-                )
-            })?;
         let uri: S3Uri = record
             .artifact_uri
             .parse()
