@@ -9,6 +9,7 @@ pub mod db;
 pub mod domain;
 pub mod error;
 pub mod job;
+pub mod memory;
 pub mod params;
 #[cfg(feature = "services")]
 pub mod queue;
