@@ -150,6 +150,7 @@ impl TestApp {
             shared: self.settings.clone(),
             concurrency: self.concurrency,
             drain: Duration::from_secs(1),
+            budgets: gpuq_worker::Budgets::default(),
         };
         let (stop, abort) = (self.shutdown.clone(), self.abort.clone());
         tokio::spawn(async move {

@@ -5,6 +5,7 @@ mod common;
 
 use common::gpu;
 use gpuq_shared::dataset::{Table, from_rows, read_csv};
+use gpuq_shared::memory::Reservation;
 use gpuq_shared::params::TrainParams;
 use gpuq_shared::{Algorithm, ErrorCode};
 use gpuq_worker::algorithms::{self, Control, LoadedModel};
@@ -31,6 +32,7 @@ fn digits_train(rows: usize) -> Table {
         "label",
         true,
         &Default::default(),
+        &mut Reservation::unlimited(),
     ))
     .unwrap()
 }
@@ -206,7 +208,11 @@ fn inputs_past_one_binding_are_chunked_or_refused_naming_the_limit() {
         let chunked = LoadedModel::load(&small, &trained.artifact).unwrap();
         let a = whole.infer(gpu(), &queries, false).unwrap();
         let b = chunked.infer(&small, &queries, false).unwrap();
-        assert_eq!(a.csv, b.csv, "{algorithm:?}: chunked inference differs");
+        assert_eq!(
+            a.csv.text(),
+            b.csv.text(),
+            "{algorithm:?}: chunked inference differs"
+        );
         assert_eq!(a.summary, b.summary, "{algorithm:?}");
     }
 

@@ -12,7 +12,7 @@
 //! zero-miss false-alarm rate.
 
 use super::linalg;
-use super::{Inference, Trained, gpu_lost};
+use super::{CsvOut, Inference, Trained, gpu_lost};
 use crate::artifact::{self, Artifact, Tensor};
 use crate::gpu::Gpu;
 use crate::gpu::gemm::GemmParams;
@@ -183,6 +183,17 @@ impl GpuAnomaly {
         self.feature_columns.len()
     }
 
+    /// Bytes held: the detector's buffers on the device, the mean on the host.
+    pub fn bytes(&self) -> u64 {
+        let device = match &self.detector {
+            Detector::Scaled { center, scale, .. } => center.size() + scale.size(),
+            Detector::Whitened { w, references, .. } => {
+                w.size() + references.as_ref().map_or(0, |(r, _)| r.size())
+            }
+        };
+        device + self.mean.len() as u64 * 4
+    }
+
     /// The anomaly score of every row.
     pub fn scores(&self, gpu: &Gpu, x: &[f32], n: usize) -> Result<Vec<f32>, JobError> {
         let f = self.n_features();
@@ -287,12 +298,18 @@ impl GpuAnomaly {
     }
 
     /// `score` per row; with labels, the equal-error and zero-miss false-alarm rates.
-    pub fn infer(&self, gpu: &Gpu, table: &Table, rows_json: bool) -> Result<Inference, JobError> {
+    pub fn infer(
+        &self,
+        gpu: &Gpu,
+        table: &Table,
+        rows_json: bool,
+        csv: CsvOut,
+    ) -> Result<Inference, JobError> {
         let x = &table.features;
         let scores = self.scores(gpu, &x.data, x.rows)?;
-        let mut inf = Inference::new(vec!["score".into()]);
+        let mut inf = Inference::new(vec!["score".into()], csv);
         for s in &scores {
-            inf.push_csv(&[s.to_string()]);
+            inf.push_csv(&[s.to_string()])?;
             if rows_json {
                 inf.rows.push(json!({ "score": s }));
             }

@@ -8,7 +8,7 @@
 //! `(x - input_mean) / input_std` before the first layer.
 
 use super::logreg::scale;
-use super::{Inference, accuracy_summary, gpu_lost, label_text};
+use super::{CsvOut, Inference, accuracy_summary, gpu_lost, label_text};
 use crate::artifact::{self, Artifact, Tensor};
 use crate::gpu::Gpu;
 use crate::gpu::gemm::GemmParams;
@@ -277,6 +277,23 @@ pub struct GpuClassifier {
 }
 
 impl GpuClassifier {
+    /// Bytes held: the weights on the device and their copy on the host.
+    pub fn bytes(&self) -> u64 {
+        let device: u64 = self.weights.iter().map(|(w, b)| w.size() + b.size()).sum();
+        let host: usize = self
+            .model
+            .layers
+            .iter()
+            .map(|l| l.weight.len() + l.bias.len())
+            .sum();
+        let scaling = self
+            .model
+            .input_scaling
+            .as_ref()
+            .map_or(0, |(m, s)| m.len() + s.len());
+        device + (host + scaling) as u64 * 4 + self.unused.size() + self.unused_labels.size()
+    }
+
     pub fn upload(gpu: &Gpu, model: ClassifierModel) -> Self {
         let weights = model
             .layers
@@ -355,18 +372,24 @@ impl GpuClassifier {
     }
 
     /// `label,p0..p{k-1}` per row; with labels in the input, accuracy in the summary.
-    pub fn infer(&self, gpu: &Gpu, table: &Table, rows_json: bool) -> Result<Inference, JobError> {
+    pub fn infer(
+        &self,
+        gpu: &Gpu,
+        table: &Table,
+        rows_json: bool,
+        csv: CsvOut,
+    ) -> Result<Inference, JobError> {
         let probs = self.predict(gpu, &table.features)?;
         let k = self.model.n_classes();
         let classes = &self.model.classes;
         let labels: Vec<f64> = probs.chunks(k).map(|p| classes[argmax(p)]).collect();
         let mut columns = vec!["label".to_string()];
         columns.extend((0..k).map(|c| format!("p{c}")));
-        let mut inf = Inference::new(columns);
+        let mut inf = Inference::new(columns, csv);
         for (l, p) in labels.iter().zip(probs.chunks(k)) {
             let mut cells = vec![label_text(*l)];
             cells.extend(p.iter().map(|v| v.to_string()));
-            inf.push_csv(&cells);
+            inf.push_csv(&cells)?;
             if rows_json {
                 inf.rows.push(json!({ "label": l, "p": p }));
             }

@@ -3,6 +3,7 @@
 
 pub mod anomaly;
 pub mod classifier;
+mod inference;
 pub mod kmeans;
 pub mod knn;
 pub mod linalg;
@@ -14,6 +15,7 @@ use crate::gpu::{Gpu, GpuError};
 use gpuq_shared::dataset::Table;
 use gpuq_shared::params::TrainParams;
 use gpuq_shared::{ErrorCode, JobError};
+pub use inference::{CsvOut, Inference};
 use serde_json::{Map, Value, json};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -196,8 +198,30 @@ impl LoadedModel {
         }
     }
 
-    /// Runs the model over `table`; `rows_json` asks for one JSON object per row as well.
+    /// The bytes it holds, on the device and on the host (an estimate: buffers and weights).
+    pub fn bytes(&self) -> u64 {
+        match self {
+            Self::Classifier(m) => m.bytes(),
+            Self::Kmeans(m) => m.bytes(),
+            Self::Knn(m) => m.bytes(),
+            Self::Anomaly(m) => m.bytes(),
+        }
+    }
+
+    /// Runs the model over `table`, its CSV kept in memory; `rows_json` asks for one JSON
+    /// object per row as well.
     pub fn infer(&self, gpu: &Gpu, table: &Table, rows_json: bool) -> Result<Inference, JobError> {
+        self.infer_to(gpu, table, rows_json, CsvOut::in_memory())
+    }
+
+    /// As [`infer`](Self::infer), writing the CSV to `csv` as it is produced.
+    pub fn infer_to(
+        &self,
+        gpu: &Gpu,
+        table: &Table,
+        rows_json: bool,
+        csv: CsvOut,
+    ) -> Result<Inference, JobError> {
         let f = self.n_features();
         if table.features.cols != f {
             return Err(JobError::new(
@@ -209,41 +233,11 @@ impl LoadedModel {
             ));
         }
         match self {
-            Self::Classifier(m) => m.infer(gpu, table, rows_json),
-            Self::Kmeans(m) => m.infer(gpu, table, rows_json),
-            Self::Knn(m) => m.infer(gpu, table, rows_json),
-            Self::Anomaly(m) => m.infer(gpu, table, rows_json),
+            Self::Classifier(m) => m.infer(gpu, table, rows_json, csv),
+            Self::Kmeans(m) => m.infer(gpu, table, rows_json, csv),
+            Self::Knn(m) => m.infer(gpu, table, rows_json, csv),
+            Self::Anomaly(m) => m.infer(gpu, table, rows_json, csv),
         }
-    }
-}
-
-/// What inference produced: a CSV with one row per input row, optionally the same rows as
-/// JSON, and a summary (metrics over the whole input) for the job's result.
-pub struct Inference {
-    pub csv: String,
-    pub rows: Vec<Value>,
-    pub summary: Map<String, Value>,
-}
-
-impl Inference {
-    pub fn new(columns: Vec<String>) -> Self {
-        let mut csv = columns.join(",");
-        csv.push('\n');
-        Self {
-            csv,
-            rows: Vec::new(),
-            summary: Map::new(),
-        }
-    }
-
-    pub fn push_csv(&mut self, cells: &[String]) {
-        for (i, c) in cells.iter().enumerate() {
-            if i > 0 {
-                self.csv.push(',');
-            }
-            self.csv.push_str(c);
-        }
-        self.csv.push('\n');
     }
 }
 
