@@ -89,11 +89,6 @@ impl Reservation {
         self.held
     }
 
-    /// The budget's total, if there is one.
-    pub fn limit(&self) -> Option<u64> {
-        self.budget.as_ref().map(|b| b.total)
-    }
-
     /// Grows the reservation to `bytes` if the budget has that much free now; `false` (and
     /// nothing taken) if not. For growth that is welcome but not needed.
     pub fn try_grow_to(&mut self, bytes: u64) -> bool {
@@ -246,6 +241,6 @@ mod tests {
     async fn an_unlimited_reservation_always_grows() {
         let mut r = Reservation::unlimited();
         r.grow_to(u64::MAX).await.unwrap();
-        assert_eq!(r.limit(), None);
+        assert_eq!(r.held(), u64::MAX);
     }
 }
