@@ -12,6 +12,7 @@ use gpuq_shared::JobError;
 use gpuq_shared::config::Limits;
 use gpuq_shared::dataset::{self, Table};
 use gpuq_shared::job::{Input, Work};
+use gpuq_shared::memory::Reservation;
 use gpuq_shared::submit::{self, Submission, SubmitError};
 use tokio::io::BufReader;
 
@@ -20,6 +21,7 @@ pub const LABEL_COLUMNS: [&str; 4] = ["label", "0", "1", "b"];
 pub const SUBMIT_LIMITS: Limits = Limits {
     max_rows: 1000,
     max_features: 8,
+    max_cells: 16,
     max_epochs: 1000,
     max_inline_values: 16,
     max_timeout_s: 3600,
@@ -67,10 +69,18 @@ pub async fn check_csv(data: &[u8]) -> bool {
         return false;
     };
     let (label, require, limits) = (o.label_column, o.require_label, &o.limits);
+    let memory = &mut Reservation::unlimited();
     let result = if o.small_buffer {
-        dataset::read_csv(BufReader::with_capacity(7, body), label, require, limits).await
+        dataset::read_csv(
+            BufReader::with_capacity(7, body),
+            label,
+            require,
+            limits,
+            memory,
+        )
+        .await
     } else {
-        dataset::read_csv(body, label, require, limits).await
+        dataset::read_csv(body, label, require, limits, memory).await
     };
     check_table(&o, &result);
     result.is_ok()
@@ -82,10 +92,18 @@ pub async fn check_npy(data: &[u8]) -> bool {
         return false;
     };
     let (label, require, limits) = (o.label_column, o.require_label, &o.limits);
+    let memory = &mut Reservation::unlimited();
     let result = if o.small_buffer {
-        dataset::read_npy(BufReader::with_capacity(7, body), label, require, limits).await
+        dataset::read_npy(
+            BufReader::with_capacity(7, body),
+            label,
+            require,
+            limits,
+            memory,
+        )
+        .await
     } else {
-        dataset::read_npy(body, label, require, limits).await
+        dataset::read_npy(body, label, require, limits, memory).await
     };
     check_table(&o, &result);
     result.is_ok()
@@ -116,6 +134,11 @@ pub fn check_table(o: &Options, result: &Result<Table, JobError>) {
         m.cols <= o.limits.max_features,
         "{} features accepted: {o:?}",
         m.cols
+    );
+    assert!(
+        m.rows * m.cols <= o.limits.max_cells,
+        "{} cells accepted: {o:?}",
+        m.rows * m.cols
     );
     assert!(
         m.data.iter().all(|v| v.is_finite()),

@@ -152,6 +152,8 @@ pub struct Limits {
     pub max_rows: usize,
     /// Feature columns of an input.
     pub max_features: usize,
+    /// Cells (rows × columns) of an input, inline or read from S3.
+    pub max_cells: usize,
     /// Training epochs (logreg, mlp) and iterations (kmeans).
     pub max_epochs: u64,
     /// Numbers in an inline input (`input.rows`).
@@ -165,6 +167,8 @@ impl Default for Limits {
         Self {
             max_rows: 10_000_000,
             max_features: 65_536,
+            // 1 GB of f32: rows and features are capped apart, never their product.
+            max_cells: 250_000_000,
             max_epochs: 100_000,
             max_inline_values: 1_000_000,
             max_timeout_s: 7 * 24 * 3600,
@@ -222,6 +226,7 @@ impl Settings {
                 Limits {
                     max_rows: parse_var("GPUQ_MAX_ROWS", d.max_rows)?,
                     max_features: parse_var("GPUQ_MAX_FEATURES", d.max_features)?,
+                    max_cells: parse_var("GPUQ_MAX_CELLS", d.max_cells)?,
                     max_epochs: parse_var("GPUQ_MAX_EPOCHS", d.max_epochs)?,
                     max_inline_values: parse_var("GPUQ_MAX_INLINE_VALUES", d.max_inline_values)?,
                     max_timeout_s: parse_var("GPUQ_MAX_TIMEOUT_SECONDS", d.max_timeout_s)?,

@@ -1,9 +1,12 @@
 //! Input data: numeric CSV (with a header row) and `.npy` (float32/float64, 2-D), read as a
 //! stream straight into one row-major `f32` matrix, so a large input is never held twice.
-//! Every problem is an `invalid_input` error that says where (line and column).
+//! Every problem is an `invalid_input` error that says where (line and column). The matrix
+//! grows only as far as the job's [`Reservation`] of its worker's memory budget allows, and an
+//! input over the deployment's rows, features or cells fails `input_too_large` while streaming.
 
 use crate::config::Limits;
 use crate::error::{ErrorCode, JobError};
+use crate::memory::Reservation;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt};
 
 /// A dense row-major matrix of features, with the names of its columns.
@@ -57,6 +60,46 @@ async fn read_line_capped<R: AsyncBufRead + Unpin>(
     Ok(n)
 }
 
+/// Makes room in `v` for `extra` more values, never past `ceiling` values in all, after growing
+/// the job's reservation to cover it; `beside` is what the table's other vector holds (values).
+/// Grows by half at a time while the budget has room, else just by what is needed.
+async fn make_room(
+    v: &mut Vec<f32>,
+    extra: usize,
+    ceiling: usize,
+    beside: usize,
+    memory: &mut Reservation,
+) -> Result<(), JobError> {
+    let need = v.len() + extra;
+    if need <= v.capacity() {
+        return Ok(());
+    }
+    let bytes = |values: usize| (values.saturating_add(beside) as u64).saturating_mul(4);
+    let roomy = (v.capacity() + v.capacity() / 2)
+        .max(4096)
+        .min(ceiling)
+        .max(need);
+    let cap = if memory.try_grow_to(bytes(roomy)) {
+        roomy
+    } else {
+        memory.grow_to(bytes(need)).await?;
+        need
+    };
+    v.reserve_exact(cap - v.len());
+    Ok(())
+}
+
+/// Gives back the room the vectors did not use, to the allocator and to the budget.
+fn trim(data: &mut Vec<f32>, labels: &mut Option<Vec<f32>>, memory: &mut Reservation) {
+    data.shrink_to_fit();
+    let mut values = data.capacity();
+    if let Some(l) = labels {
+        l.shrink_to_fit();
+        values += l.capacity();
+    }
+    memory.shrink_to(values as u64 * 4);
+}
+
 fn check_finite(v: f32, line: usize, column: &str) -> Result<f32, JobError> {
     if v.is_finite() {
         Ok(v)
@@ -69,12 +112,14 @@ fn check_finite(v: f32, line: usize, column: &str) -> Result<f32, JobError> {
 
 /// Reads a CSV stream. `label_column`, when given, is split off into `labels`; if `require_label`
 /// and it is missing, that is an error naming the columns that do exist.
-/// Inputs over `limits` (rows, features) are refused as `input_too_large` while reading.
+/// Inputs over `limits` (rows, features, cells) or over what `memory` may grow to are refused
+/// as `input_too_large` while reading, before the row that would cross the line is stored.
 pub async fn read_csv<R: AsyncBufRead + Unpin>(
     mut reader: R,
     label_column: &str,
     require_label: bool,
     limits: &Limits,
+    memory: &mut Reservation,
 ) -> Result<Table, JobError> {
     let mut line = Vec::new();
     // Room for every allowed column at 64 bytes a cell (names or numbers).
@@ -143,6 +188,17 @@ pub async fn read_csv<R: AsyncBufRead + Unpin>(
         if text.trim().is_empty() {
             continue;
         }
+        if (rows + 1).saturating_mul(cols) > limits.max_cells {
+            return Err(too_large(format!(
+                "more than {rows} rows × {cols} features; this deployment allows {} cells",
+                limits.max_cells
+            )));
+        }
+        let beside = labels.as_ref().map_or(0, Vec::capacity);
+        make_room(&mut data, cols, limits.max_cells, beside, memory).await?;
+        if let Some(l) = &mut labels {
+            make_room(l, 1, limits.max_rows, data.capacity(), memory).await?;
+        }
         let mut width = 0usize;
         for (i, cell) in text.split(',').enumerate() {
             width += 1;
@@ -185,6 +241,7 @@ pub async fn read_csv<R: AsyncBufRead + Unpin>(
     if cols == 0 {
         return Err(invalid("the input has no feature columns"));
     }
+    trim(&mut data, &mut labels, memory);
     Ok(Table {
         features: Matrix {
             rows,
@@ -198,11 +255,14 @@ pub async fn read_csv<R: AsyncBufRead + Unpin>(
 
 /// Reads a `.npy` stream (little-endian float32 or float64, C order, 2-D). Its columns are named
 /// by index (`"0"`, `"1"`, …), so `label_column` can name one of them.
+/// The claimed shape is checked against `limits` and reserved from `memory` in full before
+/// anything is allocated.
 pub async fn read_npy<R: AsyncRead + Unpin>(
     mut reader: R,
     label_column: &str,
     require_label: bool,
     limits: &Limits,
+    memory: &mut Reservation,
 ) -> Result<Table, JobError> {
     let read_err = |e: std::io::Error| match e.kind() {
         std::io::ErrorKind::UnexpectedEof => invalid("the .npy input ends early"),
@@ -252,12 +312,26 @@ pub async fn read_npy<R: AsyncRead + Unpin>(
             limits.max_features
         )));
     }
-    // The shape is a claim until the bytes arrive: reserve little up front.
-    let mut data = Vec::with_capacity(rows.saturating_mul(feature_cols).min(1 << 20));
-    let mut labels = label_index.map(|_| Vec::with_capacity(rows.min(1 << 20)));
+    let cells = rows * feature_cols;
+    if cells > limits.max_cells {
+        return Err(too_large(format!(
+            "shape ({rows}, {cols}): {cells} cells; this deployment allows {}",
+            limits.max_cells
+        )));
+    }
+    // The whole claimed shape counts against the budget (`rows × cols` fits: see the header).
+    memory.grow_to((rows * cols * 4) as u64).await?;
+    // The shape is a claim until the bytes arrive: allocate as they do.
+    let mut data = Vec::new();
+    let mut labels = label_index.map(|_| Vec::new());
     let mut row_bytes = vec![0u8; cols * width];
     for r in 0..rows {
         reader.read_exact(&mut row_bytes).await.map_err(read_err)?;
+        let beside = labels.as_ref().map_or(0, Vec::capacity);
+        make_room(&mut data, feature_cols, cells, beside, memory).await?;
+        if let Some(l) = &mut labels {
+            make_room(l, 1, rows, data.capacity(), memory).await?;
+        }
         for c in 0..cols {
             let b = &row_bytes[c * width..(c + 1) * width];
             let v = if width == 4 {
@@ -272,6 +346,7 @@ pub async fn read_npy<R: AsyncRead + Unpin>(
             }
         }
     }
+    trim(&mut data, &mut labels, memory);
     let columns = names
         .into_iter()
         .enumerate()
@@ -385,6 +460,147 @@ pub fn from_rows(rows: &[Vec<f64>], labels: Option<&[f64]>) -> Result<Table, Job
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::memory::MemoryBudget;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+    use tokio::io::ReadBuf;
+
+    /// The readers with no memory budget, as most tests want them.
+    async fn read_csv<R: AsyncBufRead + Unpin>(
+        reader: R,
+        label_column: &str,
+        require_label: bool,
+        limits: &Limits,
+    ) -> Result<Table, JobError> {
+        let memory = &mut Reservation::unlimited();
+        super::read_csv(reader, label_column, require_label, limits, memory).await
+    }
+
+    async fn read_npy<R: AsyncRead + Unpin>(
+        reader: R,
+        label_column: &str,
+        require_label: bool,
+        limits: &Limits,
+    ) -> Result<Table, JobError> {
+        let memory = &mut Reservation::unlimited();
+        super::read_npy(reader, label_column, require_label, limits, memory).await
+    }
+
+    /// A CSV that never ends: a header of `cols` columns, then rows of zeros forever.
+    struct EndlessCsv {
+        bytes: Vec<u8>,
+        row_start: usize,
+        pos: usize,
+    }
+
+    impl EndlessCsv {
+        fn new(cols: usize) -> Self {
+            let header: Vec<String> = (0..cols).map(|c| format!("c{c}")).collect();
+            let mut bytes = format!("{}\n", header.join(",")).into_bytes();
+            let row_start = bytes.len();
+            bytes.extend(format!("{}0\n", "0,".repeat(cols - 1)).into_bytes());
+            Self {
+                bytes,
+                row_start,
+                pos: 0,
+            }
+        }
+    }
+
+    impl AsyncRead for EndlessCsv {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            while buf.remaining() > 0 {
+                if self.pos == self.bytes.len() {
+                    self.pos = self.row_start;
+                }
+                let n = buf.remaining().min(self.bytes.len() - self.pos);
+                buf.put_slice(&self.bytes[self.pos..self.pos + n]);
+                self.pos += n;
+            }
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_wide_csv_that_never_ends_fails_input_too_large_once_it_outgrows_the_budget() {
+        let budget = MemoryBudget::new(16 << 20);
+        let mut memory = budget.reserve();
+        let reader = tokio::io::BufReader::new(EndlessCsv::new(60_000));
+        let limits = Limits::default();
+        let read = super::read_csv(reader, "label", false, &limits, &mut memory);
+        let e = tokio::time::timeout(std::time::Duration::from_secs(60), read)
+            .await
+            .expect("refused while streaming, not at an end that never comes")
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::InputTooLarge, "{}", e.message);
+        assert!(memory.held() <= 16 << 20, "held {}", memory.held());
+        // The cell cap trips the same way, budget or none.
+        let limits = Limits {
+            max_cells: 5 * 60_000,
+            ..Limits::default()
+        };
+        let reader = tokio::io::BufReader::new(EndlessCsv::new(60_000));
+        let e = read_csv(reader, "label", false, &limits).await.unwrap_err();
+        assert_eq!(e.code, ErrorCode::InputTooLarge, "{}", e.message);
+        assert!(e.message.contains("cells"), "{}", e.message);
+    }
+
+    #[tokio::test]
+    async fn an_npy_claiming_a_huge_shape_fails_input_too_large_before_allocating() {
+        // Over the cell cap: refused from the header alone.
+        let e = read_npy(
+            &npy("<f4", "(10000000, 60000)", &[0; 8])[..],
+            "label",
+            false,
+            &Limits::default(),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.code, ErrorCode::InputTooLarge, "{}", e.message);
+        // Within every cap but over the budget: refused with nothing reserved.
+        let budget = MemoryBudget::new(1 << 20);
+        let mut memory = budget.reserve();
+        let bytes = npy("<f4", "(100000, 100)", &[0; 400]);
+        let e = super::read_npy(&bytes[..], "label", false, &Limits::default(), &mut memory)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::InputTooLarge, "{}", e.message);
+        assert_eq!(budget.held(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_table_read_within_the_budget_holds_exactly_its_bytes() {
+        let budget = MemoryBudget::new(1 << 20);
+        let mut memory = budget.reserve();
+        let text = format!("a,b,label\n{}", "1,2,0\n".repeat(1000));
+        let t = super::read_csv(
+            text.as_bytes(),
+            "label",
+            true,
+            &Limits::default(),
+            &mut memory,
+        )
+        .await
+        .unwrap();
+        assert_eq!(t.features.data.len(), 2000);
+        assert_eq!(memory.held(), 3000 * 4);
+        let vals: Vec<u8> = (0..6).flat_map(|v| (v as f32).to_le_bytes()).collect();
+        let mut memory = budget.reserve();
+        let t = super::read_npy(
+            &npy("<f4", "(2, 3)", &vals)[..],
+            "2",
+            true,
+            &Limits::default(),
+            &mut memory,
+        )
+        .await
+        .unwrap();
+        assert_eq!((t.features.data.len(), memory.held()), (4, 24));
+    }
 
     async fn csv(text: &str, require: bool) -> Result<Table, JobError> {
         read_csv(text.as_bytes(), "label", require, &Limits::default()).await

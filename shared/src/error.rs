@@ -120,6 +120,8 @@ error_codes! {
     Timeout = "timeout", Fatal, 504;
     /// The input could not be read to the end (connection dropped mid-stream).
     InputReadFailed = "input_read_failed", Retryable, 503;
+    /// The worker's memory budget was held by other jobs; the job goes back to the queue.
+    MemoryBusy = "memory_busy", Retryable, 503;
     /// S3 answered 5xx or timed out.
     StorageUnavailable = "storage_unavailable", Retryable, 503;
     /// Postgres failed during the attempt.

@@ -13,6 +13,7 @@ pub mod error;
 pub mod job;
 #[cfg(feature = "services")]
 pub mod maintenance;
+pub mod memory;
 pub mod params;
 #[cfg(feature = "services")]
 pub mod queue;

@@ -1,13 +1,18 @@
 //! S3 access through aws-sdk-s3 with the endpoint from the standard AWS variables
-//! (`AWS_ENDPOINT_URL` for the dev server) and path-style addressing.
+//! (`AWS_ENDPOINT_URL` for the dev server) and path-style addressing. Large objects are
+//! written in parts by [`ObjectWriter`] (`upload`).
 
 use crate::config::Limits;
 use crate::dataset::{self, Table};
 use crate::domain::S3Uri;
 use crate::error::{ErrorCode, JobError};
+use crate::memory::Reservation;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
+
+mod upload;
+pub use upload::{MAX_PARTS, MIN_PART_BYTES, ObjectWriter};
 
 #[derive(Clone, Debug)]
 pub struct Storage {
@@ -52,20 +57,22 @@ impl Storage {
         }
     }
 
-    /// Streams a CSV or `.npy` object (chosen by its extension) into a [`Table`].
+    /// Streams a CSV or `.npy` object (chosen by its extension) into a [`Table`], growing
+    /// `memory` as it goes.
     pub async fn read_table(
         &self,
         uri: &S3Uri,
         label_column: &str,
         require_label: bool,
         limits: &Limits,
+        memory: &mut Reservation,
     ) -> Result<Table, JobError> {
         let object = self.get(uri).await?;
         let reader = tokio::io::BufReader::with_capacity(256 * 1024, object.into_async_read());
         if uri.key.ends_with(".npy") {
-            dataset::read_npy(reader, label_column, require_label, limits).await
+            dataset::read_npy(reader, label_column, require_label, limits, memory).await
         } else {
-            dataset::read_csv(reader, label_column, require_label, limits).await
+            dataset::read_csv(reader, label_column, require_label, limits, memory).await
         }
     }
 

@@ -158,6 +158,16 @@ pub fn validate(value: &Value, limits: &Limits) -> Result<Submission, SubmitErro
                 ),
             });
         }
+        if values > limits.max_cells {
+            return Err(SubmitError::Invalid {
+                code: ErrorCode::InputTooLarge,
+                field: "input.rows".into(),
+                message: format!(
+                    "{rows} rows × {width} features is over this deployment's limit of {} cells",
+                    limits.max_cells
+                ),
+            });
+        }
     }
     let max_attempts = match obj.get("max_attempts") {
         None | Some(Value::Null) => None,
@@ -443,5 +453,28 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ok.timeout_s, Some(60));
+    }
+
+    #[test]
+    fn inline_rows_over_the_cell_cap_are_refused_even_within_the_inline_limit() {
+        let limits = Limits {
+            max_cells: 4,
+            ..Limits::default()
+        };
+        let body = |rows: &str| {
+            format!(
+                r#"{{"type":"train","algorithm":"logreg","input":{{"rows":{rows},"labels":[0,1]}}}}"#
+            )
+        };
+        match parse(body("[[1,2,3],[4,5,6]]").as_bytes(), &limits).unwrap_err() {
+            SubmitError::Invalid { code, field, .. } => {
+                assert_eq!(
+                    (code, field.as_str()),
+                    (ErrorCode::InputTooLarge, "input.rows")
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(body("[[1,2],[4,5]]").as_bytes(), &limits).is_ok());
     }
 }

@@ -180,6 +180,7 @@ impl TestApp {
             worker_id: None,
             hostname: "test".into(),
             ecs_agent_uri: None,
+            budgets: gpuq_worker::Budgets::default(),
         };
         let (stop, abort) = (self.shutdown.clone(), self.abort.clone());
         tokio::spawn(async move {

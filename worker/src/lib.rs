@@ -32,10 +32,35 @@ pub struct WorkerSettings {
     pub hostname: String,
     /// `ECS_AGENT_URI`: on ECS, the agent the task's scale-in protection is set through.
     pub ecs_agent_uri: Option<String>,
+    pub budgets: Budgets,
+}
+
+/// How much memory the jobs of one worker may hold, and in what pieces outputs are written.
+#[derive(Debug, Clone, Copy)]
+pub struct Budgets {
+    /// Bytes the inputs of the jobs in hand may hold at once (`GPUQ_WORKER_MEMORY_BYTES`).
+    pub memory_bytes: u64,
+    /// Bytes of models kept loaded between jobs, least recently used evicted first
+    /// (`GPUQ_MODEL_CACHE_BYTES`).
+    pub model_cache_bytes: u64,
+    /// Size of the parts an output is uploaded in (`GPUQ_OUTPUT_PART_BYTES`): S3 takes at most
+    /// 10,000 parts of at least 5 MiB, so this bounds an output at 10,000 × it.
+    pub output_part_bytes: usize,
+}
+
+impl Default for Budgets {
+    fn default() -> Self {
+        Self {
+            memory_bytes: 4 << 30,
+            model_cache_bytes: 2 << 30,
+            output_part_bytes: 8 << 20,
+        }
+    }
 }
 
 impl WorkerSettings {
     pub fn from_env() -> anyhow::Result<Self> {
+        let d = Budgets::default();
         Ok(Self {
             shared: Settings::from_env()?,
             concurrency: parse_var("GPUQ_WORKER_CONCURRENCY", 32usize)?.clamp(1, 256),
@@ -43,6 +68,12 @@ impl WorkerSettings {
             worker_id: non_empty_var("GPUQ_WORKER_ID"),
             hostname: var_or("HOSTNAME", ""),
             ecs_agent_uri: non_empty_var("ECS_AGENT_URI"),
+            budgets: Budgets {
+                memory_bytes: parse_var("GPUQ_WORKER_MEMORY_BYTES", d.memory_bytes)?,
+                model_cache_bytes: parse_var("GPUQ_MODEL_CACHE_BYTES", d.model_cache_bytes)?,
+                output_part_bytes: parse_var("GPUQ_OUTPUT_PART_BYTES", d.output_part_bytes)?
+                    .max(gpuq_shared::storage::MIN_PART_BYTES),
+            },
         })
     }
 }
@@ -89,7 +120,7 @@ pub async fn run_with_abort(
         let stop = shutdown.clone();
         tokio::spawn(async move { maintenance.run(stop).await })
     };
-    let ctx = Arc::new(job::WorkerContext::new(
+    let ctx = job::WorkerContext::new(
         pool,
         storage,
         publisher,
@@ -97,7 +128,8 @@ pub async fn run_with_abort(
         &settings,
         worker_id,
         abort,
-    ));
+    );
+    let ctx = Arc::new(ctx);
     let presence_stop = CancellationToken::new();
     let presence_task = tokio::spawn(presence::run(
         ctx.pool.clone(),

@@ -14,7 +14,7 @@
 use super::knn::References;
 use super::linalg;
 use super::pacing::paced;
-use super::{Control, Inference, Trained, check_bindings, gpu_lost};
+use super::{Control, CsvOut, Inference, Trained, check_bindings, gpu_lost};
 use crate::artifact::{self, Artifact, Tensor};
 use crate::gpu::Gpu;
 use crate::gpu::gemm::GemmParams;
@@ -202,6 +202,17 @@ impl GpuAnomaly {
         self.feature_columns.len()
     }
 
+    /// Bytes held: the detector's buffers on the device, the mean on the host.
+    pub fn bytes(&self) -> u64 {
+        let device = match &self.detector {
+            Detector::Scaled { center, scale, .. } => center.size() + scale.size(),
+            Detector::Whitened { w, references, .. } => {
+                w.size() + references.as_ref().map_or(0, |r| r.buffer.size())
+            }
+        };
+        device + self.mean.len() as u64 * 4
+    }
+
     /// The anomaly score of every row, in [`paced`] submissions.
     pub fn scores(
         &self,
@@ -310,13 +321,14 @@ impl GpuAnomaly {
         table: &Table,
         rows_json: bool,
         ctl: &Control,
+        csv: CsvOut,
     ) -> Result<Inference, JobError> {
         let x = &table.features;
         let scores = self.scores(gpu, &x.data, x.rows, ctl)?;
-        let mut inf = Inference::new(vec!["score".into()]);
+        let mut inf = Inference::new(vec!["score".into()], csv);
         for s in &scores {
             ctl.check()?;
-            inf.push_csv(&[s.to_string()]);
+            inf.push_csv(&[s.to_string()])?;
             if rows_json {
                 inf.rows.push(json!({ "score": s }));
             }

@@ -9,7 +9,7 @@
 
 use super::logreg::scale;
 use super::pacing::paced;
-use super::{Control, Inference, accuracy_summary, gpu_lost, label_text};
+use super::{Control, CsvOut, Inference, accuracy_summary, gpu_lost, label_text};
 use crate::artifact::{self, Artifact, Tensor};
 use crate::gpu::Gpu;
 use crate::gpu::gemm::GemmParams;
@@ -316,6 +316,23 @@ pub struct GpuClassifier {
 }
 
 impl GpuClassifier {
+    /// Bytes held: the weights on the device and their copy on the host.
+    pub fn bytes(&self) -> u64 {
+        let device: u64 = self.weights.iter().map(|(w, b)| w.size() + b.size()).sum();
+        let host: usize = self
+            .model
+            .layers
+            .iter()
+            .map(|l| l.weight.len() + l.bias.len())
+            .sum();
+        let scaling = self
+            .model
+            .input_scaling
+            .as_ref()
+            .map_or(0, |(m, s)| m.len() + s.len());
+        device + (host + scaling) as u64 * 4 + self.unused.size() + self.unused_labels.size()
+    }
+
     pub fn upload(gpu: &Gpu, model: ClassifierModel) -> Self {
         let weights = model
             .layers
@@ -400,6 +417,7 @@ impl GpuClassifier {
         table: &Table,
         rows_json: bool,
         ctl: &Control,
+        csv: CsvOut,
     ) -> Result<Inference, JobError> {
         let probs = self.predict(gpu, &table.features, ctl)?;
         let k = self.model.n_classes();
@@ -407,12 +425,12 @@ impl GpuClassifier {
         let labels: Vec<f64> = probs.chunks(k).map(|p| classes[argmax(p)]).collect();
         let mut columns = vec!["label".to_string()];
         columns.extend((0..k).map(|c| format!("p{c}")));
-        let mut inf = Inference::new(columns);
+        let mut inf = Inference::new(columns, csv);
         for (l, p) in labels.iter().zip(probs.chunks(k)) {
             ctl.check()?;
             let mut cells = vec![label_text(*l)];
             cells.extend(p.iter().map(|v| v.to_string()));
-            inf.push_csv(&cells);
+            inf.push_csv(&cells)?;
             if rows_json {
                 inf.rows.push(json!({ "label": l, "p": p }));
             }

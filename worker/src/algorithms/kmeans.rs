@@ -4,7 +4,7 @@
 //! Artifact: `centroids` (k × features, float32).
 
 use super::pacing::paced;
-use super::{Control, Inference, Trained, check_bindings, gpu_lost};
+use super::{Control, CsvOut, Inference, Trained, check_bindings, gpu_lost};
 use crate::artifact::{self, Artifact, Tensor};
 use crate::gpu::Gpu;
 use crate::gpu::kernels::Kernel;
@@ -301,6 +301,11 @@ impl GpuKmeans {
         self.feature_columns.len()
     }
 
+    /// Bytes held: the centroids, on the device and on the host.
+    pub fn bytes(&self) -> u64 {
+        self.buffer.size() + self.centroids.len() as u64 * 4
+    }
+
     fn k(&self) -> usize {
         self.centroids.len() / self.n_features().max(1)
     }
@@ -313,13 +318,14 @@ impl GpuKmeans {
         table: &Table,
         rows_json: bool,
         ctl: &Control,
+        csv: CsvOut,
     ) -> Result<Inference, JobError> {
         let x = &table.features;
         let (n, f, k) = (x.rows, x.cols, self.k());
         let chunk = n
             .min(gpu.max_binding_bytes() as usize / (4 * f.max(1)))
             .clamp(1, 1 << 20);
-        let mut inf = Inference::new(vec!["cluster".into(), "distance".into()]);
+        let mut inf = Inference::new(vec!["cluster".into(), "distance".into()], csv);
         let mut inertia = 0f64;
         let assign_buf = gpu.zeros("assignment", chunk);
         let dist_buf = gpu.zeros("distance", chunk);
@@ -340,7 +346,7 @@ impl GpuKmeans {
             for (c, d) in clusters.iter().zip(&d2) {
                 let d = (*d as f64).sqrt();
                 inertia += d * d;
-                inf.push_csv(&[c.to_string(), d.to_string()]);
+                inf.push_csv(&[c.to_string(), d.to_string()])?;
                 if rows_json {
                     inf.rows.push(json!({ "cluster": c, "distance": d }));
                 }

@@ -8,7 +8,9 @@
 
 use super::logreg::class_indices_any;
 use super::pacing::paced;
-use super::{Control, Inference, Trained, accuracy_summary, check_bindings, gpu_lost, label_text};
+use super::{
+    Control, CsvOut, Inference, Trained, accuracy_summary, check_bindings, gpu_lost, label_text,
+};
 use crate::artifact::{self, Artifact, Tensor};
 use crate::gpu::Gpu;
 use crate::gpu::kernels::Kernel;
@@ -155,6 +157,11 @@ impl GpuKnn {
         self.feature_columns.len()
     }
 
+    /// Bytes held: the reference rows on the device, their labels on the host.
+    pub fn bytes(&self) -> u64 {
+        self.refs.buffer.size() + self.label_index.len() as u64 * 4 + self.classes.len() as u64 * 8
+    }
+
     /// The `k` nearest references of every row of `table`: (distances, indices), row-major.
     pub fn neighbours(
         &self,
@@ -208,13 +215,14 @@ impl GpuKnn {
         table: &Table,
         rows_json: bool,
         ctl: &Control,
+        csv: CsvOut,
     ) -> Result<Inference, JobError> {
         let x = &table.features;
         let k = self.refs.k;
         let (dist, idx) = self.neighbours(gpu, &x.data, x.rows, ctl)?;
         let mut columns = vec!["label".to_string(), "distance".to_string()];
         columns.extend((0..k).map(|s| format!("n{s}")));
-        let mut inf = Inference::new(columns);
+        let mut inf = Inference::new(columns, csv);
         let mut predicted = Vec::with_capacity(x.rows);
         for (d, i) in dist.chunks(k).zip(idx.chunks(k)) {
             ctl.check()?;
@@ -223,7 +231,7 @@ impl GpuKnn {
             predicted.push(label);
             let mut cells = vec![label_text(label), distance.to_string()];
             cells.extend(i.iter().map(|v| v.to_string()));
-            inf.push_csv(&cells);
+            inf.push_csv(&cells)?;
             if rows_json {
                 let distances: Vec<f64> = d.iter().map(|&v| self.refs.metric.finish(v)).collect();
                 inf.rows.push(json!({

@@ -3,6 +3,7 @@
 
 pub mod anomaly;
 pub mod classifier;
+mod inference;
 pub mod kmeans;
 pub mod knn;
 pub mod linalg;
@@ -15,6 +16,7 @@ use crate::gpu::{Gpu, GpuError};
 use gpuq_shared::dataset::Table;
 use gpuq_shared::params::TrainParams;
 use gpuq_shared::{Algorithm, ErrorCode, JobError};
+pub use inference::{CsvOut, Inference};
 use serde_json::{Map, Value, json};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -205,14 +207,36 @@ impl LoadedModel {
         }
     }
 
-    /// Runs the model over `table`; `rows_json` asks for one JSON object per row as well.
-    /// Returns `stopped` soon after `ctl` is told to stop.
+    /// The bytes it holds, on the device and on the host (an estimate: buffers and weights).
+    pub fn bytes(&self) -> u64 {
+        match self {
+            Self::Classifier(m) => m.bytes(),
+            Self::Kmeans(m) => m.bytes(),
+            Self::Knn(m) => m.bytes(),
+            Self::Anomaly(m) => m.bytes(),
+        }
+    }
+
+    /// Runs the model over `table`, its CSV kept in memory; `rows_json` asks for one JSON
+    /// object per row as well. Returns `stopped` soon after `ctl` is told to stop.
     pub fn infer(
         &self,
         gpu: &Gpu,
         table: &Table,
         rows_json: bool,
         ctl: &Control,
+    ) -> Result<Inference, JobError> {
+        self.infer_to(gpu, table, rows_json, ctl, CsvOut::in_memory())
+    }
+
+    /// As [`infer`](Self::infer), writing the CSV to `csv` as it is produced.
+    pub fn infer_to(
+        &self,
+        gpu: &Gpu,
+        table: &Table,
+        rows_json: bool,
+        ctl: &Control,
+        csv: CsvOut,
     ) -> Result<Inference, JobError> {
         let f = self.n_features();
         if table.features.cols != f {
@@ -225,41 +249,11 @@ impl LoadedModel {
             ));
         }
         match self {
-            Self::Classifier(m) => m.infer(gpu, table, rows_json, ctl),
-            Self::Kmeans(m) => m.infer(gpu, table, rows_json, ctl),
-            Self::Knn(m) => m.infer(gpu, table, rows_json, ctl),
-            Self::Anomaly(m) => m.infer(gpu, table, rows_json, ctl),
+            Self::Classifier(m) => m.infer(gpu, table, rows_json, ctl, csv),
+            Self::Kmeans(m) => m.infer(gpu, table, rows_json, ctl, csv),
+            Self::Knn(m) => m.infer(gpu, table, rows_json, ctl, csv),
+            Self::Anomaly(m) => m.infer(gpu, table, rows_json, ctl, csv),
         }
-    }
-}
-
-/// What inference produced: a CSV with one row per input row, optionally the same rows as
-/// JSON, and a summary (metrics over the whole input) for the job's result.
-pub struct Inference {
-    pub csv: String,
-    pub rows: Vec<Value>,
-    pub summary: Map<String, Value>,
-}
-
-impl Inference {
-    pub fn new(columns: Vec<String>) -> Self {
-        let mut csv = columns.join(",");
-        csv.push('\n');
-        Self {
-            csv,
-            rows: Vec::new(),
-            summary: Map::new(),
-        }
-    }
-
-    pub fn push_csv(&mut self, cells: &[String]) {
-        for (i, c) in cells.iter().enumerate() {
-            if i > 0 {
-                self.csv.push(',');
-            }
-            self.csv.push_str(c);
-        }
-        self.csv.push('\n');
     }
 }
 

@@ -1,28 +1,31 @@
 //! A job's input: authorised against its tenant (again, after the API) and read from S3 or from
-//! the inline rows recorded with it.
+//! the inline rows recorded with it, within the worker's memory budget.
 
 use super::WorkerContext;
 use gpuq_shared::dataset::{self, Table};
 use gpuq_shared::db::{self, JobRecord};
 use gpuq_shared::job::Input;
+use gpuq_shared::memory::Reservation;
 use gpuq_shared::{ErrorCode, JobError, S3Uri, auth};
 
 impl WorkerContext {
-    /// The job's input, from S3 (only inside what its tenant may read) or inline.
+    /// The job's input, from S3 (only inside what its tenant may read) or inline, and what it
+    /// holds of the worker's memory budget: keep the reservation as long as the table.
     pub(super) async fn load_input(
         &self,
         job: &JobRecord,
         input: &Input,
         label_column: &str,
         require_label: bool,
-    ) -> Result<Table, JobError> {
-        match input {
+    ) -> Result<(Table, Reservation), JobError> {
+        let mut memory = self.memory.reserve();
+        let table = match input {
             Input::S3 { uri } => {
                 self.check_input_allowed(job, uri).await?;
                 let limits = &self.settings.limits;
                 self.storage
-                    .read_table(uri, label_column, require_label, limits)
-                    .await
+                    .read_table(uri, label_column, require_label, limits, &mut memory)
+                    .await?
             }
             Input::Inline { rows, labels } => {
                 if require_label && labels.is_none() {
@@ -30,9 +33,14 @@ impl WorkerContext {
                         "training needs `labels` beside the inline rows",
                     ));
                 }
-                dataset::from_rows(rows, labels.as_deref())
+                // Small (the API caps inline values) and already in memory with the job's row.
+                let table = dataset::from_rows(rows, labels.as_deref())?;
+                let values = table.features.data.len() + table.labels.as_ref().map_or(0, Vec::len);
+                memory.grow_to(values as u64 * 4).await?;
+                table
             }
-        }
+        };
+        Ok((table, memory))
     }
 
     /// The API checked this at submit; checked again here, before any S3 call, so a message or

@@ -1,10 +1,11 @@
 //! Running one job: claim it, keep its lease alive from a task of its own, run the algorithm on
 //! a blocking thread, write the outcome with a fenced update. Every outcome is turned into a
 //! state transition here and only here. Reading a job's input is [`input`]'s; the models kept on
-//! the GPU are [`models`]'.
+//! the GPU are [`models`]'; streaming an inference's CSV to S3 is [`output`]'s.
 
 mod input;
 mod models;
+mod output;
 mod retry;
 
 use models::ModelCache;
@@ -16,6 +17,7 @@ use crate::presence::Presence;
 use gpuq_shared::config::Settings;
 use gpuq_shared::db::{self, JobRecord, NewModel};
 use gpuq_shared::job::{Input, Work};
+use gpuq_shared::memory::MemoryBudget;
 use gpuq_shared::params::{InferParams, TrainParams};
 use gpuq_shared::queue::Publisher;
 use gpuq_shared::storage::Storage;
@@ -46,6 +48,10 @@ pub struct WorkerContext {
     pub presence: Arc<Presence>,
     /// Models already on the GPU, by id (models never change once written).
     models: ModelCache,
+    /// What the inputs of the jobs in hand may hold of the host's memory, together.
+    memory: Arc<MemoryBudget>,
+    /// The size of each part of an output uploaded to S3.
+    output_part_bytes: usize,
 }
 
 /// How a job ended well.
@@ -71,6 +77,7 @@ impl WorkerContext {
         abort: CancellationToken,
     ) -> Self {
         let lease = settings.shared.lifecycle.lease;
+        let budgets = settings.budgets;
         Self {
             pool,
             storage,
@@ -80,7 +87,9 @@ impl WorkerContext {
             worker_id,
             abort,
             presence: Arc::new(Presence::new(settings.ecs_agent_uri.as_deref(), lease)),
-            models: ModelCache::default(),
+            models: ModelCache::new(budgets.model_cache_bytes),
+            memory: MemoryBudget::new(budgets.memory_bytes),
+            output_part_bytes: budgets.output_part_bytes,
         }
     }
 
@@ -231,7 +240,7 @@ impl WorkerContext {
     ) -> Result<Completion, JobError> {
         ctl.report(0.0, "reading input".into());
         let needs_labels = params.algorithm().needs_labels();
-        let table = self
+        let (table, memory) = self
             .load_input(job, input, params.label_column(), needs_labels)
             .await?;
         ctl.report(
@@ -242,7 +251,11 @@ impl WorkerContext {
             ),
         );
         let (gpu, c) = (self.gpu.clone(), ctl.clone());
-        let mut trained = blocking(move || algorithms::train(&gpu, table, &params, &c)).await?;
+        let mut trained = blocking(move || {
+            let _memory = memory;
+            algorithms::train(&gpu, table, &params, &c)
+        })
+        .await?;
         let model_id = ModelId::new();
         // A fresh key per attempt: a late attempt can never overwrite the winner's artifact.
         let uri = self.output_uri(job, &format!("models/{model_id}.safetensors"));
@@ -273,23 +286,17 @@ impl WorkerContext {
             .label_column
             .as_deref()
             .unwrap_or(&model.label_column);
-        let table = self.load_input(job, input, label_column, false).await?;
+        let (table, memory) = self.load_input(job, input, label_column, false).await?;
         ctl.check()?;
         let n = table.features.rows;
         let inline_only = input.uri().is_none() && n <= INLINE_ONLY_ROWS;
         let rows_json = inline_only || n <= INLINE_PREDICTIONS;
-        let (gpu, m, c) = (self.gpu.clone(), model.clone(), ctl.clone());
-        let inference = blocking(move || m.model.infer(&gpu, &table, rows_json, &c)).await?;
-
-        let output_uri = if inline_only {
-            None
-        } else {
-            let uri = self.output_uri(job, &format!("outputs/{}/predictions.csv", job.id));
-            self.storage
-                .put(&uri, inference.csv.into_bytes(), "text/csv")
-                .await?;
-            Some(uri.to_string())
-        };
+        let output_uri = (!inline_only)
+            .then(|| self.output_uri(job, &format!("outputs/{}/predictions.csv", job.id)));
+        let inference = self
+            .run_inference(model, (table, memory), rows_json, ctl, output_uri.as_ref())
+            .await?;
+        let output_uri = output_uri.map(|uri| uri.to_string());
         let mut result = json!({ "output_uri": output_uri, "rows": n });
         for (k, v) in inference.summary {
             result[k] = v;

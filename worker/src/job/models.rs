@@ -1,4 +1,5 @@
-//! The models a worker keeps on its GPU, loaded from their record and artifact on first use.
+//! The models a worker keeps on its GPU, loaded from their record and artifact on first use and
+//! kept within a budget of bytes, the least recently used evicted first.
 
 use super::{WorkerContext, blocking};
 use crate::algorithms::LoadedModel;
@@ -6,6 +7,7 @@ use gpuq_shared::db;
 use gpuq_shared::params::TrainParams;
 use gpuq_shared::{ErrorCode, JobError, ModelId, S3Uri};
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 
 /// A model on the GPU and the training parameters recorded with it.
@@ -17,9 +19,91 @@ pub(super) struct CachedModel {
 }
 
 /// Models already on the GPU, by id (models never change once written).
-#[derive(Default)]
 pub(super) struct ModelCache {
-    models: Mutex<HashMap<ModelId, Arc<CachedModel>>>,
+    models: Mutex<Lru<ModelId, Arc<CachedModel>>>,
+}
+
+impl ModelCache {
+    pub fn new(bytes: u64) -> Self {
+        Self {
+            models: Mutex::new(Lru::new(bytes)),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Lru<ModelId, Arc<CachedModel>>> {
+        // Each operation leaves the cache whole before it can panic.
+        self.models.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Values with a size in bytes, kept within `capacity` bytes: an insert evicts the least
+/// recently used until the newcomer fits, and a value bigger than the whole capacity is not
+/// kept at all.
+pub(super) struct Lru<K, V> {
+    capacity: u64,
+    held: u64,
+    /// Bumped on every use; an entry's stamp says when it was last used.
+    clock: u64,
+    entries: HashMap<K, (V, u64, u64)>,
+}
+
+impl<K: Hash + Eq + Clone, V: Clone> Lru<K, V> {
+    pub fn new(capacity: u64) -> Self {
+        Self {
+            capacity,
+            held: 0,
+            clock: 0,
+            entries: HashMap::new(),
+        }
+    }
+
+    /// The value, marked as just used.
+    pub fn get(&mut self, key: &K) -> Option<V> {
+        self.clock += 1;
+        let (value, _, used) = self.entries.get_mut(key)?;
+        *used = self.clock;
+        Some(value.clone())
+    }
+
+    pub fn insert(&mut self, key: K, value: V, bytes: u64) {
+        if let Some((_, old, _)) = self.entries.remove(&key) {
+            self.held -= old;
+        }
+        if bytes > self.capacity {
+            return;
+        }
+        while self.held + bytes > self.capacity {
+            let oldest = self
+                .entries
+                .iter()
+                .min_by_key(|(_, (_, _, used))| *used)
+                .map(|(k, _)| k.clone())
+                .expect("something is held");
+            let (_, freed, _) = self.entries.remove(&oldest).expect("present");
+            self.held -= freed;
+        }
+        self.clock += 1;
+        self.held += bytes;
+        self.entries.insert(key, (value, bytes, self.clock));
+    }
+
+    /// Drops `key` (a model deleted since it was cached).
+    pub fn remove(&mut self, key: &K) -> Option<V> {
+        let (value, bytes, _) = self.entries.remove(key)?;
+        self.held -= bytes;
+        Some(value)
+    }
+
+    /// Bytes held.
+    #[cfg(test)]
+    pub fn held(&self) -> u64 {
+        self.held
+    }
+
+    #[cfg(test)]
+    pub fn contains(&self, key: &K) -> bool {
+        self.entries.contains_key(key)
+    }
 }
 
 impl WorkerContext {
@@ -35,7 +119,7 @@ impl WorkerContext {
             .await
             .map_err(|e| JobError::new(ErrorCode::DatabaseError, e.to_string()))?;
         let Some(record) = record else {
-            let mut cache = self.models.models.lock().expect("model cache");
+            let mut cache = self.models.lock();
             if cache.get(&id).is_some_and(|m| m.tenant == tenant) {
                 cache.remove(&id);
             }
@@ -45,13 +129,7 @@ impl WorkerContext {
                 format!("model {id} does not exist"),
             ));
         };
-        let cached = self
-            .models
-            .models
-            .lock()
-            .expect("model cache")
-            .get(&id)
-            .cloned();
+        let cached = self.models.lock().get(&id);
         if let Some(m) = cached.filter(|m| m.tenant == tenant) {
             return Ok(m);
         }
@@ -81,11 +159,34 @@ impl WorkerContext {
             label_column,
             tenant: record.tenant_id,
         });
-        let mut cache = self.models.models.lock().expect("model cache");
-        if cache.len() >= 256 {
-            cache.clear();
-        }
-        cache.insert(id, loaded.clone());
+        let bytes = loaded.model.bytes();
+        self.models.lock().insert(id, loaded.clone(), bytes);
         Ok(loaded)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Lru;
+
+    #[test]
+    fn the_cache_evicts_the_least_recently_used_until_a_newcomer_fits_its_bytes() {
+        let mut cache = Lru::new(100);
+        cache.insert("a", 1, 40);
+        cache.insert("b", 2, 40);
+        assert_eq!(cache.get(&"a"), Some(1)); // b is now the least recently used
+        cache.insert("c", 3, 40);
+        assert!(cache.contains(&"a") && cache.contains(&"c") && !cache.contains(&"b"));
+        assert_eq!(cache.held(), 80);
+        // One big newcomer pushes out as many as it needs, oldest first, and no more.
+        cache.insert("d", 4, 60);
+        assert!(!cache.contains(&"a") && cache.contains(&"c") && cache.contains(&"d"));
+        assert_eq!(cache.held(), 100);
+        // Bigger than the whole cache: used, but not kept, and nothing is evicted for it.
+        cache.insert("huge", 5, 101);
+        assert!(!cache.contains(&"huge") && cache.contains(&"c") && cache.contains(&"d"));
+        // Inserting a key again replaces it and its size.
+        cache.insert("c", 6, 10);
+        assert_eq!((cache.get(&"c"), cache.held()), (Some(6), 70));
     }
 }
