@@ -1,4 +1,4 @@
-//! Running one job: claim it, keep its lease alive from a task of its own, run the algorithm on
+//! Running one job: claim it, hold its lease among the worker's [`Leases`], run the algorithm on
 //! a blocking thread, write the outcome with a fenced update. Every outcome is turned into a
 //! state transition here and only here. Reading a job's input is [`input`]'s; the models kept on
 //! the GPU are [`models`]'.
@@ -10,6 +10,7 @@ use models::ModelCache;
 
 use crate::algorithms::{self, Control, StopReason, Trained};
 use crate::gpu::Gpu;
+use crate::leases::Leases;
 use crate::presence::Presence;
 use gpuq_shared::config::Settings;
 use gpuq_shared::db::{self, JobRecord, NewModel};
@@ -42,6 +43,8 @@ pub struct WorkerContext {
     pub abort: CancellationToken,
     /// The worker's row in `workers`, and its ECS task protection.
     pub presence: Arc<Presence>,
+    /// The leases of the jobs in hand, renewed together ([`crate::leases::renew`]).
+    pub leases: Arc<Leases>,
     /// Models already on the GPU, by id (models never change once written).
     models: ModelCache,
 }
@@ -78,6 +81,7 @@ impl WorkerContext {
             worker_id,
             abort,
             presence,
+            leases: Arc::default(),
             models: ModelCache::default(),
         }
     }
@@ -88,13 +92,7 @@ impl WorkerContext {
         let attempt = job.attempt;
         tracing::info!(job = %id, attempt, kind = %job.job_type, algorithm = %job.algorithm, "running");
         let ctl = Arc::new(Control::new(self.abort.clone()));
-        let heartbeat = tokio::spawn(heartbeat(
-            self.pool.clone(),
-            id,
-            attempt,
-            self.settings.lifecycle.lease,
-            ctl.clone(),
-        ));
+        let lease = self.leases.hold(id, attempt, ctl.clone());
         let timeout = Duration::from_secs(job.timeout_s.max(1) as u64);
         let work = self.execute(&job, &ctl);
         tokio::pin!(work);
@@ -106,7 +104,7 @@ impl WorkerContext {
             }
             _ = self.abort.cancelled() => finish_within_grace(&mut work).await,
         };
-        heartbeat.abort();
+        drop(lease);
         let written = match (ctl.stop_reason(), outcome) {
             (Some(StopReason::Released), _) => {
                 tracing::info!(job = %id, "stopped: canceled or lease lost; writing nothing");
@@ -344,31 +342,4 @@ where
         }
     }
     f().await
-}
-
-/// Renews the lease every third of it (at least every second, to pass progress and notice a
-/// cancel promptly); tells the job to stop when the attempt no longer holds the job.
-async fn heartbeat(
-    pool: sqlx::PgPool,
-    id: JobId,
-    attempt: i32,
-    lease: Duration,
-    ctl: Arc<Control>,
-) {
-    let every = (lease / 3).min(Duration::from_secs(1));
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    loop {
-        tick.tick().await;
-        let progress = ctl
-            .take_progress()
-            .map(|(fraction, message)| json!({"fraction": fraction, "message": message}));
-        match db::job_heartbeat(&pool, id, attempt, lease, progress.as_ref()).await {
-            Ok(true) => {}
-            Ok(false) => {
-                ctl.request_stop();
-                return;
-            }
-            Err(e) => tracing::warn!(job = %id, error = %e, "lease renewal failed; retrying"),
-        }
-    }
 }
