@@ -13,6 +13,7 @@ use axum::routing::{get, post};
 use error::ApiError;
 use gpuq_shared::config::{Settings, parse_var, var_or};
 use gpuq_shared::queue::Publisher;
+use gpuq_shared::storage::Storage;
 use gpuq_shared::{db, reaper};
 use sqlx::PgPool;
 use std::sync::Arc;
@@ -122,8 +123,11 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         if self.settings.reaper {
             let (pool, publisher) = (self.state.pool.clone(), self.state.publisher.clone());
-            let (lifecycle, stop) = (self.settings.shared.lifecycle.clone(), shutdown.clone());
-            tokio::spawn(async move { reaper::run(pool, &publisher, lifecycle, stop).await });
+            let (settings, stop) = (self.settings.shared.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                let storage = Storage::from_env().await;
+                reaper::run(pool, &publisher, &storage, &settings, stop).await
+            });
         }
         let app = router(self.state);
         serve(self.listener, app, self.settings.header_timeout, shutdown).await;

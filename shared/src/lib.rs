@@ -9,6 +9,10 @@ pub mod db;
 pub mod domain;
 pub mod error;
 pub mod job;
+#[cfg(feature = "services")]
+pub mod objects;
+#[cfg(feature = "services")]
+pub mod orphans;
 pub mod params;
 #[cfg(feature = "services")]
 pub mod queue;

@@ -1,29 +1,43 @@
 //! The reaper: what makes a crash anywhere lose nothing. It hands jobs whose worker stopped
 //! renewing its lease back to the queue, and publishes `queued` jobs whose retry backoff is over
 //! or whose message never went out or was lost. Duplicate messages are harmless: the claim is conditional.
+//! Less often it sweeps orphaned outputs and model files ([`orphans`]).
 
-use crate::config::Lifecycle;
+use crate::config::{Lifecycle, Settings};
 use crate::db;
+use crate::orphans;
 use crate::queue::Publisher;
+use crate::storage::Storage;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-/// Runs until `shutdown` fires, one sweep every `lifecycle.reaper_interval`.
+/// Runs until `shutdown` fires, one sweep every `lifecycle.reaper_interval`, and an orphan
+/// sweep ([`orphans::sweep`]) every `lifecycle.orphan_sweep_interval`.
 pub async fn run(
     pool: PgPool,
     publisher: &Publisher,
-    lifecycle: Lifecycle,
+    storage: &Storage,
+    settings: &Settings,
     shutdown: CancellationToken,
 ) {
+    let lifecycle = &settings.lifecycle;
     let mut tick = tokio::time::interval(lifecycle.reaper_interval);
+    let mut orphans_due = tokio::time::Instant::now() + lifecycle.orphan_sweep_interval;
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Err(e) = sweep(&pool, publisher, &lifecycle).await {
+        if let Err(e) = sweep(&pool, publisher, lifecycle).await {
             tracing::warn!(error = %e, "reaper sweep failed; will retry");
+        }
+        if tokio::time::Instant::now() >= orphans_due {
+            orphans_due = tokio::time::Instant::now() + lifecycle.orphan_sweep_interval;
+            let grace = lifecycle.orphan_grace;
+            if let Err(e) = orphans::sweep(&pool, storage, settings, grace).await {
+                tracing::warn!(error = %e, "orphan sweep failed; will retry");
+            }
         }
     }
 }

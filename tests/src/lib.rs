@@ -61,6 +61,8 @@ impl Default for Options {
                     max: Duration::from_secs(2),
                 },
                 default_timeout_s: 600,
+                orphan_sweep_interval: Duration::from_secs(600),
+                orphan_grace: Duration::from_secs(3600),
             },
             limits: Limits::default(),
             rate_limit: (10_000.0, 10_000),
@@ -217,6 +219,14 @@ impl TestApp {
             .env(
                 "GPUQ_RETRY_MAX_SECONDS",
                 s.lifecycle.backoff.max.as_secs_f64().to_string(),
+            )
+            .env(
+                "GPUQ_ORPHAN_SWEEP_INTERVAL_SECONDS",
+                s.lifecycle.orphan_sweep_interval.as_secs_f64().to_string(),
+            )
+            .env(
+                "GPUQ_ORPHAN_GRACE_SECONDS",
+                s.lifecycle.orphan_grace.as_secs_f64().to_string(),
             )
             .env("RUST_LOG", "info")
             // Few slots, so few connections: many tests share one Postgres (100 connections).

@@ -83,13 +83,14 @@ pub async fn run_with_abort(
     });
     tracing::info!(%worker_id, "worker starting");
     let reaper_task = {
-        let (pool, publisher, lifecycle, stop) = (
+        let (pool, publisher, storage, settings, stop) = (
             pool.clone(),
             publisher.clone(),
-            s.lifecycle.clone(),
+            storage.clone(),
+            s.clone(),
             shutdown.clone(),
         );
-        tokio::spawn(async move { reaper::run(pool, &publisher, lifecycle, stop).await })
+        tokio::spawn(async move { reaper::run(pool, &publisher, &storage, &settings, stop).await })
     };
     let presence = Arc::new(presence::Presence::new(
         settings.ecs_agent_uri.as_deref(),

@@ -1,6 +1,7 @@
 //! The Postgres layer: every SQL statement gpuq runs, one function each, named noun-first, in one
 //! file per table (river's layout): [`jobs`] (the state machine), [`idempotency`] (keys of
-//! submissions), [`models`], [`tenants`] (tenants and their API keys) and [`workers`]. Each job
+//! submissions), [`models`], [`tenants`] (tenants and their API keys) and [`workers`]; and
+//! [`objects`], which asks both jobs and models whether an S3 object is still wanted. Each job
 //! state transition is one function with one guarded `UPDATE`; nothing else writes `status`.
 //! Completion writes are fenced by `attempt` so a worker that lost its lease cannot overwrite
 //! the work of the one that took the job over. Everything is re-exported here: callers write
@@ -9,12 +10,14 @@
 mod idempotency;
 mod jobs;
 mod models;
+mod objects;
 mod tenants;
 mod workers;
 
 pub use idempotency::*;
 pub use jobs::*;
 pub use models::*;
+pub use objects::*;
 pub use tenants::*;
 pub use workers::*;
 

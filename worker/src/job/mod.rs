@@ -1,7 +1,8 @@
 //! Running one job: claim it, hold its lease among the worker's [`Leases`], run the algorithm on
 //! a blocking thread, write the outcome with a fenced update. Every outcome is turned into a
-//! state transition here and only here. Reading a job's input is [`input`]'s; the models kept on
-//! the GPU are [`models`]'.
+//! state transition here and only here. What an attempt writes to S3 goes under keys of its own
+//! ([`gpuq_shared::objects`]); an attempt that loses the job deletes it. Reading a job's input is
+//! [`input`]'s; the models kept on the GPU are [`models`]'.
 
 mod input;
 mod models;
@@ -18,7 +19,7 @@ use gpuq_shared::job::{Input, Work};
 use gpuq_shared::params::{InferParams, TrainParams};
 use gpuq_shared::queue::Publisher;
 use gpuq_shared::storage::Storage;
-use gpuq_shared::{ErrorCode, JobError, JobId, ModelId, S3Uri};
+use gpuq_shared::{ErrorCode, JobError, JobId, ModelId, S3Uri, objects};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,11 +55,23 @@ enum Completion {
     Trained {
         model_id: ModelId,
         trained: Trained,
-        artifact_uri: String,
+        artifact: S3Uri,
     },
     Inferred {
         result: Value,
+        /// The output written to S3, if any (small inline inputs get inline results only).
+        output: Option<S3Uri>,
     },
+}
+
+impl Completion {
+    /// The objects the attempt wrote.
+    fn objects(&self) -> Vec<S3Uri> {
+        match self {
+            Completion::Trained { artifact, .. } => vec![artifact.clone()],
+            Completion::Inferred { output, .. } => output.iter().cloned().collect(),
+        }
+    }
 }
 
 impl WorkerContext {
@@ -106,8 +119,11 @@ impl WorkerContext {
         };
         drop(lease);
         let written = match (ctl.stop_reason(), outcome) {
-            (Some(StopReason::Released), _) => {
+            (Some(StopReason::Released), outcome) => {
                 tracing::info!(job = %id, "stopped: canceled or lease lost; writing nothing");
+                if let Ok(done) = outcome {
+                    self.discard(id, attempt, &done.objects()).await;
+                }
                 return;
             }
             // Finished just as it was told to stop: the result stands.
@@ -151,11 +167,12 @@ impl WorkerContext {
         job: &JobRecord,
         done: Completion,
     ) -> Result<(), db::DbError> {
+        let written = done.objects();
         let fenced = match done {
             Completion::Trained {
                 model_id,
                 trained,
-                artifact_uri,
+                artifact,
             } => {
                 let metrics = &trained.metrics;
                 let result = json!({ "model_id": model_id, "metrics": metrics });
@@ -167,14 +184,14 @@ impl WorkerContext {
                     n_classes: trained.n_classes as i32,
                     params: &job.params,
                     metrics,
-                    artifact_uri: &artifact_uri,
+                    artifact_uri: &artifact.to_string(),
                 };
                 retry_db(|| {
                     db::job_set_succeeded_with_model(&self.pool, id, attempt, &result, &new_model)
                 })
                 .await?
             }
-            Completion::Inferred { result } => {
+            Completion::Inferred { result, .. } => {
                 retry_db(|| db::job_set_succeeded(&self.pool, id, attempt, &result)).await?
             }
         };
@@ -182,8 +199,23 @@ impl WorkerContext {
             tracing::info!(job = %id, attempt, "succeeded");
         } else {
             tracing::warn!(job = %id, attempt, "finished after losing the job; result discarded");
+            self.discard(id, attempt, &written).await;
         }
         Ok(())
+    }
+
+    /// Deletes what an attempt that lost its job wrote: nothing records it, and the winner's
+    /// objects are under keys of their own. One that cannot be deleted is left to the sweep.
+    async fn discard(&self, id: JobId, attempt: i32, objects: &[S3Uri]) {
+        for uri in objects {
+            match self.storage.delete(uri).await {
+                Ok(()) => {
+                    tracing::info!(job = %id, attempt, %uri, "deleted the lost attempt's object")
+                }
+                Err(e) => tracing::warn!(job = %id, attempt, %uri, error = %e,
+                    "could not delete the lost attempt's object; the orphan sweep will"),
+            }
+        }
     }
 
     async fn write_failure(
@@ -212,12 +244,6 @@ impl WorkerContext {
         }
     }
 
-    /// Where an object this job writes goes: under its tenant's prefix.
-    fn output_uri(&self, job: &JobRecord, suffix: &str) -> S3Uri {
-        let prefix = self.settings.tenant_prefix(&job.tenant_id);
-        S3Uri::new(&self.settings.bucket, format!("{prefix}{suffix}"))
-    }
-
     async fn train(
         &self,
         job: &JobRecord,
@@ -240,8 +266,13 @@ impl WorkerContext {
         let (gpu, c) = (self.gpu.clone(), ctl.clone());
         let mut trained = blocking(move || algorithms::train(&gpu, table, &params, &c)).await?;
         let model_id = ModelId::new();
-        // A fresh key per attempt: a late attempt can never overwrite the winner's artifact.
-        let uri = self.output_uri(job, &format!("models/{model_id}.safetensors"));
+        let uri = objects::model_uri(
+            &self.settings,
+            &job.tenant_id,
+            job.id,
+            job.attempt,
+            model_id,
+        );
         self.storage
             .put(
                 &uri,
@@ -252,7 +283,7 @@ impl WorkerContext {
         Ok(Completion::Trained {
             model_id,
             trained,
-            artifact_uri: uri.to_string(),
+            artifact: uri,
         })
     }
 
@@ -277,15 +308,16 @@ impl WorkerContext {
         let (gpu, m) = (self.gpu.clone(), model.clone());
         let inference = blocking(move || m.model.infer(&gpu, &table, rows_json)).await?;
 
-        let output_uri = if inline_only {
+        let output = if inline_only {
             None
         } else {
-            let uri = self.output_uri(job, &format!("outputs/{}/predictions.csv", job.id));
+            let uri = objects::output_uri(&self.settings, &job.tenant_id, job.id, job.attempt);
             self.storage
                 .put(&uri, inference.csv.into_bytes(), "text/csv")
                 .await?;
-            Some(uri.to_string())
+            Some(uri)
         };
+        let output_uri = output.as_ref().map(S3Uri::to_string);
         let mut result = json!({ "output_uri": output_uri, "rows": n });
         for (k, v) in inference.summary {
             result[k] = v;
@@ -293,7 +325,7 @@ impl WorkerContext {
         if rows_json {
             result["predictions"] = Value::Array(inference.rows);
         }
-        Ok(Completion::Inferred { result })
+        Ok(Completion::Inferred { result, output })
     }
 }
 
