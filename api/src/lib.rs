@@ -13,7 +13,6 @@ use axum::routing::{get, post};
 use error::ApiError;
 use gpuq_shared::config::{Settings, parse_var, var_or};
 use gpuq_shared::queue::Publisher;
-use gpuq_shared::storage::Storage;
 use gpuq_shared::{db, reaper};
 use sqlx::PgPool;
 use std::sync::Arc;
@@ -124,10 +123,8 @@ impl Application {
         if self.settings.reaper {
             let (pool, publisher) = (self.state.pool.clone(), self.state.publisher.clone());
             let (settings, stop) = (self.settings.shared.clone(), shutdown.clone());
-            tokio::spawn(async move {
-                let storage = Storage::from_env().await;
-                reaper::run(pool, &publisher, &storage, &settings, stop).await
-            });
+            // Without S3 access (the API calls no AWS API): the workers' reapers sweep orphans.
+            tokio::spawn(async move { reaper::run(pool, &publisher, None, &settings, stop).await });
         }
         let app = router(self.state);
         serve(self.listener, app, self.settings.header_timeout, shutdown).await;

@@ -11,12 +11,13 @@ use crate::storage::Storage;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-/// Runs until `shutdown` fires, one sweep every `lifecycle.reaper_interval`, and an orphan
-/// sweep ([`orphans::sweep`]) every `lifecycle.orphan_sweep_interval`.
+/// Runs until `shutdown` fires, one sweep every `lifecycle.reaper_interval`, and, given the
+/// `storage` to sweep (the API has none: it calls no AWS API), an orphan sweep
+/// ([`orphans::sweep`]) every `lifecycle.orphan_sweep_interval`.
 pub async fn run(
     pool: PgPool,
     publisher: &Publisher,
-    storage: &Storage,
+    storage: Option<&Storage>,
     settings: &Settings,
     shutdown: CancellationToken,
 ) {
@@ -32,7 +33,9 @@ pub async fn run(
         if let Err(e) = sweep(&pool, publisher, lifecycle).await {
             tracing::warn!(error = %e, "reaper sweep failed; will retry");
         }
-        if tokio::time::Instant::now() >= orphans_due {
+        if let Some(storage) = storage
+            && tokio::time::Instant::now() >= orphans_due
+        {
             orphans_due = tokio::time::Instant::now() + lifecycle.orphan_sweep_interval;
             let grace = lifecycle.orphan_grace;
             if let Err(e) = orphans::sweep(&pool, storage, settings, grace).await {

@@ -90,7 +90,9 @@ pub async fn run_with_abort(
             s.clone(),
             shutdown.clone(),
         );
-        tokio::spawn(async move { reaper::run(pool, &publisher, &storage, &settings, stop).await })
+        tokio::spawn(
+            async move { reaper::run(pool, &publisher, Some(&storage), &settings, stop).await },
+        )
     };
     let presence = Arc::new(presence::Presence::new(
         settings.ecs_agent_uri.as_deref(),
