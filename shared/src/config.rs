@@ -193,6 +193,10 @@ pub struct Lifecycle {
     pub backoff: Backoff,
     /// `timeout_s` of a job that does not set one.
     pub default_timeout_s: u32,
+    /// How often the maintenance loop looks for orphaned outputs and model files.
+    pub orphan_sweep_interval: Duration,
+    /// Only objects older than this may be swept as orphans.
+    pub orphan_grace: Duration,
 }
 
 #[cfg(feature = "services")]
@@ -220,6 +224,14 @@ impl Settings {
                     max: Duration::from_secs_f64(parse_var("GPUQ_RETRY_MAX_SECONDS", 300.0)?),
                 },
                 default_timeout_s: parse_var("GPUQ_JOB_TIMEOUT_SECONDS", 3600)?,
+                orphan_sweep_interval: Duration::from_secs_f64(parse_var(
+                    "GPUQ_ORPHAN_SWEEP_INTERVAL_SECONDS",
+                    600.0,
+                )?),
+                orphan_grace: Duration::from_secs_f64(parse_var(
+                    "GPUQ_ORPHAN_GRACE_SECONDS",
+                    3600.0,
+                )?),
             },
             limits: {
                 let d = Limits::default();

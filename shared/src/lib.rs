@@ -14,6 +14,9 @@ pub mod job;
 #[cfg(feature = "services")]
 pub mod maintenance;
 pub mod memory;
+pub mod objects;
+#[cfg(feature = "services")]
+pub mod orphans;
 pub mod params;
 #[cfg(feature = "services")]
 pub mod queue;

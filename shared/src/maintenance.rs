@@ -1,12 +1,13 @@
 //! The maintenance loop: the [`reaper`](crate::reaper) and the [`retention`](crate::retention)
-//! sweep, every `reaper_interval`, in the one process that the [`election`](crate::election)
-//! chose. Every API and worker runs this loop; all but one of them only contend for the lock.
+//! sweep every `reaper_interval`, and the [`orphans`](crate::orphans) sweep every
+//! `orphan_sweep_interval`, in the one process that the [`election`](crate::election) chose.
+//! Every API and worker runs this loop; all but one of them only contend for the lock.
 
 use crate::config::Settings;
 use crate::election::Election;
 use crate::queue::Publisher;
 use crate::storage::Storage;
-use crate::{reaper, retention};
+use crate::{orphans, reaper, retention};
 use sqlx::PgPool;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,6 +20,8 @@ pub struct Maintenance {
     pub storage: Storage,
     pub settings: Settings,
     sweeps: AtomicU64,
+    /// When the next orphan sweep is due.
+    orphans_due: std::sync::Mutex<tokio::time::Instant>,
 }
 
 impl Maintenance {
@@ -32,6 +35,9 @@ impl Maintenance {
             pool,
             publisher,
             storage,
+            orphans_due: std::sync::Mutex::new(
+                tokio::time::Instant::now() + settings.lifecycle.orphan_sweep_interval,
+            ),
             settings,
             sweeps: AtomicU64::new(0),
         }
@@ -63,8 +69,8 @@ impl Maintenance {
         election.resign().await;
     }
 
-    /// One round: the reaper, then retention. A failure of either is logged and tried again
-    /// next round.
+    /// One round: the reaper, then retention, then (when due) the orphan sweep. A failure of any
+    /// is logged and tried again next round.
     async fn sweep(&self) {
         let s = &self.settings;
         if let Err(e) = reaper::sweep(&self.pool, &self.publisher, &s.lifecycle).await {
@@ -74,6 +80,21 @@ impl Maintenance {
             && let Err(e) = retention::sweep(&self.pool, &self.storage, s).await
         {
             tracing::warn!(error = %e, "retention sweep failed; will retry");
+        }
+        let now = tokio::time::Instant::now();
+        let due = {
+            let mut at = self.orphans_due.lock().unwrap_or_else(|e| e.into_inner());
+            let due = now >= *at;
+            if due {
+                *at = now + s.lifecycle.orphan_sweep_interval;
+            }
+            due
+        };
+        if due
+            && let Err(e) =
+                orphans::sweep(&self.pool, &self.storage, s, s.lifecycle.orphan_grace).await
+        {
+            tracing::warn!(error = %e, "orphan sweep failed; will retry");
         }
     }
 }

@@ -10,6 +10,7 @@ use crate::memory::Reservation;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
+use chrono::{DateTime, Utc};
 
 mod upload;
 pub use upload::{MAX_PARTS, MIN_PART_BYTES, ObjectWriter};
@@ -114,6 +115,51 @@ impl Storage {
             .map_err(|e| storage_error(&uri.to_string(), Access::Write, e))?;
         Ok(())
     }
+    /// One page (up to 1,000) of the objects under `prefix` in `bucket`, and the token of the
+    /// next page if there is one.
+    pub async fn list_page(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        token: Option<String>,
+    ) -> Result<(Vec<StoredObject>, Option<String>), JobError> {
+        let out = self
+            .client
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(prefix)
+            .set_continuation_token(token)
+            .send()
+            .await
+            .map_err(|e| storage_error(&format!("s3://{bucket}/{prefix}"), Access::Read, e))?;
+        let objects = out
+            .contents()
+            .iter()
+            .filter_map(|o| {
+                let modified = o.last_modified()?;
+                Some(StoredObject {
+                    uri: S3Uri::new(bucket, o.key()?),
+                    last_modified: DateTime::from_timestamp(
+                        modified.secs(),
+                        modified.subsec_nanos(),
+                    )?,
+                })
+            })
+            .collect();
+        let next = out
+            .is_truncated()
+            .unwrap_or(false)
+            .then(|| out.next_continuation_token().map(str::to_string))
+            .flatten();
+        Ok((objects, next))
+    }
+}
+
+/// An object as a listing shows it.
+#[derive(Debug, Clone)]
+pub struct StoredObject {
+    pub uri: S3Uri,
+    pub last_modified: DateTime<Utc>,
 }
 
 impl Storage {

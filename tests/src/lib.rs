@@ -70,6 +70,8 @@ impl Default for Options {
                     max: Duration::from_secs(2),
                 },
                 default_timeout_s: 600,
+                orphan_sweep_interval: Duration::from_secs(600),
+                orphan_grace: Duration::from_secs(3600),
             },
             limits: Limits::default(),
             rate_limit: (10_000.0, 10_000),
@@ -172,8 +174,9 @@ impl TestApp {
         me
     }
 
-    pub fn spawn_worker_in_process(&mut self) {
-        let settings = gpuq_worker::WorkerSettings {
+    /// The settings an in-process worker of this test runs with.
+    pub fn worker_settings(&self) -> gpuq_worker::WorkerSettings {
+        gpuq_worker::WorkerSettings {
             shared: self.settings.clone(),
             concurrency: self.concurrency,
             drain: Duration::from_secs(1),
@@ -181,7 +184,11 @@ impl TestApp {
             hostname: "test".into(),
             ecs_agent_uri: None,
             budgets: gpuq_worker::Budgets::default(),
-        };
+        }
+    }
+
+    pub fn spawn_worker_in_process(&mut self) {
+        let settings = self.worker_settings();
         let (stop, abort) = (self.shutdown.clone(), self.abort.clone());
         tokio::spawn(async move {
             if let Err(e) = gpuq_worker::run_with_abort(settings, stop, abort).await {
@@ -236,6 +243,14 @@ impl TestApp {
             .env(
                 "GPUQ_RETRY_MAX_SECONDS",
                 s.lifecycle.backoff.max.as_secs_f64().to_string(),
+            )
+            .env(
+                "GPUQ_ORPHAN_SWEEP_INTERVAL_SECONDS",
+                s.lifecycle.orphan_sweep_interval.as_secs_f64().to_string(),
+            )
+            .env(
+                "GPUQ_ORPHAN_GRACE_SECONDS",
+                s.lifecycle.orphan_grace.as_secs_f64().to_string(),
             )
             .env("RUST_LOG", "info")
             // Few slots, so few connections: many tests share one Postgres (100 connections).

@@ -3,7 +3,7 @@
 //! renewal, success and failure change nothing — not one column of the job, and no model row.
 
 use gpuq_shared::config::Backoff;
-use gpuq_shared::db::{self, NewModel};
+use gpuq_shared::db::{self, HeldLease, NewModel};
 use gpuq_shared::{ErrorCode, JobError, JobId, ModelId};
 use gpuq_tests::{Options, TestApp};
 use serde_json::{Value, json};
@@ -29,6 +29,14 @@ const NO_BACKOFF: Backoff = Backoff {
     max: Duration::ZERO,
 };
 
+fn held(id: JobId, attempt: i32) -> HeldLease {
+    HeldLease {
+        id,
+        attempt,
+        progress: None,
+    }
+}
+
 /// Claims the job as `worker`, retrying while it waits out a backoff; returns its attempt.
 async fn claim(app: &TestApp, id: JobId, worker: &str, lease: Duration) -> i32 {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -47,15 +55,18 @@ async fn claim(app: &TestApp, id: JobId, worker: &str, lease: Duration) -> i32 {
 /// Every write a stale attempt can try, each of which must be refused and change nothing.
 async fn stale_writes_change_nothing(app: &TestApp, id: JobId, stale: i32) {
     let before = row(app, id).await;
-    let renewed = db::job_heartbeat(
+    let renewed = db::jobs_renew_leases(
         &app.pool,
-        id,
-        stale,
+        &[HeldLease {
+            id,
+            attempt: stale,
+            progress: Some(json!({"fraction": 0.5, "message": "stale"})),
+        }],
         LONG_LEASE,
-        Some(&json!({"fraction": 0.5, "message": "stale"})),
     )
     .await
     .unwrap();
+    let renewed = !renewed.is_empty();
     assert!(!renewed, "a stale attempt renewed its lease");
     assert_eq!(
         row(app, id).await,
@@ -149,9 +160,10 @@ async fn a_stale_attempt_can_neither_renew_nor_succeed_nor_fail_once_another_att
 
     // The fence lets the holder through: the refusals above were the attempt number's doing.
     assert!(
-        db::job_heartbeat(&app.pool, id, current, LONG_LEASE, None)
+        db::jobs_renew_leases(&app.pool, &[held(id, current)], LONG_LEASE)
             .await
             .unwrap()
+            == [id]
     );
     let result = json!({"by": "attempt 2"});
     assert!(

@@ -3,10 +3,12 @@
 //! told to shut down, duplicate deliveries, jobs recorded but never published (an API that died
 //! between insert and publish), RabbitMQ and PostgreSQL stopped and started. Killed and stopped
 //! workers are replaced, as ECS or `scripts/dev up` would. Then, after a bounded wait (15 min),
-//! an audit: nothing lost (a job not terminal by then is lost), nothing doubled. Long: run with
+//! an audit: nothing lost (a job not terminal by then is lost), nothing doubled, and no object
+//! in S3 that nothing records (an orphan), once the orphan sweep has had its turn. Long: run with
 //! `scripts/dev soak`, not in CI. Knobs: GPUQ_SOAK_JOBS (10 000), GPUQ_SOAK_RATE (submissions
 //! per second, 50), GPUQ_SOAK_SEED.
 
+use gpuq_shared::orphans;
 use gpuq_shared::queue::Publisher;
 use gpuq_tests::{Options, TestApp, postgres, rabbitmq, signal, submit_retrying, wait_terminal};
 use serde_json::{Value, json};
@@ -60,6 +62,9 @@ async fn soak_with_random_faults_loses_nothing_and_doubles_nothing() {
         ..Options::default()
     };
     opts.lifecycle.republish_after = Duration::from_secs(5);
+    // Orphans are swept often here, so the audit can hold the sweep to its word.
+    opts.lifecycle.orphan_sweep_interval = Duration::from_secs(5);
+    opts.lifecycle.orphan_grace = Duration::from_secs(5);
     let app = Arc::new(TestApp::spawn_with(opts).await);
     let quiet = [("RUST_LOG", "warn")];
     let spawn = || {
@@ -237,6 +242,13 @@ async fn soak_with_random_faults_loses_nothing_and_doubles_nothing() {
     let outcome = wait_terminal(&app, &ids, Duration::from_secs(900)).await;
     let (succeeded, failed) = (outcome.succeeded, &outcome.failed);
     let finished_in = started.elapsed();
+    // Objects nothing records, once the maintenance loop has had two sweeps past their grace:
+    // what losing attempts failed to delete and the sweep failed to find.
+    let l = &app.settings.lifecycle;
+    tokio::time::sleep(l.orphan_grace + 2 * l.orphan_sweep_interval).await;
+    let orphaned = orphans::find(&app.pool, &app.storage, &app.settings, Duration::ZERO)
+        .await
+        .expect("S3 and Postgres are up");
 
     // The audit.
     let pool = &app.pool;
@@ -299,6 +311,10 @@ async fn soak_with_random_faults_loses_nothing_and_doubles_nothing() {
         failed.len()
     );
     println!("  models {models} for {train_succeeded} succeeded train jobs");
+    println!(
+        "  orphaned objects (in S3, recorded nowhere): {}",
+        orphaned.len()
+    );
     assert_eq!(
         lost,
         0,
@@ -309,6 +325,11 @@ async fn soak_with_random_faults_loses_nothing_and_doubles_nothing() {
     assert_eq!(doubled_models, 0);
     assert_eq!(models, train_succeeded);
     assert_eq!(no_result, 0);
+    assert!(
+        orphaned.is_empty(),
+        "orphaned objects (first 10): {:?}",
+        &orphaned[..orphaned.len().min(10)]
+    );
     assert!(failed.is_empty(), "{:?}", &failed[..failed.len().min(10)]);
 }
 

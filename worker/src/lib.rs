@@ -7,6 +7,7 @@ pub mod artifact;
 pub mod consumer;
 pub mod gpu;
 pub mod job;
+pub mod leases;
 pub mod presence;
 
 use gpuq_shared::config::{Settings, non_empty_var, parse_var, var_or};
@@ -140,7 +141,23 @@ pub async fn run_with_abort(
         settings.concurrency,
         presence_stop.clone(),
     ));
+    // Leases are renewed, and cancels heard, until the jobs in hand are done.
+    let leases_stop = CancellationToken::new();
+    let lease = s.lifecycle.lease;
+    let renewer = tokio::spawn(leases::renew(
+        ctx.pool.clone(),
+        ctx.leases.clone(),
+        lease,
+        leases_stop.clone(),
+    ));
+    let listener = tokio::spawn(leases::listen_for_cancels(
+        ctx.pool.clone(),
+        ctx.leases.clone(),
+        leases_stop.clone(),
+    ));
     consumer::run(ctx, settings.concurrency, settings.drain, shutdown).await;
+    leases_stop.cancel();
+    let _ = tokio::join!(renewer, listener);
     // Only now, with nothing in hand, does the task lose its protection and the row its life.
     presence_stop.cancel();
     let _ = presence_task.await;

@@ -7,7 +7,7 @@ use crate::error::JobError;
 use crate::job::{Input, JobSpec};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::postgres::PgPool;
+use sqlx::postgres::{PgListener, PgPool};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -176,13 +176,19 @@ pub async fn job_list(pool: &PgPool, f: &JobFilter) -> Result<Vec<JobRecord>, Db
     .await
 }
 
+/// The channel a cancel of a running job is announced on (payload: the job id), so the worker
+/// that runs it stops at once rather than at its next lease renewal.
+pub const JOB_CANCELED_CHANNEL: &str = "gpuq_job_canceled";
+
 /// `queued | running → canceled`. Returns the job as it is afterwards and whether this call
-/// canceled it (`false`: it had already finished), or `None` if there is no such job.
+/// canceled it (`false`: it had already finished), or `None` if there is no such job. Canceling
+/// a running job NOTIFYs [`JOB_CANCELED_CHANNEL`] in the same transaction.
 pub async fn job_set_canceled(
     pool: &PgPool,
     tenant: &str,
     id: JobId,
 ) -> Result<Option<(JobRecord, bool)>, DbError> {
+    let mut tx = pool.begin().await?;
     let canceled: Option<JobRecord> = sqlx::query_as(concat!(
         "UPDATE jobs SET status = 'canceled', finished_at = now(), lease_expires_at = NULL
          WHERE id = $1 AND tenant_id = $2 AND status IN ('queued', 'running')
@@ -192,12 +198,30 @@ pub async fn job_set_canceled(
     ))
     .bind(id.0)
     .bind(tenant)
-    .fetch_optional(pool)
+    .fetch_optional(&mut *tx)
     .await?;
+    // Only a claimed job has a worker to tell (a queued one has none: it is cleared on requeue).
+    if canceled.as_ref().is_some_and(|j| j.worker_id.is_some()) {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(JOB_CANCELED_CHANNEL)
+            .bind(id.0.to_string())
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
     match canceled {
         Some(job) => Ok(Some((job, true))),
         None => Ok(job_get_for(pool, tenant, id).await?.map(|job| (job, false))),
     }
+}
+
+/// A listener on [`JOB_CANCELED_CHANNEL`]. It holds one of the pool's connections; after a lost
+/// connection it reconnects and listens again by itself (`try_recv` answers `Ok(None)`), and
+/// whatever was sent meanwhile is lost.
+pub async fn job_canceled_listener(pool: &PgPool) -> Result<PgListener, DbError> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen(JOB_CANCELED_CHANNEL).await?;
+    Ok(listener)
 }
 
 /// `queued → running`: the conditional claim. `None` means another worker has it, it was
@@ -225,28 +249,44 @@ pub async fn job_set_running(
     .await
 }
 
-/// Extends the lease of a running attempt and, when given, records its progress. `false` means
-/// the attempt no longer holds the job (canceled, or the lease expired and the reaper handed it
-/// on): the worker must stop.
-pub async fn job_heartbeat(
+/// One job's lease as its worker holds it, for [`jobs_renew_leases`].
+#[derive(Debug, Clone)]
+pub struct HeldLease {
+    pub id: JobId,
+    pub attempt: i32,
+    /// Progress reported since the last renewal, if any.
+    pub progress: Option<Value>,
+}
+
+/// A worker's lease renewal: extends the lease of every attempt it holds, and records the
+/// progress given with each, in one statement. Returns the ids it renewed; a job left out no
+/// longer belongs to that attempt (canceled, or its lease expired and the reaper handed it on),
+/// and its worker must stop it.
+pub async fn jobs_renew_leases(
     pool: &PgPool,
-    id: JobId,
-    attempt: i32,
+    held: &[HeldLease],
     lease: Duration,
-    progress: Option<&Value>,
-) -> Result<bool, DbError> {
-    let renewed = sqlx::query(
-        "UPDATE jobs SET lease_expires_at = now() + $3 * interval '1 millisecond',
-                progress = COALESCE($4, progress)
-         WHERE id = $1 AND attempt = $2 AND status = 'running'",
+) -> Result<Vec<JobId>, DbError> {
+    // Rows are locked in id order, whatever order the caller holds them in.
+    let mut held: Vec<&HeldLease> = held.iter().collect();
+    held.sort_by_key(|h| h.id.0);
+    let ids: Vec<Uuid> = held.iter().map(|h| h.id.0).collect();
+    let attempts: Vec<i32> = held.iter().map(|h| h.attempt).collect();
+    let progress: Vec<Option<&Value>> = held.iter().map(|h| h.progress.as_ref()).collect();
+    let renewed: Vec<Uuid> = sqlx::query_scalar(
+        "UPDATE jobs SET lease_expires_at = now() + $4 * interval '1 millisecond',
+                progress = COALESCE(h.progress, jobs.progress)
+         FROM unnest($1::uuid[], $2::int4[], $3::jsonb[]) AS h(id, attempt, progress)
+         WHERE jobs.id = h.id AND jobs.attempt = h.attempt AND jobs.status = 'running'
+         RETURNING jobs.id",
     )
-    .bind(id.0)
-    .bind(attempt)
-    .bind(lease.as_millis() as f64)
+    .bind(ids)
+    .bind(attempts)
     .bind(progress)
-    .execute(pool)
+    .bind(lease.as_millis() as f64)
+    .fetch_all(pool)
     .await?;
-    Ok(renewed.rows_affected() == 1)
+    Ok(renewed.into_iter().map(JobId).collect())
 }
 
 /// `running → succeeded` for an attempt that still holds the job.

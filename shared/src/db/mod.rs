@@ -1,7 +1,8 @@
 //! The Postgres layer: every SQL statement gpuq runs, one function each, named noun-first, in one
 //! file per table (river's layout): [`jobs`] (the state machine), [`idempotency`] (keys of
 //! submissions), [`models`], [`tenants`] (tenants and their API keys) and [`workers`]; [`retention`]
-//! deletes finished work and [`election`] holds the maintenance lock. Each job
+//! deletes finished work, [`election`] holds the maintenance lock and [`objects`] asks both jobs
+//! and models whether an S3 object is still wanted. Each job
 //! state transition is one function with one guarded `UPDATE`; nothing else writes `status`.
 //! Completion writes are fenced by `attempt` so a worker that lost its lease cannot overwrite
 //! the work of the one that took the job over. Everything is re-exported here: callers write
@@ -11,6 +12,7 @@ mod election;
 mod idempotency;
 mod jobs;
 mod models;
+mod objects;
 mod retention;
 mod tenants;
 mod workers;
@@ -19,6 +21,7 @@ pub use election::*;
 pub use idempotency::*;
 pub use jobs::*;
 pub use models::*;
+pub use objects::*;
 pub use retention::*;
 pub use tenants::*;
 pub use workers::*;

@@ -82,3 +82,10 @@ pub async fn api_key_revoke(pool: &PgPool, id: &str) -> Result<bool, DbError> {
             .await?;
     Ok(done.rows_affected() == 1)
 }
+
+/// Every tenant's id (the orphan sweep walks each one's prefix).
+pub async fn tenant_ids(pool: &PgPool) -> Result<Vec<String>, DbError> {
+    sqlx::query_scalar("SELECT id FROM tenants ORDER BY id")
+        .fetch_all(pool)
+        .await
+}

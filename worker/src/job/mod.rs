@@ -1,7 +1,9 @@
-//! Running one job: claim it, keep its lease alive from a task of its own, run the algorithm on
+//! Running one job: claim it, hold its lease among the worker's [`Leases`], run the algorithm on
 //! a blocking thread, write the outcome with a fenced update. Every outcome is turned into a
-//! state transition here and only here. Reading a job's input is [`input`]'s; the models kept on
-//! the GPU are [`models`]'; streaming an inference's CSV to S3 is [`output`]'s.
+//! state transition here and only here. What an attempt writes to S3 goes under keys of its own
+//! ([`gpuq_shared::objects`]); an attempt that loses the job deletes it. Reading a job's input is
+//! [`input`]'s; the models kept on the GPU are [`models`]'; streaming an inference's CSV to S3 is
+//! [`output`]'s.
 
 mod input;
 mod models;
@@ -13,6 +15,7 @@ use retry::retry_db;
 
 use crate::algorithms::{self, Control, StopReason, Trained};
 use crate::gpu::Gpu;
+use crate::leases::Leases;
 use crate::presence::Presence;
 use gpuq_shared::config::Settings;
 use gpuq_shared::db::{self, JobRecord, NewModel};
@@ -21,7 +24,7 @@ use gpuq_shared::memory::MemoryBudget;
 use gpuq_shared::params::{InferParams, TrainParams};
 use gpuq_shared::queue::Publisher;
 use gpuq_shared::storage::Storage;
-use gpuq_shared::{ErrorCode, JobError, JobId, ModelId, S3Uri};
+use gpuq_shared::{ErrorCode, JobError, JobId, ModelId, S3Uri, objects};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,6 +49,8 @@ pub struct WorkerContext {
     pub abort: CancellationToken,
     /// The worker's row in `workers`, and its ECS task protection.
     pub presence: Arc<Presence>,
+    /// The leases of the jobs in hand, renewed together ([`crate::leases::renew`]).
+    pub leases: Arc<Leases>,
     /// Models already on the GPU, by id (models never change once written).
     models: ModelCache,
     /// What the inputs of the jobs in hand may hold of the host's memory, together.
@@ -59,11 +64,23 @@ enum Completion {
     Trained {
         model_id: ModelId,
         trained: Trained,
-        artifact_uri: String,
+        artifact: S3Uri,
     },
     Inferred {
         result: Value,
+        /// The output written to S3, if any (small inline inputs get inline results only).
+        output: Option<S3Uri>,
     },
+}
+
+impl Completion {
+    /// The objects the attempt wrote.
+    fn objects(&self) -> Vec<S3Uri> {
+        match self {
+            Completion::Trained { artifact, .. } => vec![artifact.clone()],
+            Completion::Inferred { output, .. } => output.iter().cloned().collect(),
+        }
+    }
 }
 
 impl WorkerContext {
@@ -87,6 +104,7 @@ impl WorkerContext {
             worker_id,
             abort,
             presence: Arc::new(Presence::new(settings.ecs_agent_uri.as_deref(), lease)),
+            leases: Arc::default(),
             models: ModelCache::new(budgets.model_cache_bytes),
             memory: MemoryBudget::new(budgets.memory_bytes),
             output_part_bytes: budgets.output_part_bytes,
@@ -99,13 +117,7 @@ impl WorkerContext {
         let attempt = job.attempt;
         tracing::info!(job = %id, attempt, kind = %job.job_type, algorithm = %job.algorithm, "running");
         let ctl = Arc::new(Control::new(self.abort.clone()));
-        let heartbeat = tokio::spawn(heartbeat(
-            self.pool.clone(),
-            id,
-            attempt,
-            self.settings.lifecycle.lease,
-            ctl.clone(),
-        ));
+        let lease = self.leases.hold(id, attempt, ctl.clone());
         let timeout = Duration::from_secs(job.timeout_s.max(1) as u64);
         let work = self.execute(&job, &ctl);
         tokio::pin!(work);
@@ -117,10 +129,13 @@ impl WorkerContext {
             }
             _ = self.abort.cancelled() => finish_within_grace(&mut work).await,
         };
-        heartbeat.abort();
+        drop(lease);
         let written = match (ctl.stop_reason(), outcome) {
-            (Some(StopReason::Released), _) => {
+            (Some(StopReason::Released), outcome) => {
                 tracing::info!(job = %id, "stopped: canceled or lease lost; writing nothing");
+                if let Ok(done) = outcome {
+                    self.discard(id, attempt, &done.objects()).await;
+                }
                 return;
             }
             // Finished just as it was told to stop: the result stands.
@@ -164,11 +179,12 @@ impl WorkerContext {
         job: &JobRecord,
         done: Completion,
     ) -> Result<(), db::DbError> {
+        let written = done.objects();
         let fenced = match done {
             Completion::Trained {
                 model_id,
                 trained,
-                artifact_uri,
+                artifact,
             } => {
                 let metrics = &trained.metrics;
                 let result = json!({ "model_id": model_id, "metrics": metrics });
@@ -180,14 +196,14 @@ impl WorkerContext {
                     n_classes: trained.n_classes as i32,
                     params: &job.params,
                     metrics,
-                    artifact_uri: &artifact_uri,
+                    artifact_uri: &artifact.to_string(),
                 };
                 retry_db(|| {
                     db::job_set_succeeded_with_model(&self.pool, id, attempt, &result, &new_model)
                 })
                 .await?
             }
-            Completion::Inferred { result } => {
+            Completion::Inferred { result, .. } => {
                 retry_db(|| db::job_set_succeeded(&self.pool, id, attempt, &result)).await?
             }
         };
@@ -195,8 +211,23 @@ impl WorkerContext {
             tracing::info!(job = %id, attempt, "succeeded");
         } else {
             tracing::warn!(job = %id, attempt, "finished after losing the job; result discarded");
+            self.discard(id, attempt, &written).await;
         }
         Ok(())
+    }
+
+    /// Deletes what an attempt that lost its job wrote: nothing records it, and the winner's
+    /// objects are under keys of their own. One that cannot be deleted is left to the sweep.
+    async fn discard(&self, id: JobId, attempt: i32, objects: &[S3Uri]) {
+        for uri in objects {
+            match self.storage.delete(uri).await {
+                Ok(()) => {
+                    tracing::info!(job = %id, attempt, %uri, "deleted the lost attempt's object")
+                }
+                Err(e) => tracing::warn!(job = %id, attempt, %uri, error = %e,
+                    "could not delete the lost attempt's object; the orphan sweep will"),
+            }
+        }
     }
 
     async fn write_failure(
@@ -225,12 +256,6 @@ impl WorkerContext {
         }
     }
 
-    /// Where an object this job writes goes: under its tenant's prefix.
-    fn output_uri(&self, job: &JobRecord, suffix: &str) -> S3Uri {
-        let prefix = self.settings.tenant_prefix(&job.tenant_id);
-        S3Uri::new(&self.settings.bucket, format!("{prefix}{suffix}"))
-    }
-
     async fn train(
         &self,
         job: &JobRecord,
@@ -257,8 +282,13 @@ impl WorkerContext {
         })
         .await?;
         let model_id = ModelId::new();
-        // A fresh key per attempt: a late attempt can never overwrite the winner's artifact.
-        let uri = self.output_uri(job, &format!("models/{model_id}.safetensors"));
+        let uri = objects::model_uri(
+            &self.settings,
+            &job.tenant_id,
+            job.id,
+            job.attempt,
+            model_id,
+        );
         self.storage
             .put(
                 &uri,
@@ -269,7 +299,7 @@ impl WorkerContext {
         Ok(Completion::Trained {
             model_id,
             trained,
-            artifact_uri: uri.to_string(),
+            artifact: uri,
         })
     }
 
@@ -291,12 +321,12 @@ impl WorkerContext {
         let n = table.features.rows;
         let inline_only = input.uri().is_none() && n <= INLINE_ONLY_ROWS;
         let rows_json = inline_only || n <= INLINE_PREDICTIONS;
-        let output_uri = (!inline_only)
-            .then(|| self.output_uri(job, &format!("outputs/{}/predictions.csv", job.id)));
+        let output = (!inline_only)
+            .then(|| objects::output_uri(&self.settings, &job.tenant_id, job.id, job.attempt));
         let inference = self
-            .run_inference(model, (table, memory), rows_json, ctl, output_uri.as_ref())
+            .run_inference(model, (table, memory), rows_json, ctl, output.as_ref())
             .await?;
-        let output_uri = output_uri.map(|uri| uri.to_string());
+        let output_uri = output.as_ref().map(S3Uri::to_string);
         let mut result = json!({ "output_uri": output_uri, "rows": n });
         for (k, v) in inference.summary {
             result[k] = v;
@@ -304,7 +334,7 @@ impl WorkerContext {
         if rows_json {
             result["predictions"] = Value::Array(inference.rows);
         }
-        Ok(Completion::Inferred { result })
+        Ok(Completion::Inferred { result, output })
     }
 }
 
@@ -333,31 +363,4 @@ async fn blocking<T: Send + 'static>(
             format!("the GPU task panicked: {e}"),
         ))
     })
-}
-
-/// Renews the lease every third of it (at least every second, to pass progress and notice a
-/// cancel promptly); tells the job to stop when the attempt no longer holds the job.
-async fn heartbeat(
-    pool: sqlx::PgPool,
-    id: JobId,
-    attempt: i32,
-    lease: Duration,
-    ctl: Arc<Control>,
-) {
-    let every = (lease / 3).min(Duration::from_secs(1));
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    loop {
-        tick.tick().await;
-        let progress = ctl
-            .take_progress()
-            .map(|(fraction, message)| json!({"fraction": fraction, "message": message}));
-        match db::job_heartbeat(&pool, id, attempt, lease, progress.as_ref()).await {
-            Ok(true) => {}
-            Ok(false) => {
-                ctl.request_stop();
-                return;
-            }
-            Err(e) => tracing::warn!(job = %id, error = %e, "lease renewal failed; retrying"),
-        }
-    }
 }
