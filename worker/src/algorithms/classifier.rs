@@ -7,7 +7,7 @@
 //! `activation`, and `input_mean`/`input_std` when inputs must be scaled as
 //! `(x - input_mean) / input_std` before the first layer.
 
-use super::logreg::scale;
+use super::features::scale;
 use super::pacing::paced;
 use super::{Control, CsvOut, Inference, accuracy_summary, gpu_lost, label_text};
 use crate::artifact::{self, Artifact, Tensor};

@@ -6,7 +6,7 @@
 //! Artifact: `references` (rows × features, float32), `label_index` (u32 per row, into the
 //! `classes` metadata), metadata `k`, `metric`, `classes`, `feature_columns`.
 
-use super::logreg::class_indices_any;
+use super::features::class_indices_any;
 use super::pacing::paced;
 use super::{
     Control, CsvOut, Inference, Trained, accuracy_summary, check_bindings, gpu_lost, label_text,

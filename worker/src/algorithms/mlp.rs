@@ -5,7 +5,7 @@
 //! every kernel sums in a fixed order.
 
 use super::classifier::{ClassifierModel, Dense, Evaluator, GpuDense, training_metrics};
-use super::logreg::{column_stats, labelled, scale, upload_rows};
+use super::features::{column_stats, labelled, scale, upload_rows};
 use super::{Control, Trained, check_bindings, gpu_lost};
 use crate::gpu::Gpu;
 use crate::gpu::gemm::GemmParams;

@@ -3,6 +3,7 @@
 
 pub mod anomaly;
 pub mod classifier;
+pub mod features;
 mod inference;
 pub mod kmeans;
 pub mod knn;
