@@ -167,22 +167,7 @@ impl Publisher {
     }
 
     async fn publish_once(&self, job_id: JobId) -> Result<(), QueueError> {
-        let channel = self.channel().await?;
-        let body = serde_json::to_vec(&JobMessage { job_id }).expect("serialisable");
-        let confirm = with_timeout(channel.basic_publish(
-            "".into(),
-            self.queue.as_str().into(),
-            BasicPublishOptions::default(),
-            &body,
-            message_properties(),
-        ))
-        .await??;
-        let confirmation = with_timeout(confirm).await??;
-        if confirmation.is_ack() {
-            Ok(())
-        } else {
-            Err(QueueError::Nacked)
-        }
+        self.publish_batch_once(&[job_id]).await
     }
 }
 

@@ -181,25 +181,15 @@ impl Storage {
 
     /// The objects under `prefix` in `bucket`, every page of them.
     pub async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<S3Uri>, JobError> {
-        let mut pages = self
-            .client
-            .list_objects_v2()
-            .bucket(bucket)
-            .prefix(prefix)
-            .into_paginator()
-            .send();
-        let mut found = Vec::new();
-        while let Some(page) = pages.next().await {
-            let page = page
-                .map_err(|e| storage_error(&format!("s3://{bucket}/{prefix}"), Access::Read, e))?;
-            found.extend(
-                page.contents()
-                    .iter()
-                    .filter_map(|o| o.key())
-                    .map(|k| S3Uri::new(bucket, k)),
-            );
+        let (mut found, mut token) = (Vec::new(), None);
+        loop {
+            let (page, next) = self.list_page(bucket, prefix, token).await?;
+            found.extend(page.into_iter().map(|o| o.uri));
+            match next {
+                Some(next) => token = Some(next),
+                None => return Ok(found),
+            }
         }
-        Ok(found)
     }
 }
 
