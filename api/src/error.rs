@@ -112,6 +112,18 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// `{"code", "message"}`, with `field` where one is named: the body's `error`, and a
+    /// refused batch item's.
+    pub fn body(&self) -> serde_json::Value {
+        let mut error = json!({ "code": self.code(), "message": self.to_string() });
+        if let ApiError::Invalid { field, .. } | ApiError::Forbidden { field, .. } = self {
+            error["field"] = json!(field);
+        }
+        error
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let code = self.code();
@@ -120,11 +132,7 @@ impl IntoResponse for ApiError {
         }
         let status =
             StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let mut error = json!({ "code": code, "message": self.to_string() });
-        if let ApiError::Invalid { field, .. } | ApiError::Forbidden { field, .. } = &self {
-            error["field"] = json!(field);
-        }
-        let mut response = (status, Json(json!({ "error": error }))).into_response();
+        let mut response = (status, Json(json!({ "error": self.body() }))).into_response();
         let extra = match &self {
             ApiError::RateLimited(wait) => Some((
                 header::RETRY_AFTER,

@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod intake;
 pub mod rate;
 pub mod routes;
 pub mod view;
@@ -32,7 +33,11 @@ use waiters::Waiters;
 pub struct AppState {
     pub pool: PgPool,
     pub publisher: Arc<Publisher>,
+    /// Records and publishes single submits in groups.
+    pub intake: intake::Intake,
     pub waiters: Waiters,
+    /// Jobs one `POST /v1/jobs/batch` may hold.
+    pub max_batch_jobs: usize,
     pub max_body_bytes: usize,
     pub settings: Arc<Settings>,
     /// Each tenant's requests.
@@ -52,6 +57,8 @@ pub struct ApiSettings {
     /// `host:port` to listen on; port 0 picks a free one.
     pub addr: String,
     pub max_body_bytes: usize,
+    /// Jobs one `POST /v1/jobs/batch` may hold (`GPUQ_MAX_BATCH_JOBS`).
+    pub max_batch_jobs: usize,
     /// Contend to run maintenance (the reaper, retention) in this process too (on by default,
     /// so jobs are never stranded when no worker runs); one process at a time is elected.
     pub reaper: bool,
@@ -80,6 +87,7 @@ impl ApiSettings {
             shared: Settings::from_env()?,
             addr: var_or("GPUQ_API_ADDR", "127.0.0.1:8080"),
             max_body_bytes: parse_var("GPUQ_MAX_BODY_BYTES", 16 * 1024 * 1024)?,
+            max_batch_jobs: parse_var("GPUQ_MAX_BATCH_JOBS", 1000usize)?.max(1),
             reaper: parse_var("GPUQ_API_REAPER", 1u8)? == 1,
             rate_per_second: parse_var("GPUQ_RATE_LIMIT_PER_SECOND", 50.0)?,
             rate_burst: parse_var("GPUQ_RATE_LIMIT_BURST", 100)?,
@@ -131,9 +139,11 @@ impl Application {
                 settings.max_waiters_per_tenant,
                 shutdown.clone(),
             ),
+            intake: intake::Intake::start(pool.clone(), publisher.clone()),
             pool,
             publisher,
             max_body_bytes: settings.max_body_bytes,
+            max_batch_jobs: settings.max_batch_jobs,
             settings: Arc::new(settings.shared.clone()),
             rate: RateLimiter::new(settings.rate_per_second, settings.rate_burst),
             attempts: RateLimiter::new(
@@ -229,6 +239,7 @@ pub fn router(state: AppState) -> Router {
             "/v1/jobs",
             post(routes::jobs::submit).get(routes::jobs::list),
         )
+        .route("/v1/jobs/batch", post(routes::jobs::submit_batch))
         .route(
             "/v1/jobs/{id}",
             get(routes::jobs::get).delete(routes::jobs::delete),

@@ -61,6 +61,17 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
         let _ = self.with_bucket(key, |tokens| *tokens = (*tokens - 1.0).max(-burst));
     }
 
+    /// Spends `n` more tokens after a [`take`](Self::take) that let a request in: a batch of `n`
+    /// jobs costs `n`, not one. The bucket may go into debt by as much, which then takes as long
+    /// to refill, so a tenant's average rate in jobs holds whatever size its batches are.
+    pub fn charge_n<Q>(&self, key: &Q, n: usize)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        let _ = self.with_bucket(key, |tokens| *tokens -= n as f64);
+    }
+
     /// Refills the key's bucket, says whether it held a token, then lets `spend` change it.
     fn with_bucket<Q>(&self, key: &Q, spend: impl FnOnce(&mut f64)) -> Result<(), Duration>
     where
@@ -130,6 +141,18 @@ mod tests {
             "one token owed and one to come: {wait:?}"
         );
         assert!(limiter.check(&8).is_ok(), "other keys are untouched");
+    }
+
+    #[test]
+    fn a_batch_spends_a_token_per_job_and_its_debt_refills_at_the_rate() {
+        let limiter = RateLimiter::<u32>::new(100.0, 10);
+        limiter.take(&1).unwrap();
+        limiter.charge_n(&1, 49);
+        let wait = limiter.take(&1).unwrap_err();
+        assert!(
+            wait > Duration::from_millis(390) && wait <= Duration::from_millis(410),
+            "40 tokens owed, one more wanted, at 100 a second: {wait:?}"
+        );
     }
 
     #[test]

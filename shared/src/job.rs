@@ -72,7 +72,18 @@ pub struct JobSpec {
     pub input: Input,
 }
 
+/// Inline inputs up to this many rows get inline results only (no S3 object); an infer job
+/// with one is small enough to run in a batch with others.
+pub const INLINE_ONLY_ROWS: usize = 1000;
+
 impl JobSpec {
+    /// Small inline inference: a worker runs it in one forward pass with the other such jobs of
+    /// its model that it has in hand, and writes no object for it.
+    pub fn batchable(&self) -> bool {
+        matches!(self.work, Work::Infer { .. })
+            && matches!(&self.input, Input::Inline { rows, .. } if rows.len() <= INLINE_ONLY_ROWS)
+    }
+
     pub fn job_type(&self) -> JobType {
         match self.work {
             Work::Train(_) => JobType::Train,

@@ -12,9 +12,24 @@ use tokio::sync::Mutex;
 pub use lapin::Error as AmqpError;
 
 /// The body of a job message.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct JobMessage {
     pub job_id: JobId,
+    /// A hint from the API that the job is small inline inference, which a worker claims and
+    /// runs in batches with others ([`crate::job::JobSpec::batchable`]). Only a hint: the worker
+    /// decides again from the claimed row, and a message without it (the reaper's) runs alone.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub batch: bool,
+}
+
+impl JobMessage {
+    /// A message with no hint: the job runs on its own.
+    pub fn alone(job_id: JobId) -> Self {
+        Self {
+            job_id,
+            batch: false,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,12 +119,13 @@ impl Publisher {
     /// Publishes one persistent job message and waits for the broker's confirmation. Retries
     /// once on a fresh connection if the current one turns out to be dead.
     pub async fn publish(&self, job_id: JobId) -> Result<(), QueueError> {
-        match self.publish_once(job_id).await {
+        let message = [JobMessage::alone(job_id)];
+        match self.publish_batch_once(&message).await {
             Ok(()) => Ok(()),
             Err(first) => {
                 tracing::warn!(error = %first, "publish failed; reconnecting once");
                 *self.link.lock().await = None;
-                self.publish_once(job_id).await
+                self.publish_batch_once(&message).await
             }
         }
     }
@@ -118,22 +134,22 @@ impl Publisher {
     /// confirmation is awaited, so a backlog of thousands takes a few round trips, not one per
     /// job. `Ok` once the broker has confirmed them all; on any error some may have gone out
     /// (a duplicate is harmless) and the link is dropped, so the next call starts afresh.
-    pub async fn publish_batch(&self, job_ids: &[JobId]) -> Result<(), QueueError> {
-        let result = self.publish_batch_once(job_ids).await;
+    pub async fn publish_batch(&self, messages: &[JobMessage]) -> Result<(), QueueError> {
+        let result = self.publish_batch_once(messages).await;
         if result.is_err() {
             *self.link.lock().await = None;
         }
         result
     }
 
-    async fn publish_batch_once(&self, job_ids: &[JobId]) -> Result<(), QueueError> {
-        if job_ids.is_empty() {
+    async fn publish_batch_once(&self, messages: &[JobMessage]) -> Result<(), QueueError> {
+        if messages.is_empty() {
             return Ok(());
         }
         let channel = self.channel().await?;
-        let mut confirms = Vec::with_capacity(job_ids.len());
-        for &job_id in job_ids {
-            let body = serde_json::to_vec(&JobMessage { job_id }).expect("serialisable");
+        let mut confirms = Vec::with_capacity(messages.len());
+        for message in messages {
+            let body = serde_json::to_vec(message).expect("serialisable");
             let confirm = with_timeout(channel.basic_publish(
                 "".into(),
                 self.queue.as_str().into(),
@@ -164,10 +180,6 @@ impl Publisher {
         ))
         .await??;
         Ok(queue.message_count())
-    }
-
-    async fn publish_once(&self, job_id: JobId) -> Result<(), QueueError> {
-        self.publish_batch_once(&[job_id]).await
     }
 }
 

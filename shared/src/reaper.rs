@@ -33,7 +33,7 @@
 use crate::config::Lifecycle;
 use crate::db;
 use crate::domain::JobId;
-use crate::queue::Publisher;
+use crate::queue::{JobMessage, Publisher};
 use sqlx::PgPool;
 use std::time::Duration;
 
@@ -115,7 +115,14 @@ pub async fn sweep(
 /// Publishes jobs already marked published; if the broker fails, unmarks them so the next sweep
 /// publishes them again.
 async fn publish(pool: &PgPool, publisher: &Publisher, ids: &[JobId]) -> anyhow::Result<()> {
-    if let Err(e) = publisher.publish_batch(ids).await {
+    if let Err(e) = publisher
+        .publish_batch(
+            &ids.iter()
+                .map(|&id| JobMessage::alone(id))
+                .collect::<Vec<_>>(),
+        )
+        .await
+    {
         db::jobs_set_unpublished(pool, ids).await?;
         return Err(e.into());
     }

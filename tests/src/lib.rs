@@ -129,6 +129,7 @@ impl TestApp {
             shared: settings.clone(),
             addr: "127.0.0.1:0".into(),
             max_body_bytes: 1024 * 1024,
+            max_batch_jobs: 50,
             reaper: opts.api_maintenance,
             rate_per_second: opts.rate_limit.0,
             rate_burst: opts.rate_limit.1,
@@ -179,6 +180,7 @@ impl TestApp {
         gpuq_worker::WorkerSettings {
             shared: self.settings.clone(),
             concurrency: self.concurrency,
+            prefetch: self.concurrency.max(64),
             drain: Duration::from_secs(1),
             worker_id: None,
             hostname: "test".into(),
@@ -735,6 +737,55 @@ pub async fn submit_retrying(
         assert!(
             std::time::Instant::now() < deadline,
             "could not submit {key} for 2 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// As [`submit_retrying`] for a batch (`POST /v1/jobs/batch` under the idempotency key `key`):
+/// returns the ids of its jobs in order, and panics if any item was refused.
+pub async fn submit_batch_retrying(
+    app: &TestApp,
+    bodies: &[Value],
+    key: &str,
+    unavailable: &std::sync::atomic::AtomicUsize,
+) -> Vec<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let sent = app
+            .client
+            .post(format!("{}/v1/jobs/batch", app.url))
+            .header("idempotency-key", key)
+            .json(&serde_json::json!({ "jobs": bodies }))
+            .timeout(Duration::from_secs(15))
+            .send()
+            .await;
+        match sent {
+            Ok(r) if r.status() == StatusCode::OK => {
+                let b: Value = r.json().await.unwrap();
+                return b["jobs"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|j| {
+                        j["id"]
+                            .as_str()
+                            .unwrap_or_else(|| panic!("refused: {j}"))
+                            .to_string()
+                    })
+                    .collect();
+            }
+            Ok(r) if r.status() == StatusCode::SERVICE_UNAVAILABLE => {
+                let b: Value = r.json().await.unwrap();
+                assert_eq!(b["error"]["code"], "unavailable", "{b}");
+                unavailable.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Ok(r) => panic!("batch answered {}: {}", r.status(), r.text().await.unwrap()),
+            Err(_) => {}
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "could not submit batch {key} for 2 minutes"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

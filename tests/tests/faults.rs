@@ -3,7 +3,10 @@
 //! test uses, so they are `#[ignore]`d in the parallel run and `scripts/dev test` runs them
 //! afterwards, one at a time (`--ignored --test-threads 1`).
 
-use gpuq_tests::{Options, TestApp, postgres, rabbitmq, rabbitmq_eval, submit_retrying, wait_all};
+use gpuq_tests::{
+    Options, TestApp, postgres, rabbitmq, rabbitmq_eval, submit_batch_retrying, submit_retrying,
+    wait_all,
+};
 use serde_json::json;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,7 +14,8 @@ use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "stops the shared RabbitMQ and PostgreSQL: run by scripts/dev test, serially"]
-async fn three_hundred_jobs_across_a_rabbitmq_and_a_postgres_restart_all_succeed() {
+async fn four_hundred_jobs_single_and_batched_across_a_rabbitmq_and_a_postgres_restart_all_succeed()
+{
     let mut opts = Options {
         workers: 0,
         ..Options::default()
@@ -28,11 +32,14 @@ async fn three_hundred_jobs_across_a_rabbitmq_and_a_postgres_restart_all_succeed
     let submitted = Arc::new(AtomicUsize::new(0));
     let unavailable = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
-    let submitter = {
-        let (app, submitted, unavailable) = (app.clone(), submitted.clone(), unavailable.clone());
+    // Three submitters of single jobs at once (their submits share group commits) and one of
+    // batches (the batch endpoint), all under idempotency keys, retried through the outages.
+    let singles = (0..3u32).map(|t| {
+        let (app, submitted, unavailable, model) =
+            (app.clone(), submitted.clone(), unavailable.clone(), model.clone());
         tokio::spawn(async move {
             let mut ids = Vec::new();
-            for i in 0..300u32 {
+            for i in t * 100..(t + 1) * 100 {
                 let body = if i.is_multiple_of(10) {
                     json!({"type": "train", "algorithm": "logreg", "params": {"epochs": 10},
                         "input": {"rows": [[0.0, 1.0], [1.0, 0.0]], "labels": [0, 1]}})
@@ -41,7 +48,33 @@ async fn three_hundred_jobs_across_a_rabbitmq_and_a_postgres_restart_all_succeed
                 };
                 ids.push(submit_retrying(&app, &body, &format!("job-{i}"), &unavailable).await);
                 submitted.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                tokio::time::sleep(Duration::from_millis(40)).await;
+            }
+            ids
+        })
+    });
+    let singles: Vec<_> = singles.collect();
+    let batches = {
+        let (app, submitted, unavailable, model) = (
+            app.clone(),
+            submitted.clone(),
+            unavailable.clone(),
+            model.clone(),
+        );
+        tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for b in 0..20u32 {
+                let bodies: Vec<_> = (0..5)
+                    .map(|i| {
+                        json!({"type": "infer", "model_id": model,
+                                    "input": {"rows": [[(b * 5 + i) as f64 / 100.0, 0.5]]}})
+                    })
+                    .collect();
+                ids.extend(
+                    submit_batch_retrying(&app, &bodies, &format!("batch-{b}"), &unavailable).await,
+                );
+                submitted.fetch_add(5, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(250)).await;
             }
             ids
         })
@@ -55,7 +88,7 @@ async fn three_hundred_jobs_across_a_rabbitmq_and_a_postgres_restart_all_succeed
         }
     };
 
-    reach(60).await;
+    reach(80).await;
     rabbitmq("stop_app");
     let t = Instant::now();
     let (s, b) = app.get("/readyz").await;
@@ -86,7 +119,7 @@ async fn three_hundred_jobs_across_a_rabbitmq_and_a_postgres_restart_all_succeed
         t.elapsed()
     );
 
-    reach(150).await;
+    reach(200).await;
     postgres("stop");
     let t = Instant::now();
     let (s, b) = app.get("/v1/jobs").await;
@@ -107,23 +140,27 @@ async fn three_hundred_jobs_across_a_rabbitmq_and_a_postgres_restart_all_succeed
         t.elapsed()
     );
 
-    let mut ids = submitter.await.unwrap();
+    let mut ids = Vec::new();
+    for s in singles {
+        ids.extend(s.await.unwrap());
+    }
+    ids.extend(batches.await.unwrap());
     ids.push(during["id"].as_str().unwrap().to_string());
     let (succeeded, failed) = wait_all(&app, &ids, Duration::from_secs(300)).await;
     println!(
-        "300 jobs (+1 submitted while RabbitMQ was down): {succeeded} succeeded, {} not, in {:?}; the submitter met {} 503s",
+        "400 jobs (300 single, 100 in batches, +1 submitted while RabbitMQ was down): {succeeded} succeeded, {} not, in {:?}; the submitters met {} 503s",
         failed.len(),
         started.elapsed(),
         unavailable.load(Ordering::Relaxed)
     );
     assert!(failed.is_empty(), "{failed:?}");
     let unique: std::collections::HashSet<_> = ids.iter().collect();
-    assert_eq!(unique.len(), 301, "one job per idempotency key");
+    assert_eq!(unique.len(), 401, "one job per idempotency key");
     let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
         .fetch_one(&app.pool)
         .await
         .unwrap();
-    assert_eq!(jobs, 302, "no job doubled by retried submissions");
+    assert_eq!(jobs, 402, "no job doubled by retried submissions");
     let doubled: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM (SELECT job_id FROM models GROUP BY job_id HAVING count(*) > 1) d",
     )

@@ -53,6 +53,110 @@ async fn a_worker_killed_mid_training_leaves_the_job_to_the_next_worker_which_fi
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "lease timing under a CPU shared with parallel GPU tests is not a fair test: run by scripts/dev test, serially"]
+async fn a_worker_killed_mid_batch_loses_no_job_and_doubles_none() {
+    let mut opts = Options {
+        workers: 0,
+        ..Options::default()
+    };
+    opts.lifecycle.lease = Duration::from_secs(4);
+    let mut app = TestApp::spawn_with(opts).await;
+    let pid = app.spawn_worker_process();
+    let trained = app
+        .run(json!({"type": "train", "algorithm": "logreg", "params": {"epochs": 30},
+            "input": {"rows": [[0.0, 1.0], [1.0, 0.0], [0.2, 0.8], [0.9, 0.1]], "labels": [0, 1, 0, 1]}}))
+        .await;
+    assert_eq!(trained["status"], "succeeded", "{trained}");
+    let model = trained["result"]["model_id"].as_str().unwrap();
+    // 40 batches of 50 small inference jobs, sent at once: the worker runs them in batches.
+    let bodies: Vec<_> = (0..40)
+        .map(|b| {
+            let jobs: Vec<_> = (0..50)
+                .map(|i| {
+                    let x = ((b * 50 + i) % 100) as f64 / 100.0;
+                    json!({"type": "infer", "model_id": model, "input": {"rows": [[x, 1.0 - x]]}})
+                })
+                .collect();
+            json!({ "jobs": jobs })
+        })
+        .collect();
+    let sends = bodies.iter().map(|body| app.post("/v1/jobs/batch", body));
+    let mut ids = Vec::new();
+    for (s, b) in futures_util::future::join_all(sends).await {
+        assert_eq!(s, gpuq_tests::StatusCode::OK, "{b}");
+        ids.extend(
+            b["jobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|j| j["id"].as_str().unwrap().to_string()),
+        );
+    }
+    assert_eq!(ids.len(), 2000);
+    let count = |status: &'static str| {
+        let pool = app.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM jobs WHERE type = 'infer' AND status = $1",
+            )
+            .bind(status)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    // Kill -9 while jobs are in hand: claimed (running) and not yet written.
+    let deadline = std::time::Instant::now() + LIMIT;
+    while count("running").await == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker never ran a batch"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    signal(pid, "KILL");
+    let in_hand = count("running").await;
+    let done_before = count("succeeded").await;
+    println!("killed the worker with {in_hand} jobs in hand and {done_before} done");
+    assert!(in_hand > 0, "killed between batches, not mid-batch");
+    assert!(done_before < 2000, "killed before the end");
+
+    app.spawn_worker_process();
+    let (succeeded, failed) = gpuq_tests::wait_all(&app, &ids, LIMIT).await;
+    assert_eq!((succeeded, failed.len()), (2000, 0), "{failed:?}");
+    // Each job has exactly one result, its own row's; the ones in hand at the kill ran again
+    // after their lease expired, and only once more.
+    let rows: Vec<(i32, serde_json::Value, serde_json::Value)> =
+        sqlx::query_as("SELECT attempt, result, attempt_errors FROM jobs WHERE type = 'infer'")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(rows.len(), 2000);
+    let mut rerun = 0;
+    for (attempt, result, errors) in &rows {
+        assert_eq!(
+            result["predictions"].as_array().map(Vec::len),
+            Some(1),
+            "{result}"
+        );
+        let errors = errors.as_array().unwrap();
+        assert_eq!(
+            errors.len() as i32,
+            attempt - 1,
+            "one attempt error per extra attempt: {errors:?}"
+        );
+        if *attempt > 1 {
+            assert_eq!(errors[0]["code"], "lease_expired", "{errors:?}");
+            rerun += 1;
+        }
+    }
+    assert!(
+        rerun as i64 >= in_hand,
+        "every job in hand at the kill ran again ({rerun} < {in_hand})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_job_recorded_but_never_published_is_published_by_the_reaper() {
     let app = TestApp::spawn().await;
     // What the API leaves behind if it dies between the insert and the publish.

@@ -1,31 +1,52 @@
-//! The AMQP consumer: manual acks, prefetch bounded by the worker's concurrency, and a fresh
-//! connection, channel and topology whenever the broker goes away.
+//! The AMQP consumer: manual acks, a fresh connection, channel and topology whenever the broker
+//! goes away, and two paths for what arrives.
+//!
+//! - A message hinted `batch` (small inline inference) is gathered with whatever else is
+//!   already here, up to the prefetch: they are claimed in one `UPDATE`, acked, and run one
+//!   forward pass per model ([`WorkerContext::run_batch`]). No timer: a batch is what arrived
+//!   while the previous ones ran, so a lone job goes at once and a burst shares its round trips.
+//! - Any other job waits for one of the worker's `concurrency` slots, then is claimed and run
+//!   alone.
 //!
 //! A message is acked as soon as its claim is decided: from then on the job's lease in Postgres
-//! (not the delivery) keeps it safe, so long jobs never meet RabbitMQ's consumer timeout.
+//! (not the delivery) keeps it safe, so long jobs never meet RabbitMQ's consumer timeout. Every
+//! delivery holds one of `prefetch` permits until its job is done, which bounds the work in hand
+//! and lets shutdown wait for all of it.
 
 use crate::job::WorkerContext;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
+use gpuq_shared::JobId;
 use gpuq_shared::queue::{self, JobMessage};
+use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
+
+/// How much a worker takes on at once.
+#[derive(Debug, Clone, Copy)]
+pub struct Capacity {
+    /// Jobs run alone at once (training, S3 inputs, large inputs).
+    pub concurrency: usize,
+    /// Messages in hand at once (the AMQP prefetch), and so the largest batch.
+    pub prefetch: usize,
+}
 
 /// Consumes until `shutdown`, then waits up to `drain` for the jobs in hand.
 pub async fn run(
     ctx: Arc<WorkerContext>,
-    concurrency: usize,
+    capacity: Capacity,
     drain: Duration,
     shutdown: CancellationToken,
 ) {
-    let slots = Arc::new(Semaphore::new(concurrency));
+    let in_hand = Arc::new(Semaphore::new(capacity.prefetch));
+    let alone = Arc::new(Semaphore::new(capacity.concurrency));
     let mut backoff = Duration::from_millis(200);
     while !shutdown.is_cancelled() {
-        match consume(&ctx, concurrency, &slots, &shutdown).await {
+        match consume(&ctx, capacity, &in_hand, &alone, &shutdown).await {
             Ok(()) => break,
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?backoff, "lost the broker; reconnecting");
@@ -37,8 +58,8 @@ pub async fn run(
             }
         }
     }
-    let all = concurrency as u32;
-    if tokio::time::timeout(drain, slots.acquire_many(all))
+    let all = capacity.prefetch as u32;
+    if tokio::time::timeout(drain, in_hand.acquire_many(all))
         .await
         .is_err()
     {
@@ -46,7 +67,7 @@ pub async fn run(
         ctx.abort.cancel();
         // Each stops at its next check and records the hand-back; one that cannot is left to
         // the reaper once its lease lapses.
-        if tokio::time::timeout(Duration::from_secs(15), slots.acquire_many(all))
+        if tokio::time::timeout(Duration::from_secs(15), in_hand.acquire_many(all))
             .await
             .is_err()
         {
@@ -55,17 +76,21 @@ pub async fn run(
     }
 }
 
+/// A delivery and the permit it holds.
+type InHand = (Delivery, OwnedSemaphorePermit);
+
 async fn consume(
     ctx: &Arc<WorkerContext>,
-    concurrency: usize,
-    slots: &Arc<Semaphore>,
+    capacity: Capacity,
+    in_hand: &Arc<Semaphore>,
+    alone: &Arc<Semaphore>,
     shutdown: &CancellationToken,
 ) -> Result<(), queue::QueueError> {
     let conn = queue::connect(ctx.settings.amqp_url.expose()).await?;
     let channel = conn.create_channel().await?;
     queue::declare(&channel, &ctx.settings.queue).await?;
     channel
-        .basic_qos(concurrency as u16, BasicQosOptions::default())
+        .basic_qos(capacity.prefetch as u16, BasicQosOptions::default())
         .await?;
     let mut deliveries = channel
         .basic_consume(
@@ -75,52 +100,128 @@ async fn consume(
             FieldTable::default(),
         )
         .await?;
-    tracing::info!(queue = %ctx.settings.queue, concurrency, "consuming");
+    tracing::info!(queue = %ctx.settings.queue, ?capacity, "consuming");
     loop {
-        let slot = tokio::select! {
+        let permit = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            s = slots.clone().acquire_owned() => s.expect("semaphore never closed"),
+            p = in_hand.clone().acquire_owned() => p.expect("semaphore never closed"),
         };
-        let delivery = tokio::select! {
+        let first = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             d = deliveries.next() => match d {
                 Some(d) => d?,
                 None => return Err(queue::QueueError::Closed),
             },
         };
-        let ctx = ctx.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            let Ok(JobMessage { job_id }) = serde_json::from_slice(&delivery.data) else {
-                tracing::warn!("dropping a message that is not a job message");
-                let _ = delivery.acker.ack(BasicAckOptions::default()).await;
-                return;
-            };
-            // Counted (and, on ECS, protected from scale-in) before the claim, so the task
-            // is never without protection while it holds a job.
-            let _running = Running::count(&ctx);
-            ctx.presence.protect().await;
-            match claim(&ctx, job_id).await {
-                Ok(Some(run)) => {
-                    let _ = delivery.acker.ack(BasicAckOptions::default()).await;
-                    run.await;
+        let mut batch = Vec::new();
+        route(ctx, alone, (first, permit), &mut batch);
+        // Whatever else has arrived joins this round: no waiting for more.
+        let mut closed = false;
+        while let Ok(permit) = in_hand.clone().try_acquire_owned() {
+            match deliveries.next().now_or_never() {
+                Some(Some(d)) => route(ctx, alone, (d?, permit), &mut batch),
+                Some(None) => {
+                    closed = true;
+                    break;
                 }
-                Ok(None) => {
-                    let _ = delivery.acker.ack(BasicAckOptions::default()).await;
-                }
-                Err(e) => {
-                    tracing::warn!(job = %job_id, error = %e, "claim failed; requeueing the message");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    let _ = delivery
-                        .acker
-                        .nack(BasicNackOptions {
-                            requeue: true,
-                            ..Default::default()
-                        })
-                        .await;
-                }
+                None => break,
             }
+        }
+        if !batch.is_empty() {
+            tokio::spawn(run_batch(ctx.clone(), batch));
+        }
+        if closed {
+            return Err(queue::QueueError::Closed);
+        }
+    }
+}
+
+/// Sends a batchable delivery to `batch`, and any other off to run alone.
+fn route(
+    ctx: &Arc<WorkerContext>,
+    alone: &Arc<Semaphore>,
+    (delivery, permit): InHand,
+    batch: &mut Vec<(JobId, InHand)>,
+) {
+    let Ok(message) = serde_json::from_slice::<JobMessage>(&delivery.data) else {
+        tracing::warn!("dropping a message that is not a job message");
+        tokio::spawn(async move {
+            let _ = delivery.acker.ack(BasicAckOptions::default()).await;
         });
+        return;
+    };
+    if message.batch {
+        batch.push((message.job_id, (delivery, permit)));
+    } else {
+        tokio::spawn(run_alone(
+            ctx.clone(),
+            alone.clone(),
+            message.job_id,
+            (delivery, permit),
+        ));
+    }
+}
+
+/// Claims the batch in one statement, acks every message, and runs what it claimed.
+async fn run_batch(ctx: Arc<WorkerContext>, batch: Vec<(JobId, InHand)>) {
+    let ids: Vec<JobId> = batch.iter().map(|(id, _)| *id).collect();
+    let _running: Vec<Running> = ids.iter().map(|_| Running::count(&ctx)).collect();
+    ctx.presence.protect().await;
+    let lease = ctx.settings.lifecycle.lease;
+    let claimed = gpuq_shared::db::jobs_set_running(&ctx.pool, &ids, &ctx.worker_id, lease).await;
+    let (deliveries, _permits): (Vec<Delivery>, Vec<OwnedSemaphorePermit>) =
+        batch.into_iter().map(|(_, held)| held).unzip();
+    match claimed {
+        Ok(jobs) => {
+            for d in &deliveries {
+                let _ = d.acker.ack(BasicAckOptions::default()).await;
+            }
+            if !jobs.is_empty() {
+                ctx.run_batch(jobs).await;
+            }
+        }
+        Err(e) => {
+            tracing::warn!(jobs = ids.len(), error = %e, "batch claim failed; requeueing the messages");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            for d in &deliveries {
+                let _ = d.acker.nack(requeue()).await;
+            }
+        }
+    }
+}
+
+/// Waits for a slot, claims the job, acks its message and runs it.
+async fn run_alone(
+    ctx: Arc<WorkerContext>,
+    alone: Arc<Semaphore>,
+    job_id: JobId,
+    (delivery, _permit): InHand,
+) {
+    let _slot = alone.acquire_owned().await.expect("semaphore never closed");
+    // Counted (and, on ECS, protected from scale-in) before the claim, so the task is never
+    // without protection while it holds a job.
+    let _running = Running::count(&ctx);
+    ctx.presence.protect().await;
+    match claim(&ctx, job_id).await {
+        Ok(Some(run)) => {
+            let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+            run.await;
+        }
+        Ok(None) => {
+            let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+        }
+        Err(e) => {
+            tracing::warn!(job = %job_id, error = %e, "claim failed; requeueing the message");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let _ = delivery.acker.nack(requeue()).await;
+        }
+    }
+}
+
+fn requeue() -> BasicNackOptions {
+    BasicNackOptions {
+        requeue: true,
+        ..Default::default()
     }
 }
 

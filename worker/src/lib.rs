@@ -22,8 +22,12 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
     pub shared: Settings,
-    /// Jobs this worker runs at once (and its AMQP prefetch).
+    /// Jobs this worker runs alone at once: training, S3 inputs, large inline inputs
+    /// (`GPUQ_WORKER_CONCURRENCY`).
     pub concurrency: usize,
+    /// Messages in hand at once, the AMQP prefetch, and so the most small inline inference jobs
+    /// run in one batch (`GPUQ_WORKER_PREFETCH`; at least `concurrency`).
+    pub prefetch: usize,
     /// On shutdown, how long to let jobs in hand finish before leaving them to the reaper.
     pub drain: Duration,
     /// The name it goes by in `jobs.worker_id` and `workers` (`GPUQ_WORKER_ID`, set by a
@@ -62,9 +66,11 @@ impl Default for Budgets {
 impl WorkerSettings {
     pub fn from_env() -> anyhow::Result<Self> {
         let d = Budgets::default();
+        let concurrency = parse_var("GPUQ_WORKER_CONCURRENCY", 32usize)?.clamp(1, 256);
         Ok(Self {
             shared: Settings::from_env()?,
-            concurrency: parse_var("GPUQ_WORKER_CONCURRENCY", 32usize)?.clamp(1, 256),
+            concurrency,
+            prefetch: parse_var("GPUQ_WORKER_PREFETCH", 256usize)?.clamp(concurrency, 4096),
             drain: Duration::from_secs_f64(parse_var("GPUQ_DRAIN_SECONDS", 30.0)?),
             worker_id: non_empty_var("GPUQ_WORKER_ID"),
             hostname: var_or("HOSTNAME", ""),
@@ -91,8 +97,26 @@ pub async fn run_with_abort(
     shutdown: CancellationToken,
     abort: CancellationToken,
 ) -> anyhow::Result<()> {
-    let gpu = tokio::task::spawn_blocking(gpu::Gpu::new).await??;
-    tracing::info!(adapter = %gpu.info.name, backend = ?gpu.info.backend, "GPU ready");
+    let started = std::time::Instant::now();
+    // Every kernel is dispatched once before the first message is taken, so no job pays for a
+    // cold driver's compile (`algorithms::warm_up`).
+    let gpu = tokio::task::spawn_blocking(|| {
+        let gpu = gpu::Gpu::new()?;
+        // A failed warm-up leaves the first jobs to compile what they use: worth a warning,
+        // not a worker that will not start.
+        match algorithms::warm_up(&gpu) {
+            Ok(steps) => {
+                for (step, took) in &steps {
+                    tracing::debug!(step, seconds = took.as_secs_f64(), "warm-up step");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "warming the device up failed"),
+        }
+        Ok::<_, gpu::GpuError>(gpu)
+    })
+    .await??;
+    tracing::info!(adapter = %gpu.info.name, backend = ?gpu.info.backend,
+        seconds = started.elapsed().as_secs_f64(), "GPU ready: every algorithm trained and run once");
     let s = &settings.shared;
     // A job needs a connection only for its claim, lease renewals and outcome, briefly each.
     let connections = (settings.concurrency as u32 / 2 + 4).min(24);
@@ -155,7 +179,11 @@ pub async fn run_with_abort(
         ctx.leases.clone(),
         leases_stop.clone(),
     ));
-    consumer::run(ctx, settings.concurrency, settings.drain, shutdown).await;
+    let capacity = consumer::Capacity {
+        concurrency: settings.concurrency,
+        prefetch: settings.prefetch,
+    };
+    consumer::run(ctx, capacity, settings.drain, shutdown).await;
     leases_stop.cancel();
     let _ = tokio::join!(renewer, listener);
     // Only now, with nothing in hand, does the task lose its protection and the row its life.

@@ -4,17 +4,20 @@ use super::{body_or_error, parse_id, parse_limit, query_params};
 use crate::auth::Tenant;
 use crate::error::ApiError;
 use crate::waiters::parse_wait;
-use crate::{AppState, view};
+use crate::{AppState, intake, view};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use gpuq_shared::db::{self, Idempotent, JobFilter, JobRecord, NewJob};
+use gpuq_shared::db::{
+    self, BatchRecorded, Idempotent, JobFilter, JobRecord, Key, ModelRecord, NewJob,
+};
 use gpuq_shared::job::{Input, Work};
-use gpuq_shared::{ErrorCode, JobId, JobStatus, JobType, auth, retention, submit};
+use gpuq_shared::{ErrorCode, JobId, JobStatus, JobType, ModelId, auth, retention, submit};
 use serde_json::{Value, json};
+use std::collections::HashMap;
 use std::time::Duration;
 
 /// Records the job, publishes it, answers `202` with the job and its `Location`. With
@@ -28,16 +31,224 @@ pub async fn submit(
 ) -> Result<Response, ApiError> {
     let body = body_or_error(body, s.max_body_bytes)?;
     let value = submit::parse_json(&body)?;
-    let sub = submit::validate(&value, &s.settings.limits)?;
     let wait = prefer_wait(&headers);
     let idempotency_key = idempotency_key(&headers)?;
-    check_input_allowed(&s, &tenant, &sub.spec.input)?;
+    let new_job = prepare(&s, &tenant, &value, &mut HashMap::new()).await?;
+    // A place among the tenant's waiters before anything is recorded; then watch the job before
+    // it exists, so its finishing cannot be missed.
+    let waiting = match wait {
+        Some(w) if !w.is_zero() => Some((
+            w,
+            s.waiters.admit(&tenant.id)?,
+            s.waiters.watch(&[new_job.id]),
+        )),
+        _ => None,
+    };
+    // The same request, whatever its JSON spacing or key order: hash its parsed form (objects
+    // serialise with sorted keys).
+    let key = idempotency_key.map(|key| Key {
+        key,
+        request_sha256: auth::body_sha256(value.to_string().as_bytes()),
+    });
+    let key_name = key.as_ref().map(|k| k.key.clone());
+    // Recorded with whatever else arrives meanwhile (group commit); the intake task publishes
+    // it even if this client hangs up.
+    let (job, created) = match s.intake.submit(new_job, key).await? {
+        Idempotent::Created(job) => (job, true),
+        Idempotent::Existing(job) => (job, false),
+        Idempotent::KeyReused => return Err(key_reused(key_name.as_deref())),
+    };
+    let id = job.id;
+    let job = match waiting {
+        Some((w, _slot, watch)) => watch
+            .wait(&s.pool, w, vec![job])
+            .await?
+            .pop()
+            .expect("the job it was given"),
+        None => job,
+    };
+    let mut response = (StatusCode::ACCEPTED, Json(view::job(&job))).into_response();
+    let location = HeaderValue::from_str(&format!("/v1/jobs/{id}")).expect("ascii");
+    response.headers_mut().insert(header::LOCATION, location);
+    if !created {
+        mark_replayed(&mut response);
+    }
+    if let Some(w) = wait {
+        mark_wait_applied(&mut response, w);
+    }
+    Ok(response)
+}
 
+/// `POST /v1/jobs/batch`: `{"jobs": [submit body, …]}`. Answers `200` with `{"jobs": [...]}` in
+/// the request's order, each item the job (as `POST /v1/jobs` returns it) or
+/// `{"error": {"code", "message", "field"}}`: one bad item does not refuse the others. The valid
+/// items are recorded in one transaction and published together. An `Idempotency-Key` covers
+/// the whole batch; `Prefer: wait=N` waits for all of its jobs; each job counts against the
+/// tenant's rate limit.
+pub async fn submit_batch(
+    State(s): State<AppState>,
+    Extension(tenant): Extension<Tenant>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body_or_error(body, s.max_body_bytes)?;
+    let value = submit::parse_json(&body)?;
+    let items = batch_items(&value, s.max_batch_jobs)?;
+    let wait = prefer_wait(&headers);
+    let idempotency_key = idempotency_key(&headers)?;
+    // The request took one token on its way in; its other jobs take theirs.
+    s.rate.charge_n(&tenant.id, items.len() - 1);
+    let mut models = HashMap::new();
+    let mut prepared = Vec::with_capacity(items.len());
+    for item in items {
+        prepared.push(prepare(&s, &tenant, item, &mut models).await);
+    }
+    let answer: Vec<Value> = prepared
+        .iter()
+        .map(|p| match p {
+            Ok(job) => json!({ "job_id": job.id }),
+            Err(e) => json!({ "error": e.body() }),
+        })
+        .collect();
+    let jobs: Vec<NewJob> = prepared.into_iter().filter_map(Result::ok).collect();
+    let ids: Vec<JobId> = jobs.iter().map(|j| j.id).collect();
+    let waiting = match wait {
+        Some(w) if !w.is_zero() => Some((w, s.waiters.admit(&tenant.id)?)),
+        _ => None,
+    };
+    let mut watch = waiting.as_ref().map(|_| s.waiters.watch(&ids));
+    // A batch's digest differs from any single submit's, so a key cannot serve both.
+    let key = idempotency_key.clone().map(|key| Key {
+        key,
+        request_sha256: auth::body_sha256(format!("batch:{value}").as_bytes()),
+    });
+    let answer = Value::Array(answer);
+    let state = s.clone();
+    let tenant_id = tenant.id.clone();
+    // Recorded and published in a task of its own, which this handler awaits: a client that
+    // hangs up drops the handler, never the work, so no job is left recorded but unpublished.
+    let recorded = tokio::spawn(async move {
+        let idempotency = key.as_ref().map(|k| (k, &answer));
+        let recorded = db::jobs_insert_batch(&state.pool, &tenant_id, &jobs, idempotency).await?;
+        if let BatchRecorded::Created(_) = &recorded {
+            let messages: Vec<_> = jobs.iter().map(intake::message).collect();
+            intake::publish_recorded(&state.pool, &state.publisher, &messages).await;
+        }
+        Ok::<_, ApiError>((recorded, answer))
+    })
+    .await
+    .map_err(|e| ApiError::Internal(anyhow::anyhow!("recording the batch failed: {e}")))??;
+    let (items, jobs, replayed) = match recorded {
+        (BatchRecorded::Created(rows), answer) => (answer, rows, false),
+        (BatchRecorded::Replayed(items), _) => {
+            let ids = item_ids(&items);
+            if waiting.is_some() {
+                watch = Some(s.waiters.watch(&ids));
+            }
+            (items, db::jobs_get(&s.pool, &ids).await?, true)
+        }
+        (BatchRecorded::KeyReused, _) => return Err(key_reused(idempotency_key.as_deref())),
+    };
+    let jobs = match (waiting, watch) {
+        (Some((w, _slot)), Some(watch)) => watch.wait(&s.pool, w, jobs).await?,
+        _ => jobs,
+    };
+    let mut by_id: HashMap<JobId, JobRecord> = jobs.into_iter().map(|j| (j.id, j)).collect();
+    let out: Vec<Value> = items
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|item| match item.get("job_id").and_then(|v| v.as_str()).and_then(|v| v.parse::<JobId>().ok()) {
+            Some(id) => match by_id.remove(&id) {
+                Some(job) => view::job(&job),
+                None => json!({ "error": ApiError::NotFound(format!("job {id} was deleted")).body() }),
+            },
+            None => item.clone(),
+        })
+        .collect();
+    let mut response = (StatusCode::OK, Json(json!({ "jobs": out }))).into_response();
+    if replayed {
+        mark_replayed(&mut response);
+    }
+    if let Some(w) = wait {
+        mark_wait_applied(&mut response, w);
+    }
+    Ok(response)
+}
+
+/// The items of a batch body: `{"jobs": [...]}` with 1 to `max` of them.
+fn batch_items(value: &Value, max: usize) -> Result<&[Value], ApiError> {
+    let Some(obj) = value.as_object() else {
+        return Err(ApiError::BadRequest {
+            code: ErrorCode::MalformedJson,
+            message: "the body must be a JSON object: {\"jobs\": [...]}".into(),
+        });
+    };
+    if let Some(k) = obj.keys().find(|k| k.as_str() != "jobs") {
+        return Err(ApiError::invalid(k.clone(), "unknown field (known: jobs)"));
+    }
+    let jobs = match obj.get("jobs") {
+        None => {
+            return Err(ApiError::Invalid {
+                code: ErrorCode::MissingField,
+                field: "jobs".into(),
+                message: "a batch needs `jobs`: an array of submit bodies".into(),
+            });
+        }
+        Some(Value::Array(jobs)) => jobs,
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "jobs",
+                "must be an array of submit bodies",
+            ));
+        }
+    };
+    if jobs.is_empty() {
+        return Err(ApiError::invalid("jobs", "a batch needs at least one job"));
+    }
+    if jobs.len() > max {
+        return Err(ApiError::Invalid {
+            code: ErrorCode::OverLimit,
+            field: "jobs".into(),
+            message: format!("a batch holds at most {max} jobs, not {}", jobs.len()),
+        });
+    }
+    Ok(jobs)
+}
+
+/// The job ids among a batch's recorded items.
+fn item_ids(items: &Value) -> Vec<JobId> {
+    items
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|i| i.get("job_id")?.as_str()?.parse().ok())
+        .collect()
+}
+
+/// Validates one submit body into the job to record: its params and limits, its input against
+/// what the tenant may read, and an infer job's model (looked up once per batch in `models`).
+async fn prepare(
+    s: &AppState,
+    tenant: &Tenant,
+    value: &Value,
+    models: &mut HashMap<ModelId, Option<ModelRecord>>,
+) -> Result<NewJob, ApiError> {
+    let sub = submit::validate(value, &s.settings.limits)?;
+    check_input_allowed(s, tenant, &sub.spec.input)?;
     let algorithm = match &sub.spec.work {
         Work::Infer { model_id, .. } => {
-            let model = db::model_get_for(&s.pool, &tenant.id, *model_id)
-                .await?
-                .ok_or_else(|| ApiError::NotFound(format!("no model {model_id}")))?;
+            let model = match models.get(model_id) {
+                Some(m) => m.clone(),
+                None => {
+                    let m = db::model_get_for(&s.pool, &tenant.id, *model_id).await?;
+                    models.insert(*model_id, m.clone());
+                    m
+                }
+            }
+            .ok_or_else(|| ApiError::NotFound(format!("no model {model_id}")))?;
             if let Some(a) = sub.infer_algorithm.filter(|a| *a != model.algorithm) {
                 return Err(ApiError::invalid(
                     "algorithm",
@@ -66,107 +277,33 @@ pub async fn submit(
         }
         Work::Train(params) => params.algorithm(),
     };
-
-    // A place among the tenant's waiters before anything is recorded; then subscribe before
-    // the job exists, so its finishing cannot be missed.
-    let waiting = match wait {
-        Some(w) if !w.is_zero() => Some((w, s.waiters.admit(&tenant.id)?, s.waiters.subscribe())),
-        _ => None,
-    };
-    let max_attempts = sub
-        .max_attempts
-        .unwrap_or(s.settings.lifecycle.max_attempts);
-    let timeout_s = sub
-        .timeout_s
-        .unwrap_or(s.settings.lifecycle.default_timeout_s) as i32;
-    // The same request, whatever its JSON spacing or key order: hash its parsed form (objects
-    // serialise with sorted keys).
-    let idempotency = idempotency_key.map(|k| (k, auth::body_sha256(value.to_string().as_bytes())));
-    // Recording and publishing run in a task of their own, which this handler awaits: a client
-    // that hangs up drops the handler, never the work, so no job is left recorded but unpublished.
-    let (state, tenant_id, spec) = (s.clone(), tenant.id.clone(), sub.spec);
-    let recording = tokio::spawn(async move {
-        let new_job = NewJob {
-            id: JobId::new(),
-            tenant: &tenant_id,
-            spec: &spec,
-            algorithm,
-            max_attempts,
-            timeout_s,
-        };
-        record_and_publish(&state, &new_job, idempotency).await
-    });
-    let (job, created) = recording
-        .await
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!("recording the job failed: {e}")))??;
-    let id = job.id;
-    let job = match waiting {
-        Some((w, _slot, rx)) => s
-            .waiters
-            .wait_with(&s.pool, id, w, rx, Some(job.clone()))
-            .await?
-            .unwrap_or(job),
-        None => job,
-    };
-    let mut response = (StatusCode::ACCEPTED, Json(view::job(&job))).into_response();
-    let location = HeaderValue::from_str(&format!("/v1/jobs/{id}")).expect("ascii");
-    response.headers_mut().insert(header::LOCATION, location);
-    if !created {
-        let replayed = HeaderValue::from_static("true");
-        response
-            .headers_mut()
-            .insert("idempotent-replayed", replayed);
-    }
-    if let Some(w) = wait {
-        let applied = HeaderValue::from_str(&format!("wait={}", w.as_secs_f64())).expect("ascii");
-        response.headers_mut().insert("preference-applied", applied);
-    }
-    Ok(response)
+    let lifecycle = &s.settings.lifecycle;
+    Ok(NewJob {
+        id: JobId::new(),
+        tenant: tenant.id.clone(),
+        spec: sub.spec,
+        algorithm,
+        max_attempts: sub.max_attempts.unwrap_or(lifecycle.max_attempts),
+        timeout_s: sub.timeout_s.unwrap_or(lifecycle.default_timeout_s) as i32,
+    })
 }
 
-/// Records the job (once per `Idempotency-Key` and request digest) and publishes it; says
-/// whether this request created it.
-async fn record_and_publish(
-    s: &AppState,
-    new_job: &NewJob<'_>,
-    idempotency: Option<(String, [u8; 32])>,
-) -> Result<(JobRecord, bool), ApiError> {
-    let (job, created) = match &idempotency {
-        None => (db::job_insert(&s.pool, new_job).await?, true),
-        Some((key, digest)) => {
-            match db::job_insert_idempotent(&s.pool, new_job, key, digest).await? {
-                Idempotent::Created(job) => (job, true),
-                Idempotent::Existing(job) => (job, false),
-                Idempotent::KeyReused => {
-                    return Err(ApiError::Conflict(format!(
-                        "Idempotency-Key `{key}` was used for a different request"
-                    )));
-                }
-            }
-        }
-    };
-    // The job is safe in Postgres: if the broker is down the reaper publishes it later, so a
-    // failed publish does not fail the request. A replayed request publishes nothing.
-    if created {
-        publish_recorded(s, job.id).await;
-    }
-    Ok((job, created))
+fn key_reused(key: Option<&str>) -> ApiError {
+    ApiError::Conflict(format!(
+        "Idempotency-Key `{}` was used for a different request",
+        key.unwrap_or_default()
+    ))
 }
 
-/// Publishes a job just recorded and, once the broker confirms, marks it published, so the
-/// reaper counts its message as in the queue. Unmarked (the publish failed, or the mark did), the
-/// reaper publishes it within seconds.
-async fn publish_recorded(s: &AppState, id: JobId) {
-    match s.publisher.publish(id).await {
-        Ok(()) => {
-            if let Err(e) = db::job_set_published(&s.pool, id).await {
-                tracing::warn!(job = %id, error = %e, "could not mark the job published; the reaper will publish it again");
-            }
-        }
-        Err(e) => {
-            tracing::warn!(job = %id, error = %e, "publish failed; the reaper will publish the job")
-        }
-    }
+fn mark_replayed(response: &mut Response) {
+    response
+        .headers_mut()
+        .insert("idempotent-replayed", HeaderValue::from_static("true"));
+}
+
+fn mark_wait_applied(response: &mut Response, wait: Duration) {
+    let applied = HeaderValue::from_str(&format!("wait={}", wait.as_secs_f64())).expect("ascii");
+    response.headers_mut().insert("preference-applied", applied);
 }
 
 /// `Idempotency-Key`: 1 to 255 visible ASCII characters.

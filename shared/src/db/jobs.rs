@@ -4,7 +4,7 @@
 use super::{Backoff, DbError};
 use crate::domain::{Algorithm, JobId, JobStatus, JobType, ModelId};
 use crate::error::JobError;
-use crate::job::{Input, JobSpec};
+use crate::job::JobSpec;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::postgres::{PgListener, PgPool};
@@ -60,46 +60,108 @@ macro_rules! job_columns {
 }
 
 /// What the API records for a new job.
-pub struct NewJob<'a> {
+#[derive(Debug, Clone)]
+pub struct NewJob {
     pub id: JobId,
-    pub tenant: &'a str,
-    pub spec: &'a JobSpec,
+    pub tenant: String,
+    pub spec: JobSpec,
     /// The train job's algorithm, or the infer job's model's.
     pub algorithm: Algorithm,
     pub max_attempts: i32,
     pub timeout_s: i32,
 }
 
-pub async fn job_insert(pool: &PgPool, job: &NewJob<'_>) -> Result<JobRecord, DbError> {
-    job_insert_in(&mut *pool.acquire().await?, job).await
+/// Records the jobs in one statement (and, on a pool, one commit), returned in the order given.
+pub async fn jobs_insert(pool: &PgPool, jobs: &[NewJob]) -> Result<Vec<JobRecord>, DbError> {
+    jobs_insert_in(&mut *pool.acquire().await?, jobs).await
 }
 
-pub(super) async fn job_insert_in(
+/// [`jobs_insert`] on a connection (or inside a transaction). One multi-row `INSERT` from
+/// arrays, so a group of a thousand jobs costs one statement, not a thousand.
+pub(super) async fn jobs_insert_in(
     conn: &mut sqlx::PgConnection,
-    job: &NewJob<'_>,
-) -> Result<JobRecord, DbError> {
-    sqlx::query_as(concat!(
+    jobs: &[NewJob],
+) -> Result<Vec<JobRecord>, DbError> {
+    if jobs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let n = jobs.len();
+    let (mut ids, mut tenants, mut types, mut algorithms, mut models) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut attempts, mut params, mut inputs, mut timeouts) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for job in jobs {
+        ids.push(job.id.0);
+        tenants.push(job.tenant.as_str());
+        types.push(job.spec.job_type().as_str());
+        algorithms.push(job.algorithm.as_str());
+        models.push(match &job.spec.work {
+            crate::job::Work::Infer { model_id, .. } => Some(model_id.0),
+            crate::job::Work::Train(_) => None,
+        });
+        attempts.push(job.max_attempts);
+        params.push(job.spec.params_json().to_string());
+        inputs.push(serde_json::to_string(&job.spec.input).expect("an input serialises"));
+        timeouts.push(job.timeout_s);
+    }
+    let mut rows: Vec<JobRecord> = sqlx::query_as(concat!(
         "INSERT INTO jobs (id, tenant_id, type, algorithm, model_id, max_attempts, params, input,
                            timeout_s)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+         SELECT id, tenant_id, type, algorithm, model_id, max_attempts, params::jsonb,
+                input::jsonb, timeout_s
+         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::uuid[], $6::int4[],
+                     $7::text[], $8::text[], $9::int4[])
+              AS j(id, tenant_id, type, algorithm, model_id, max_attempts, params, input,
+                   timeout_s)
          RETURNING ",
         job_columns!(),
         ""
     ))
-    .bind(job.id)
-    .bind(job.tenant)
-    .bind(job.spec.job_type())
-    .bind(job.algorithm)
-    .bind(match &job.spec.work {
-        crate::job::Work::Infer { model_id, .. } => Some(*model_id),
-        crate::job::Work::Train(_) => None,
-    })
-    .bind(job.max_attempts)
-    .bind(job.spec.params_json())
-    .bind(sqlx::types::Json::<&Input>(&job.spec.input))
-    .bind(job.timeout_s)
-    .fetch_one(conn)
-    .await
+    .bind(ids)
+    .bind(tenants)
+    .bind(types)
+    .bind(algorithms)
+    .bind(models)
+    .bind(attempts)
+    .bind(params)
+    .bind(inputs)
+    .bind(timeouts)
+    .fetch_all(conn)
+    .await?;
+    in_order(&mut rows, jobs.iter().map(|j| j.id));
+    Ok(rows)
+}
+
+/// Puts `rows` in the order of `ids` (a statement's `RETURNING` order is not promised).
+fn in_order(rows: &mut [JobRecord], ids: impl Iterator<Item = JobId>) {
+    let rank: std::collections::HashMap<JobId, usize> =
+        ids.enumerate().map(|(i, id)| (id, i)).collect();
+    rows.sort_by_key(|r| rank.get(&r.id).copied().unwrap_or(usize::MAX));
+}
+
+/// The jobs among `ids` that exist, in the order of `ids`.
+pub async fn jobs_get(pool: &PgPool, ids: &[JobId]) -> Result<Vec<JobRecord>, DbError> {
+    let raw: Vec<Uuid> = ids.iter().map(|id| id.0).collect();
+    let mut rows: Vec<JobRecord> = sqlx::query_as(concat!(
+        "SELECT ",
+        job_columns!(),
+        "
+         FROM jobs WHERE id = ANY($1)"
+    ))
+    .bind(raw)
+    .fetch_all(pool)
+    .await?;
+    in_order(&mut rows, ids.iter().copied());
+    Ok(rows)
 }
 
 pub async fn job_get(pool: &PgPool, id: JobId) -> Result<Option<JobRecord>, DbError> {
@@ -233,20 +295,70 @@ pub async fn job_set_running(
     worker_id: &str,
     lease: Duration,
 ) -> Result<Option<JobRecord>, DbError> {
-    sqlx::query_as(concat!(
+    Ok(jobs_set_running(pool, &[id], worker_id, lease).await?.pop())
+}
+
+/// `queued → running` for many jobs in one statement: the batch claim. Returns the jobs this
+/// worker now holds (in the order of `ids`); the others are another worker's, canceled,
+/// finished or waiting out a backoff, exactly as for [`job_set_running`].
+pub async fn jobs_set_running(
+    pool: &PgPool,
+    ids: &[JobId],
+    worker_id: &str,
+    lease: Duration,
+) -> Result<Vec<JobRecord>, DbError> {
+    // Rows are locked in id order, whatever order the messages came in.
+    let mut sorted: Vec<Uuid> = ids.iter().map(|id| id.0).collect();
+    sorted.sort();
+    let mut rows: Vec<JobRecord> = sqlx::query_as(concat!(
         "UPDATE jobs SET status = 'running', attempt = attempt + 1, worker_id = $2,
                 lease_expires_at = now() + $3 * interval '1 millisecond',
                 started_at = COALESCE(started_at, now()), progress = NULL
-         WHERE id = $1 AND status = 'queued' AND (run_after IS NULL OR run_after <= now())
+         WHERE id = ANY($1) AND status = 'queued' AND (run_after IS NULL OR run_after <= now())
          RETURNING ",
         job_columns!(),
         ""
     ))
-    .bind(id.0)
+    .bind(sorted)
     .bind(worker_id)
     .bind(lease.as_millis() as f64)
-    .fetch_optional(pool)
-    .await
+    .fetch_all(pool)
+    .await?;
+    in_order(&mut rows, ids.iter().copied());
+    Ok(rows)
+}
+
+/// One attempt's success, for [`jobs_set_succeeded`].
+#[derive(Debug, Clone)]
+pub struct Succeeded {
+    pub id: JobId,
+    pub attempt: i32,
+    pub result: Value,
+}
+
+/// `running → succeeded` for many jobs in one statement (one commit, one wake-up), each fenced
+/// by its attempt as [`job_set_succeeded`] is. Returns the ids written; an attempt left out had
+/// lost its job.
+pub async fn jobs_set_succeeded(pool: &PgPool, done: &[Succeeded]) -> Result<Vec<JobId>, DbError> {
+    let mut done: Vec<&Succeeded> = done.iter().collect();
+    done.sort_by_key(|d| d.id.0);
+    let ids: Vec<Uuid> = done.iter().map(|d| d.id.0).collect();
+    let attempts: Vec<i32> = done.iter().map(|d| d.attempt).collect();
+    let results: Vec<String> = done.iter().map(|d| d.result.to_string()).collect();
+    let written: Vec<Uuid> = sqlx::query_scalar(
+        "UPDATE jobs SET status = 'succeeded', result = d.result::jsonb, finished_at = now(),
+                lease_expires_at = NULL,
+                progress = jsonb_build_object('fraction', 1.0, 'message', 'done')
+         FROM unnest($1::uuid[], $2::int4[], $3::text[]) AS d(id, attempt, result)
+         WHERE jobs.id = d.id AND jobs.attempt = d.attempt AND jobs.status = 'running'
+         RETURNING jobs.id",
+    )
+    .bind(ids)
+    .bind(attempts)
+    .bind(results)
+    .fetch_all(pool)
+    .await?;
+    Ok(written.into_iter().map(JobId).collect())
 }
 
 /// One job's lease as its worker holds it, for [`jobs_renew_leases`].
@@ -474,15 +586,17 @@ pub async fn jobs_requeue_expired(pool: &PgPool, backoff: Backoff) -> Result<u64
     Ok(moved.rows_affected())
 }
 
-/// The API, after the broker confirmed a new job's message: the job is published. Without
+/// The API, after the broker confirmed new jobs' messages: the job is published. Without
 /// this mark the reaper would take the job for one whose message never went out. Only a job
 /// never claimed: one that already ran and went back to the queue waits for the reaper.
-pub async fn job_set_published(pool: &PgPool, id: JobId) -> Result<(), DbError> {
+/// One statement for a whole group of jobs.
+pub async fn jobs_set_published(pool: &PgPool, ids: &[JobId]) -> Result<(), DbError> {
+    let ids: Vec<Uuid> = ids.iter().map(|id| id.0).collect();
     sqlx::query(
         "UPDATE jobs SET published_at = now()
-         WHERE id = $1 AND status = 'queued' AND published_at IS NULL AND attempt = 0",
+         WHERE id = ANY($1) AND status = 'queued' AND published_at IS NULL AND attempt = 0",
     )
-    .bind(id.0)
+    .bind(ids)
     .execute(pool)
     .await?;
     Ok(())

@@ -420,6 +420,51 @@ impl GpuClassifier {
         csv: CsvOut,
     ) -> Result<Inference, JobError> {
         let probs = self.predict(gpu, &table.features, ctl)?;
+        self.inference(table, &probs, rows_json, ctl, csv)
+    }
+
+    /// Each table's inference (rows as JSON, CSV discarded) from one forward pass over all of
+    /// their rows: a batch of small jobs costs one upload, one dispatch chain and one readback.
+    pub fn infer_many(
+        &self,
+        gpu: &Gpu,
+        tables: &[&Table],
+        ctl: &Control,
+    ) -> Result<Vec<Inference>, JobError> {
+        let f = self.model.n_features();
+        let rows: usize = tables.iter().map(|t| t.features.rows).sum();
+        let mut data = Vec::with_capacity(rows * f);
+        for t in tables {
+            data.extend_from_slice(&t.features.data);
+        }
+        let all = Matrix {
+            rows,
+            cols: f,
+            data,
+            columns: Vec::new(),
+        };
+        let probs = self.predict(gpu, &all, ctl)?;
+        let k = self.model.n_classes();
+        let mut at = 0;
+        tables
+            .iter()
+            .map(|t| {
+                let mine = &probs[at * k..(at + t.features.rows) * k];
+                at += t.features.rows;
+                self.inference(t, mine, true, ctl, CsvOut::discard())
+            })
+            .collect()
+    }
+
+    /// The inference of `table` from its class probabilities (`rows × classes`).
+    fn inference(
+        &self,
+        table: &Table,
+        probs: &[f32],
+        rows_json: bool,
+        ctl: &Control,
+        csv: CsvOut,
+    ) -> Result<Inference, JobError> {
         let k = self.model.n_classes();
         let classes = &self.model.classes;
         let labels: Vec<f64> = probs.chunks(k).map(|p| classes[argmax(p)]).collect();

@@ -11,6 +11,7 @@ pub mod linalg;
 pub mod logreg;
 pub mod mlp;
 pub mod pacing;
+mod warm;
 
 use crate::artifact::{self, Artifact};
 use crate::gpu::{Gpu, GpuError};
@@ -22,6 +23,7 @@ use serde_json::{Map, Value, json};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU8, Ordering};
 use tokio_util::sync::CancellationToken;
+pub use warm::warm_up;
 
 /// Shared between a job's GPU thread and its heartbeat task: the progress to report and the
 /// request to stop (cancel, or the lease was lost).
@@ -255,6 +257,48 @@ impl LoadedModel {
             Self::Knn(m) => m.infer(gpu, table, rows_json, ctl, csv),
             Self::Anomaly(m) => m.infer(gpu, table, rows_json, ctl, csv),
         }
+    }
+}
+
+impl LoadedModel {
+    /// Each table's inference, rows as JSON and no CSV, as [`infer`](Self::infer) would give
+    /// it alone. A classifier (logreg, mlp) runs them all in one forward pass; the other models
+    /// run them one after another. A table of the wrong width gets its own `shape_mismatch`.
+    pub fn infer_many(
+        &self,
+        gpu: &Gpu,
+        tables: &[&Table],
+        ctl: &Control,
+    ) -> Vec<Result<Inference, JobError>> {
+        let f = self.n_features();
+        let (fits, _): (Vec<usize>, Vec<usize>) =
+            (0..tables.len()).partition(|&i| tables[i].features.cols == f);
+        let mut out: Vec<Option<Result<Inference, JobError>>> =
+            tables.iter().map(|_| None).collect();
+        if let Self::Classifier(m) = self
+            && !fits.is_empty()
+        {
+            let fitting: Vec<&Table> = fits.iter().map(|&i| tables[i]).collect();
+            match m.infer_many(gpu, &fitting, ctl) {
+                Ok(each) => {
+                    for (i, inference) in fits.iter().zip(each) {
+                        out[*i] = Some(Ok(inference));
+                    }
+                }
+                Err(e) => {
+                    for i in &fits {
+                        out[*i] = Some(Err(e.clone()));
+                    }
+                }
+            }
+        }
+        tables
+            .iter()
+            .zip(out)
+            .map(|(t, done)| {
+                done.unwrap_or_else(|| self.infer_to(gpu, t, true, ctl, CsvOut::discard()))
+            })
+            .collect()
     }
 }
 

@@ -5,6 +5,7 @@
 //! [`input`]'s; the models kept on the GPU are [`models`]'; streaming an inference's CSV to S3 is
 //! [`output`]'s.
 
+mod batch;
 mod input;
 mod models;
 mod output;
@@ -32,8 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 /// Outputs up to this many rows are returned inline in the job's result.
 pub const INLINE_PREDICTIONS: usize = 100;
-/// Inline inputs up to this many rows get inline results only (no S3 object).
-pub const INLINE_ONLY_ROWS: usize = 1000;
+pub use gpuq_shared::job::INLINE_ONLY_ROWS;
 /// How long a job told to stop (timeout, shutdown) gets to reach its next check.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
@@ -326,16 +326,27 @@ impl WorkerContext {
         let inference = self
             .run_inference(model, (table, memory), rows_json, ctl, output.as_ref())
             .await?;
-        let output_uri = output.as_ref().map(S3Uri::to_string);
-        let mut result = json!({ "output_uri": output_uri, "rows": n });
-        for (k, v) in inference.summary {
-            result[k] = v;
-        }
-        if rows_json {
-            result["predictions"] = Value::Array(inference.rows);
-        }
+        let result = inference_result(inference, n, output.as_ref(), rows_json);
         Ok(Completion::Inferred { result, output })
     }
+}
+
+/// An infer job's result: its output object (if any), row count, summary and, with
+/// `rows_json`, its predictions inline.
+fn inference_result(
+    inference: algorithms::Inference,
+    rows: usize,
+    output: Option<&S3Uri>,
+    rows_json: bool,
+) -> Value {
+    let mut result = json!({ "output_uri": output.map(S3Uri::to_string), "rows": rows });
+    for (k, v) in inference.summary {
+        result[k] = v;
+    }
+    if rows_json {
+        result["predictions"] = Value::Array(inference.rows);
+    }
+    result
 }
 
 /// Once a job has been told to stop: its outcome if it gets there within [`STOP_GRACE`].
