@@ -48,7 +48,7 @@ async fn four_hundred_jobs_single_and_batched_across_a_rabbitmq_and_a_postgres_r
                 };
                 ids.push(submit_retrying(&app, &body, &format!("job-{i}"), &unavailable).await);
                 submitted.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(40)).await;
+                tokio::time::sleep(Duration::from_millis(150)).await;
             }
             ids
         })
@@ -74,7 +74,7 @@ async fn four_hundred_jobs_single_and_batched_across_a_rabbitmq_and_a_postgres_r
                     submit_batch_retrying(&app, &bodies, &format!("batch-{b}"), &unavailable).await,
                 );
                 submitted.fetch_add(5, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(250)).await;
+                tokio::time::sleep(Duration::from_millis(1000)).await;
             }
             ids
         })
@@ -119,7 +119,11 @@ async fn four_hundred_jobs_single_and_batched_across_a_rabbitmq_and_a_postgres_r
         t.elapsed()
     );
 
-    reach(200).await;
+    reach(260).await;
+    assert!(
+        submitted.load(Ordering::Relaxed) < 350,
+        "the submitters should still be going when PostgreSQL stops"
+    );
     postgres("stop");
     let t = Instant::now();
     let (s, b) = app.get("/v1/jobs").await;
@@ -154,6 +158,10 @@ async fn four_hundred_jobs_single_and_batched_across_a_rabbitmq_and_a_postgres_r
         unavailable.load(Ordering::Relaxed)
     );
     assert!(failed.is_empty(), "{failed:?}");
+    assert!(
+        unavailable.load(Ordering::Relaxed) > 0,
+        "PostgreSQL's stop met submits in flight"
+    );
     let unique: std::collections::HashSet<_> = ids.iter().collect();
     assert_eq!(unique.len(), 401, "one job per idempotency key");
     let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
