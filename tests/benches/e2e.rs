@@ -123,7 +123,9 @@ fn cpu_line(
 
 /// Bare Postgres: `clients` clients each inserting then updating one row per job, for `secs`.
 async fn baseline(db_url: &str, clients: usize, secs: f64) -> anyhow::Result<f64> {
-    let pool = gpuq_shared::db::connect(&gpuq_tests::database(db_url), clients as u32).await?;
+    // As many connections as the API's and the worker's pools together, well inside Postgres'
+    // 100, with all the clients sharing them.
+    let pool = gpuq_shared::db::connect(&gpuq_tests::database(db_url), 32).await?;
     sqlx::query(
         "CREATE TABLE IF NOT EXISTS bench_baseline (id uuid PRIMARY KEY, status text NOT NULL, result jsonb)",
     )
@@ -567,7 +569,10 @@ async fn main() -> anyhow::Result<()> {
         .send().await?.json().await?;
     anyhow::ensure!(
         train["status"] == "succeeded",
-        "training the bench model failed: {train}"
+        "training the bench model did not succeed within 60 s: status {}, error {}, attempt errors {}",
+        train["status"],
+        train["error"],
+        train["attempt_errors"]
     );
     let model_id = train["result"]["model_id"].as_str().unwrap().to_string();
     let bench = Bench {

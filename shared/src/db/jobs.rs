@@ -307,19 +307,24 @@ pub async fn jobs_set_running(
     worker_id: &str,
     lease: Duration,
 ) -> Result<Vec<JobRecord>, DbError> {
-    // Rows are locked in id order, whatever order the messages came in.
-    let mut sorted: Vec<Uuid> = ids.iter().map(|id| id.0).collect();
-    sorted.sort();
+    // Rows are locked in id order (every multi-row statement here does so), whatever order the
+    // messages came in: two statements over the same jobs wait for each other, never deadlock.
+    let raw: Vec<Uuid> = ids.iter().map(|id| id.0).collect();
     let mut rows: Vec<JobRecord> = sqlx::query_as(concat!(
-        "UPDATE jobs SET status = 'running', attempt = attempt + 1, worker_id = $2,
+        "WITH claimable AS (
+             SELECT id AS claimable_id FROM jobs
+             WHERE id = ANY($1) AND status = 'queued' AND (run_after IS NULL OR run_after <= now())
+             ORDER BY id
+             FOR UPDATE)
+         UPDATE jobs SET status = 'running', attempt = attempt + 1, worker_id = $2,
                 lease_expires_at = now() + $3 * interval '1 millisecond',
                 started_at = COALESCE(started_at, now()), progress = NULL
-         WHERE id = ANY($1) AND status = 'queued' AND (run_after IS NULL OR run_after <= now())
+         FROM claimable WHERE jobs.id = claimable.claimable_id
          RETURNING ",
         job_columns!(),
         ""
     ))
-    .bind(sorted)
+    .bind(raw)
     .bind(worker_id)
     .bind(lease.as_millis() as f64)
     .fetch_all(pool)
@@ -346,11 +351,18 @@ pub async fn jobs_set_succeeded(pool: &PgPool, done: &[Succeeded]) -> Result<Vec
     let attempts: Vec<i32> = done.iter().map(|d| d.attempt).collect();
     let results: Vec<String> = done.iter().map(|d| d.result.to_string()).collect();
     let written: Vec<Uuid> = sqlx::query_scalar(
-        "UPDATE jobs SET status = 'succeeded', result = d.result::jsonb, finished_at = now(),
+        "WITH d AS (SELECT * FROM unnest($1::uuid[], $2::int4[], $3::text[])
+                        AS d(id, attempt, result)),
+              held AS (SELECT jobs.id FROM jobs JOIN d ON d.id = jobs.id
+                       WHERE jobs.attempt = d.attempt AND jobs.status = 'running'
+                       ORDER BY jobs.id
+                       FOR UPDATE OF jobs)
+         UPDATE jobs SET status = 'succeeded', result = d.result::jsonb, finished_at = now(),
                 lease_expires_at = NULL,
                 progress = jsonb_build_object('fraction', 1.0, 'message', 'done')
-         FROM unnest($1::uuid[], $2::int4[], $3::text[]) AS d(id, attempt, result)
-         WHERE jobs.id = d.id AND jobs.attempt = d.attempt AND jobs.status = 'running'
+         FROM d, held
+         WHERE jobs.id = d.id AND jobs.id = held.id AND jobs.attempt = d.attempt
+           AND jobs.status = 'running'
          RETURNING jobs.id",
     )
     .bind(ids)
@@ -386,10 +398,17 @@ pub async fn jobs_renew_leases(
     let attempts: Vec<i32> = held.iter().map(|h| h.attempt).collect();
     let progress: Vec<Option<&Value>> = held.iter().map(|h| h.progress.as_ref()).collect();
     let renewed: Vec<Uuid> = sqlx::query_scalar(
-        "UPDATE jobs SET lease_expires_at = now() + $4 * interval '1 millisecond',
+        "WITH h AS (SELECT * FROM unnest($1::uuid[], $2::int4[], $3::jsonb[])
+                        AS h(id, attempt, progress)),
+              held AS (SELECT jobs.id FROM jobs JOIN h ON h.id = jobs.id
+                       WHERE jobs.attempt = h.attempt AND jobs.status = 'running'
+                       ORDER BY jobs.id
+                       FOR UPDATE OF jobs)
+         UPDATE jobs SET lease_expires_at = now() + $4 * interval '1 millisecond',
                 progress = COALESCE(h.progress, jobs.progress)
-         FROM unnest($1::uuid[], $2::int4[], $3::jsonb[]) AS h(id, attempt, progress)
-         WHERE jobs.id = h.id AND jobs.attempt = h.attempt AND jobs.status = 'running'
+         FROM h, held
+         WHERE jobs.id = h.id AND jobs.id = held.id AND jobs.attempt = h.attempt
+           AND jobs.status = 'running'
          RETURNING jobs.id",
     )
     .bind(ids)
@@ -592,9 +611,15 @@ pub async fn jobs_requeue_expired(pool: &PgPool, backoff: Backoff) -> Result<u64
 /// One statement for a whole group of jobs.
 pub async fn jobs_set_published(pool: &PgPool, ids: &[JobId]) -> Result<(), DbError> {
     let ids: Vec<Uuid> = ids.iter().map(|id| id.0).collect();
+    // A row locked meanwhile is being claimed (so its message went out) or canceled: skipped,
+    // not waited for.
     sqlx::query(
         "UPDATE jobs SET published_at = now()
-         WHERE id = ANY($1) AND status = 'queued' AND published_at IS NULL AND attempt = 0",
+         WHERE id IN (SELECT id FROM jobs
+                      WHERE id = ANY($1) AND status = 'queued' AND published_at IS NULL
+                        AND attempt = 0
+                      ORDER BY id
+                      FOR UPDATE SKIP LOCKED)",
     )
     .bind(ids)
     .execute(pool)
