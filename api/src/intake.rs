@@ -16,9 +16,9 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 /// Jobs one group may hold.
 const MAX_GROUP: usize = 512;
-/// Groups recorded and published at once: while some wait on Postgres or the broker, the next
-/// one gathers.
-const GROUPS_IN_FLIGHT: usize = 4;
+/// Groups recorded and published at once: while they wait on Postgres or the broker, the next
+/// one gathers (more in flight would make more, smaller groups).
+const GROUPS_IN_FLIGHT: usize = 2;
 
 /// The handle requests submit through.
 #[derive(Clone)]

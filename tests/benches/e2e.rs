@@ -652,6 +652,21 @@ async fn main() -> anyhow::Result<()> {
             cpu_line(&cpu, &cpu_ticks(), Duration::from_secs_f64(secs))
         );
     }
+    // How much each statement shared: jobs per INSERT (intake group), per claim, per completion
+    // (one statement's rows share its transaction's `now()`).
+    let (jobs, groups, claims, completions): (i64, i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT created_at), count(DISTINCT started_at),
+                count(DISTINCT finished_at)
+         FROM jobs WHERE type = 'infer'",
+    )
+    .fetch_one(&pool)
+    .await?;
+    println!(
+        "over the run: {jobs} jobs; jobs per intake INSERT {:.1}, per claim {:.1}, per completion {:.1}",
+        jobs as f64 / groups.max(1) as f64,
+        jobs as f64 / claims.max(1) as f64,
+        jobs as f64 / completions.max(1) as f64
+    );
     drop(children);
     pool.close().await;
     let _ = sqlx::query(sqlx::AssertSqlSafe(format!(

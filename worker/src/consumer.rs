@@ -26,6 +26,11 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+/// Batches claimed and run at once. While they run, what arrives waits in the consumer's
+/// buffer (up to the prefetch) and becomes the next batch whole: under load batches grow, and
+/// the statements per job shrink, instead of many small batches racing each other.
+const BATCHES_IN_FLIGHT: usize = 2;
+
 /// How much a worker takes on at once.
 #[derive(Debug, Clone, Copy)]
 pub struct Capacity {
@@ -44,9 +49,10 @@ pub async fn run(
 ) {
     let in_hand = Arc::new(Semaphore::new(capacity.prefetch));
     let alone = Arc::new(Semaphore::new(capacity.concurrency));
+    let batches = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
     let mut backoff = Duration::from_millis(200);
     while !shutdown.is_cancelled() {
-        match consume(&ctx, capacity, &in_hand, &alone, &shutdown).await {
+        match consume(&ctx, capacity, &in_hand, &alone, &batches, &shutdown).await {
             Ok(()) => break,
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?backoff, "lost the broker; reconnecting");
@@ -84,6 +90,7 @@ async fn consume(
     capacity: Capacity,
     in_hand: &Arc<Semaphore>,
     alone: &Arc<Semaphore>,
+    batches: &Arc<Semaphore>,
     shutdown: &CancellationToken,
 ) -> Result<(), queue::QueueError> {
     let conn = queue::connect(ctx.settings.amqp_url.expose()).await?;
@@ -116,24 +123,41 @@ async fn consume(
         let mut batch = Vec::new();
         route(ctx, alone, (first, permit), &mut batch);
         // Whatever else has arrived joins this round: no waiting for more.
-        let mut closed = false;
-        while let Ok(permit) = in_hand.clone().try_acquire_owned() {
-            match deliveries.next().now_or_never() {
-                Some(Some(d)) => route(ctx, alone, (d?, permit), &mut batch),
-                Some(None) => {
-                    closed = true;
-                    break;
-                }
-                None => break,
-            }
-        }
-        if !batch.is_empty() {
-            tokio::spawn(run_batch(ctx.clone(), batch));
+        let mut closed = take_arrived(ctx, alone, in_hand, &mut deliveries, &mut batch)?;
+        if !batch.is_empty() && !closed {
+            // With every batch slot busy, what arrives meanwhile joins this batch.
+            let slot = tokio::select! {
+                _ = shutdown.cancelled() => None,
+                s = batches.clone().acquire_owned() => Some(s.expect("semaphore never closed")),
+            };
+            closed = take_arrived(ctx, alone, in_hand, &mut deliveries, &mut batch)?;
+            tokio::spawn(run_batch(ctx.clone(), batch, slot));
+        } else if !batch.is_empty() {
+            tokio::spawn(run_batch(ctx.clone(), batch, None));
         }
         if closed {
             return Err(queue::QueueError::Closed);
         }
     }
+}
+
+/// Routes every delivery that has already arrived (while permits last); `true` once the
+/// consumer has closed.
+fn take_arrived(
+    ctx: &Arc<WorkerContext>,
+    alone: &Arc<Semaphore>,
+    in_hand: &Arc<Semaphore>,
+    deliveries: &mut lapin::Consumer,
+    batch: &mut Vec<(JobId, InHand)>,
+) -> Result<bool, queue::QueueError> {
+    while let Ok(permit) = in_hand.clone().try_acquire_owned() {
+        match deliveries.next().now_or_never() {
+            Some(Some(d)) => route(ctx, alone, (d?, permit), batch),
+            Some(None) => return Ok(true),
+            None => break,
+        }
+    }
+    Ok(false)
 }
 
 /// Sends a batchable delivery to `batch`, and any other off to run alone.
@@ -162,8 +186,13 @@ fn route(
     }
 }
 
-/// Claims the batch in one statement, acks every message, and runs what it claimed.
-async fn run_batch(ctx: Arc<WorkerContext>, batch: Vec<(JobId, InHand)>) {
+/// Claims the batch in one statement, acks every message, and runs what it claimed, holding
+/// one of the batch slots (none when the worker is stopping).
+async fn run_batch(
+    ctx: Arc<WorkerContext>,
+    batch: Vec<(JobId, InHand)>,
+    _slot: Option<OwnedSemaphorePermit>,
+) {
     let ids: Vec<JobId> = batch.iter().map(|(id, _)| *id).collect();
     let _running: Vec<Running> = ids.iter().map(|_| Running::count(&ctx)).collect();
     ctx.presence.protect().await;
