@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod error;
 pub mod intake;
+pub mod models_seen;
 pub mod rate;
 pub mod routes;
 pub mod view;
@@ -38,6 +39,8 @@ pub struct AppState {
     pub waiters: Waiters,
     /// Jobs one `POST /v1/jobs/batch` may hold.
     pub max_batch_jobs: usize,
+    /// Models infer submits named a moment ago.
+    pub models_seen: models_seen::ModelsSeen,
     pub max_body_bytes: usize,
     pub settings: Arc<Settings>,
     /// Each tenant's requests.
@@ -144,6 +147,7 @@ impl Application {
             publisher,
             max_body_bytes: settings.max_body_bytes,
             max_batch_jobs: settings.max_batch_jobs,
+            models_seen: Default::default(),
             settings: Arc::new(settings.shared.clone()),
             rate: RateLimiter::new(settings.rate_per_second, settings.rate_burst),
             attempts: RateLimiter::new(

@@ -243,7 +243,16 @@ async fn prepare(
             let model = match models.get(model_id) {
                 Some(m) => m.clone(),
                 None => {
-                    let m = db::model_get_for(&s.pool, &tenant.id, *model_id).await?;
+                    let m = match s.models_seen.get(&tenant.id, *model_id) {
+                        Some(m) => Some(m),
+                        None => {
+                            let m = db::model_get_for(&s.pool, &tenant.id, *model_id).await?;
+                            if let Some(m) = &m {
+                                s.models_seen.remember(&tenant.id, m);
+                            }
+                            m
+                        }
+                    };
                     models.insert(*model_id, m.clone());
                     m
                 }

@@ -69,5 +69,6 @@ pub async fn delete(
         }
     }
     db::model_delete(&s.pool, &tenant.id, id).await?;
+    s.models_seen.forget(&tenant.id, id);
     Ok(StatusCode::NO_CONTENT)
 }
