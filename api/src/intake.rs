@@ -1,8 +1,7 @@
 //! Group commit at intake. Concurrent `POST /v1/jobs` requests hand their jobs to one intake
 //! task, which records whatever has gathered in one transaction — one multi-row `INSERT` of the
-//! jobs and one of their idempotency keys, one commit, one fsync —
-//! publishes their messages with pipelined confirms and marks them published in one `UPDATE`.
-//! Nothing waits on a timer: a group is what arrived while the previous groups were in flight,
+//! jobs and one of their idempotency keys, one commit, one fsync — and publishes their messages
+//! with pipelined confirms. Nothing waits on a timer: a group is what arrived while the previous groups were in flight,
 //! so a lone request goes at once and a burst shares its round trips. Each request answers only
 //! once its job is durable and published (or, if the broker failed, left to the reaper).
 
@@ -152,23 +151,19 @@ pub fn message(job: &NewJob) -> JobMessage {
     }
 }
 
-/// Publishes jobs just recorded and, once the broker confirms them all, marks them published,
-/// so the reaper counts their messages as in the queue. Unmarked (the publish failed, or the
-/// mark did), the reaper publishes them within seconds; a duplicate message is harmless.
+/// Publishes jobs just recorded (as published, see [`db::jobs_insert`]); if the broker fails,
+/// marks them unpublished so the reaper publishes them within seconds. A duplicate message is
+/// harmless.
 pub async fn publish_recorded(pool: &PgPool, publisher: &Publisher, messages: &[JobMessage]) {
     if messages.is_empty() {
         return;
     }
-    let ids: Vec<JobId> = messages.iter().map(|m| m.job_id).collect();
-    let ids = &ids[..];
-    match publisher.publish_batch(messages).await {
-        Ok(()) => {
-            if let Err(e) = db::jobs_set_published(pool, ids).await {
-                tracing::warn!(jobs = ids.len(), error = %e, "could not mark jobs published; the reaper will publish them again");
-            }
-        }
-        Err(e) => {
-            tracing::warn!(jobs = ids.len(), error = %e, "publish failed; the reaper will publish the jobs")
+    if let Err(e) = publisher.publish_batch(messages).await {
+        let ids: Vec<JobId> = messages.iter().map(|m| m.job_id).collect();
+        tracing::warn!(jobs = ids.len(), error = %e, "publish failed; the reaper will publish the jobs");
+        if let Err(e) = db::jobs_set_unpublished(pool, &ids).await {
+            tracing::warn!(jobs = ids.len(), error = %e,
+                "could not mark the jobs unpublished; the reaper's lost-message rule will publish them");
         }
     }
 }

@@ -35,7 +35,10 @@ impl ModelsSeen {
         if seen.len() >= MAX_ENTRIES {
             seen.clear();
         }
-        seen.insert((tenant.to_string(), model.id), (model.clone(), Instant::now()));
+        seen.insert(
+            (tenant.to_string(), model.id),
+            (model.clone(), Instant::now()),
+        );
     }
 
     pub fn forget(&self, tenant: &str, id: ModelId) {

@@ -72,6 +72,11 @@ pub struct NewJob {
 }
 
 /// Records the jobs in one statement (and, on a pool, one commit), returned in the order given.
+/// They are recorded as published: the API publishes them right after the commit, and marks
+/// them unpublished ([`jobs_set_unpublished`]) if the broker refuses, so the reaper publishes them
+/// within its grace. An API that dies between the two leaves them to the reaper's lost-message
+/// rule (`reaper.rs`), within `republish_after`. (Marking them only once the broker confirmed
+/// cost every job one more row version.)
 pub async fn jobs_insert(pool: &PgPool, jobs: &[NewJob]) -> Result<Vec<JobRecord>, DbError> {
     jobs_insert_in(&mut *pool.acquire().await?, jobs).await
 }
@@ -115,9 +120,9 @@ pub(super) async fn jobs_insert_in(
     }
     let mut rows: Vec<JobRecord> = sqlx::query_as(concat!(
         "INSERT INTO jobs (id, tenant_id, type, algorithm, model_id, max_attempts, params, input,
-                           timeout_s)
+                           timeout_s, published_at)
          SELECT id, tenant_id, type, algorithm, model_id, max_attempts, params::jsonb,
-                input::jsonb, timeout_s
+                input::jsonb, timeout_s, now()
          FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::uuid[], $6::int4[],
                      $7::text[], $8::text[], $9::int4[])
               AS j(id, tenant_id, type, algorithm, model_id, max_attempts, params, input,
@@ -603,28 +608,6 @@ pub async fn jobs_requeue_expired(pool: &PgPool, backoff: Backoff) -> Result<u64
     .execute(pool)
     .await?;
     Ok(moved.rows_affected())
-}
-
-/// The API, after the broker confirmed new jobs' messages: the job is published. Without
-/// this mark the reaper would take the job for one whose message never went out. Only a job
-/// never claimed: one that already ran and went back to the queue waits for the reaper.
-/// One statement for a whole group of jobs.
-pub async fn jobs_set_published(pool: &PgPool, ids: &[JobId]) -> Result<(), DbError> {
-    let ids: Vec<Uuid> = ids.iter().map(|id| id.0).collect();
-    // A row locked meanwhile is being claimed (so its message went out) or canceled: skipped,
-    // not waited for.
-    sqlx::query(
-        "UPDATE jobs SET published_at = now()
-         WHERE id IN (SELECT id FROM jobs
-                      WHERE id = ANY($1) AND status = 'queued' AND published_at IS NULL
-                        AND attempt = 0
-                      ORDER BY id
-                      FOR UPDATE SKIP LOCKED)",
-    )
-    .bind(ids)
-    .execute(pool)
-    .await?;
-    Ok(())
 }
 
 /// Reaper, part two: `queued` jobs whose message never went out — back from a failure whose
