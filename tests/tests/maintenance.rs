@@ -113,7 +113,7 @@ async fn messages_the_broker_lost_are_published_again_once() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn the_api_marks_a_job_published_once_the_broker_confirms_its_message() {
+async fn a_submitted_job_is_recorded_as_published_and_its_message_is_in_the_queue() {
     let app = TestApp::spawn_with(Options {
         workers: 0,
         api_maintenance: false,
@@ -128,7 +128,10 @@ async fn the_api_marks_a_job_published_once_the_broker_confirms_its_message() {
             .fetch_one(&app.pool)
             .await
             .unwrap();
-    assert!(published.is_some(), "no reaper runs: the API marked it");
+    assert!(
+        published.is_some(),
+        "no reaper runs: the API recorded it published"
+    );
     assert_eq!(app.queue_depth().await, 1);
 }
 
