@@ -16,9 +16,12 @@ pub const FRESH_FOR: Duration = Duration::from_secs(1);
 /// Entries kept before the cache is emptied (it refills from what is in use).
 const MAX_ENTRIES: usize = 10_000;
 
+/// Each tenant's model, and when it was read.
+type Seen = HashMap<(String, ModelId), (ModelRecord, Instant)>;
+
 #[derive(Clone, Default)]
 pub struct ModelsSeen {
-    seen: Arc<Mutex<HashMap<(String, ModelId), (ModelRecord, Instant)>>>,
+    seen: Arc<Mutex<Seen>>,
 }
 
 impl ModelsSeen {

@@ -278,8 +278,7 @@ impl Bench {
     /// have finished, the time from each send to its job's `finished_at`.
     async fn open(&self, rate: f64, secs: f64) -> OpenResult {
         let n = (rate * secs) as usize;
-        let sent: Arc<std::sync::Mutex<Vec<(Uuid, chrono::DateTime<chrono::Utc>)>>> =
-            Arc::default();
+        let sent: SentLog = Arc::default();
         let refused = Arc::new(AtomicUsize::new(0));
         let in_flight = Arc::new(tokio::sync::Semaphore::new(2048));
         let late = Arc::new(AtomicUsize::new(0));
@@ -354,7 +353,7 @@ impl Bench {
     fn send_one(
         &self,
         permit: tokio::sync::OwnedSemaphorePermit,
-        sent: Arc<std::sync::Mutex<Vec<(Uuid, chrono::DateTime<chrono::Utc>)>>>,
+        sent: SentLog,
         refused: Arc<AtomicUsize>,
     ) -> tokio::task::JoinHandle<()> {
         let (client, url, body) = (self.client.clone(), self.url.clone(), self.body.clone());
@@ -428,6 +427,9 @@ impl Bench {
         (ok as f64 / start.elapsed().as_secs_f64(), failed)
     }
 }
+
+/// The open loop's accepted jobs and when each was sent.
+type SentLog = Arc<std::sync::Mutex<Vec<(Uuid, chrono::DateTime<chrono::Utc>)>>>;
 
 /// A closed-loop job: its id, when it was sent, when its answer came.
 struct Sent {

@@ -100,11 +100,10 @@ async fn a_batch_answers_every_item_in_order_and_a_bad_item_refuses_only_itself(
     );
     assert_eq!(out[3]["error"]["code"], "not_found", "{}", out[3]);
     assert_eq!(out[4]["error"]["code"], "malformed_json", "{}", out[4]);
-    for i in 1..5 {
+    for refused in &out[1..5] {
         assert!(
-            out[i].get("id").is_none(),
-            "a refused item is no job: {}",
-            out[i]
+            refused.get("id").is_none(),
+            "a refused item is no job: {refused}"
         );
     }
     assert_eq!(
