@@ -151,7 +151,7 @@ pub fn message(job: &NewJob) -> JobMessage {
     }
 }
 
-/// Publishes jobs just recorded (as published, see [`db::jobs_insert`]); if the broker fails,
+/// Publishes jobs just recorded (as published, see `db::jobs_insert_in`); if the broker fails,
 /// marks them unpublished so the reaper publishes them within seconds. A duplicate message is
 /// harmless.
 pub async fn publish_recorded(pool: &PgPool, publisher: &Publisher, messages: &[JobMessage]) {

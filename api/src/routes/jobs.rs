@@ -159,10 +159,12 @@ pub async fn submit_batch(
         .map(Vec::as_slice)
         .unwrap_or_default()
         .iter()
-        .map(|item| match item.get("job_id").and_then(|v| v.as_str()).and_then(|v| v.parse::<JobId>().ok()) {
+        .map(|item| match item_id(item) {
             Some(id) => match by_id.remove(&id) {
                 Some(job) => view::job(&job),
-                None => json!({ "error": ApiError::NotFound(format!("job {id} was deleted")).body() }),
+                None => {
+                    json!({ "error": ApiError::NotFound(format!("job {id} was deleted")).body() })
+                }
             },
             None => item.clone(),
         })
@@ -224,8 +226,13 @@ fn item_ids(items: &Value) -> Vec<JobId> {
         .map(Vec::as_slice)
         .unwrap_or_default()
         .iter()
-        .filter_map(|i| i.get("job_id")?.as_str()?.parse().ok())
+        .filter_map(item_id)
         .collect()
+}
+
+/// A recorded item's job id (`None` for a refused item).
+fn item_id(item: &Value) -> Option<JobId> {
+    item.get("job_id")?.as_str()?.parse().ok()
 }
 
 /// Validates one submit body into the job to record: its params and limits, its input against

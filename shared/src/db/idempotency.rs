@@ -34,7 +34,7 @@ pub async fn jobs_insert_keyed(
     pool: &PgPool,
     jobs: &[(NewJob, Option<Key>)],
 ) -> Result<Vec<Idempotent>, DbError> {
-    let new: Vec<NewJob> = jobs.iter().map(|(j, _)| j.clone()).collect();
+    let new: Vec<&NewJob> = jobs.iter().map(|(j, _)| j).collect();
     let mut tx = pool.begin().await?;
     let recorded = jobs_insert_in(&mut tx, &new).await?;
     // Keys in one order whatever the group's, so two groups never wait on each other's keys.
@@ -125,7 +125,8 @@ pub async fn jobs_insert_batch(
     idempotency: Option<(&Key, &Value)>,
 ) -> Result<BatchRecorded, DbError> {
     let mut tx = pool.begin().await?;
-    let recorded = jobs_insert_in(&mut tx, jobs).await?;
+    let refs: Vec<&NewJob> = jobs.iter().collect();
+    let recorded = jobs_insert_in(&mut tx, &refs).await?;
     if let Some((key, items)) = idempotency
         && !claim_key(&mut tx, tenant, key, items).await?
     {

@@ -71,21 +71,16 @@ pub struct NewJob {
     pub timeout_s: i32,
 }
 
-/// Records the jobs in one statement (and, on a pool, one commit), returned in the order given.
+/// Records the jobs, inside the caller's transaction, in one multi-row `INSERT` from arrays (a
+/// group of a thousand costs one statement, not a thousand), returned in the order given.
 /// They are recorded as published: the API publishes them right after the commit, and marks
 /// them unpublished ([`jobs_set_unpublished`]) if the broker refuses, so the reaper publishes them
 /// within its grace. An API that dies between the two leaves them to the reaper's lost-message
 /// rule (`reaper.rs`), within `republish_after`. (Marking them only once the broker confirmed
 /// cost every job one more row version.)
-pub async fn jobs_insert(pool: &PgPool, jobs: &[NewJob]) -> Result<Vec<JobRecord>, DbError> {
-    jobs_insert_in(&mut *pool.acquire().await?, jobs).await
-}
-
-/// [`jobs_insert`] on a connection (or inside a transaction). One multi-row `INSERT` from
-/// arrays, so a group of a thousand jobs costs one statement, not a thousand.
 pub(super) async fn jobs_insert_in(
     conn: &mut sqlx::PgConnection,
-    jobs: &[NewJob],
+    jobs: &[&NewJob],
 ) -> Result<Vec<JobRecord>, DbError> {
     if jobs.is_empty() {
         return Ok(Vec::new());
