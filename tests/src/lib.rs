@@ -186,6 +186,10 @@ impl TestApp {
             hostname: "test".into(),
             ecs_agent_uri: None,
             budgets: gpuq_worker::Budgets::default(),
+            // In-process workers share one process's lavapipe with the other tests' jobs, and
+            // a warm-up queued behind their training could hold a claim back for minutes; the
+            // worker processes (and the bench) warm up as deployed.
+            warm_up: false,
         }
     }
 

@@ -38,6 +38,9 @@ pub struct WorkerSettings {
     /// `ECS_AGENT_URI`: on ECS, the agent the task's scale-in protection is set through.
     pub ecs_agent_uri: Option<String>,
     pub budgets: Budgets,
+    /// Train and run every algorithm once before taking a message (`GPUQ_WORKER_WARM_UP`, on
+    /// by default; see `algorithms::warm_up`).
+    pub warm_up: bool,
 }
 
 /// How much memory the jobs of one worker may hold, and in what pieces outputs are written.
@@ -75,6 +78,7 @@ impl WorkerSettings {
             worker_id: non_empty_var("GPUQ_WORKER_ID"),
             hostname: var_or("HOSTNAME", ""),
             ecs_agent_uri: non_empty_var("ECS_AGENT_URI"),
+            warm_up: parse_var("GPUQ_WORKER_WARM_UP", 1u8)? == 1,
             budgets: Budgets {
                 memory_bytes: parse_var("GPUQ_WORKER_MEMORY_BYTES", d.memory_bytes)?,
                 model_cache_bytes: parse_var("GPUQ_MODEL_CACHE_BYTES", d.model_cache_bytes)?,
@@ -100,8 +104,12 @@ pub async fn run_with_abort(
     let started = std::time::Instant::now();
     // Every kernel is dispatched once before the first message is taken, so no job pays for a
     // cold driver's compile (`algorithms::warm_up`).
-    let gpu = tokio::task::spawn_blocking(|| {
+    let warm_up = settings.warm_up;
+    let gpu = tokio::task::spawn_blocking(move || {
         let gpu = gpu::Gpu::new()?;
+        if !warm_up {
+            return Ok::<_, gpu::GpuError>(gpu);
+        }
         // A failed warm-up leaves the first jobs to compile what they use: worth a warning,
         // not a worker that will not start.
         match algorithms::warm_up(&gpu) {
@@ -115,8 +123,8 @@ pub async fn run_with_abort(
         Ok::<_, gpu::GpuError>(gpu)
     })
     .await??;
-    tracing::info!(adapter = %gpu.info.name, backend = ?gpu.info.backend,
-        seconds = started.elapsed().as_secs_f64(), "GPU ready: every algorithm trained and run once");
+    tracing::info!(adapter = %gpu.info.name, backend = ?gpu.info.backend, warm_up,
+        seconds = started.elapsed().as_secs_f64(), "GPU ready");
     let s = &settings.shared;
     // A job needs a connection only for its claim, lease renewals and outcome, briefly each.
     let connections = (settings.concurrency as u32 / 2 + 4).min(24);
