@@ -113,8 +113,12 @@ async fn gather(pool: PgPool, publisher: Arc<Publisher>, mut from: mpsc::Receive
 async fn record_group(pool: &PgPool, publisher: &Publisher, group: Vec<Pending>) {
     let (jobs, replies): (Vec<(NewJob, Option<Key>)>, Vec<_>) =
         group.into_iter().map(|p| ((p.job, p.key), p.reply)).unzip();
+    let mut messages = Vec::new();
     let recorded: Vec<Result<Idempotent, Failed>> = match db::jobs_insert_keyed(pool, &jobs).await {
-        Ok(answers) => answers.into_iter().map(Ok).collect(),
+        Ok((answers, announce)) => {
+            messages = announce;
+            answers.into_iter().map(Ok).collect()
+        }
         // A statement error that is not an outage may be one job's (its model was deleted a
         // moment ago, say): record each alone so the others are not refused with it.
         Err(e) if !db::is_unavailable(&e) && jobs.len() > 1 => {
@@ -122,7 +126,10 @@ async fn record_group(pool: &PgPool, publisher: &Publisher, group: Vec<Pending>)
             for job in &jobs {
                 one_by_one.push(
                     match db::jobs_insert_keyed(pool, std::slice::from_ref(job)).await {
-                        Ok(mut answer) => Ok(answer.pop().expect("one answer")),
+                        Ok((mut answer, announce)) => {
+                            messages.extend(announce);
+                            Ok(answer.pop().expect("one answer"))
+                        }
                         Err(e) => Err(Failed::from(&e)),
                     },
                 );
@@ -131,23 +138,9 @@ async fn record_group(pool: &PgPool, publisher: &Publisher, group: Vec<Pending>)
         }
         Err(e) => jobs.iter().map(|_| Err(Failed::from(&e))).collect(),
     };
-    let messages: Vec<JobMessage> = recorded
-        .iter()
-        .zip(&jobs)
-        .filter(|(r, _)| matches!(r, Ok(Idempotent::Created(_))))
-        .map(|(_, (job, _))| message(job))
-        .collect();
     publish_recorded(pool, publisher, &messages).await;
     for (reply, outcome) in replies.into_iter().zip(recorded) {
         let _ = reply.send(outcome);
-    }
-}
-
-/// The message announcing `job`, with the batch hint where it applies.
-pub fn message(job: &NewJob) -> JobMessage {
-    JobMessage {
-        job_id: job.id,
-        batch: job.spec.batchable(),
     }
 }
 
@@ -159,7 +152,7 @@ pub async fn publish_recorded(pool: &PgPool, publisher: &Publisher, messages: &[
         return;
     }
     if let Err(e) = publisher.publish_batch(messages).await {
-        let ids: Vec<JobId> = messages.iter().map(|m| m.job_id).collect();
+        let ids: Vec<JobId> = messages.iter().flat_map(|m| m.jobs()).copied().collect();
         tracing::warn!(jobs = ids.len(), error = %e, "publish failed; the reaper will publish the jobs");
         if let Err(e) = db::jobs_set_unpublished(pool, &ids).await {
             tracing::warn!(jobs = ids.len(), error = %e,

@@ -1,5 +1,6 @@
 //! The AMQP side: one durable queue of job ids, publisher confirms, and a publisher that
-//! reconnects by itself. Messages carry only the job id; Postgres holds everything else.
+//! reconnects by itself. Messages carry only job ids (one, or up to [`JOBS_PER_MESSAGE`] small
+//! inference jobs recorded together); Postgres holds everything else.
 
 use crate::domain::JobId;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
@@ -11,22 +12,106 @@ use tokio::sync::Mutex;
 
 pub use lapin::Error as AmqpError;
 
-/// The body of a job message.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-pub struct JobMessage {
-    pub job_id: JobId,
-    /// A hint from the API that the job is small inline inference, which a worker claims and
-    /// runs in batches with others ([`crate::job::JobSpec::batchable`]). Only a hint: the worker
-    /// decides again from the claimed row, and a message without it (the reaper's) runs alone.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub batch: bool,
+/// Batchable jobs recorded together share a message of at most this many jobs.
+pub const JOBS_PER_MESSAGE: usize = 64;
+
+/// The body of a job message: on the wire `{"job_id": …}` for one job, `{"job_ids": […]}` for
+/// jobs that share a message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "Wire", into = "Wire")]
+pub enum JobMessage {
+    /// One job, claimed and run on its own.
+    Alone(JobId),
+    /// Small inline inference jobs ([`crate::job::JobSpec::batchable`]) recorded together, which
+    /// a worker runs in batches. Their rows carry the message's id (its first job's id) in
+    /// `jobs.message_id`, so the reaper counts one message for all of them. The batching is a
+    /// hint: the worker decides again from each job's row.
+    Batch(Vec<JobId>),
 }
 
 impl JobMessage {
-    /// A message with no hint: the job runs on its own.
-    pub fn alone(job_id: JobId) -> Self {
+    /// The jobs the message announces.
+    pub fn jobs(&self) -> &[JobId] {
+        match self {
+            Self::Alone(id) => std::slice::from_ref(id),
+            Self::Batch(ids) => ids,
+        }
+    }
+
+    /// The id recorded in `jobs.message_id` for the jobs of a shared message.
+    pub fn shared_id(&self) -> Option<JobId> {
+        match self {
+            Self::Alone(_) => None,
+            Self::Batch(ids) => ids.first().copied(),
+        }
+    }
+
+    /// The messages announcing jobs recorded together, in order: batchable jobs (`true`) share
+    /// messages of up to [`JOBS_PER_MESSAGE`], every other job has its own.
+    pub fn announce(jobs: impl IntoIterator<Item = (JobId, bool)>) -> Vec<Self> {
+        let (mut messages, mut shared) = (Vec::new(), Vec::new());
+        for (id, batchable) in jobs {
+            if !batchable {
+                messages.push(Self::Alone(id));
+                continue;
+            }
+            shared.push(id);
+            if shared.len() == JOBS_PER_MESSAGE {
+                messages.push(Self::Batch(std::mem::take(&mut shared)));
+            }
+        }
+        if !shared.is_empty() {
+            messages.push(Self::Batch(shared));
+        }
+        messages
+    }
+
+    /// The message less the jobs `gone` (recorded, then undone); `None` if none is left.
+    pub fn without(self, gone: &[JobId]) -> Option<Self> {
+        match self {
+            Self::Alone(id) => (!gone.contains(&id)).then_some(Self::Alone(id)),
+            Self::Batch(mut ids) => {
+                ids.retain(|id| !gone.contains(id));
+                (!ids.is_empty()).then_some(Self::Batch(ids))
+            }
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Wire {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    job_id: Option<JobId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    job_ids: Option<Vec<JobId>>,
+    /// Written by earlier versions beside `job_id` for a batchable job.
+    #[serde(default, skip_serializing)]
+    batch: bool,
+}
+
+impl TryFrom<Wire> for JobMessage {
+    type Error = &'static str;
+
+    fn try_from(w: Wire) -> Result<Self, Self::Error> {
+        match (w.job_id, w.job_ids) {
+            (Some(id), None) if w.batch => Ok(Self::Batch(vec![id])),
+            (Some(id), None) => Ok(Self::Alone(id)),
+            (None, Some(ids)) if !ids.is_empty() => Ok(Self::Batch(ids)),
+            _ => Err("a job message names `job_id` or a non-empty `job_ids`, not both"),
+        }
+    }
+}
+
+impl From<JobMessage> for Wire {
+    fn from(m: JobMessage) -> Self {
+        let (job_id, job_ids) = match m {
+            JobMessage::Alone(id) => (Some(id), None),
+            JobMessage::Batch(ids) => (None, Some(ids)),
+        };
         Self {
             job_id,
+            job_ids,
             batch: false,
         }
     }
@@ -119,7 +204,7 @@ impl Publisher {
     /// Publishes one persistent job message and waits for the broker's confirmation. Retries
     /// once on a fresh connection if the current one turns out to be dead.
     pub async fn publish(&self, job_id: JobId) -> Result<(), QueueError> {
-        let message = [JobMessage::alone(job_id)];
+        let message = [JobMessage::Alone(job_id)];
         match self.publish_batch_once(&message).await {
             Ok(()) => Ok(()),
             Err(first) => {
@@ -188,4 +273,73 @@ fn message_properties() -> BasicProperties {
     BasicProperties::default()
         .with_delivery_mode(2)
         .with_content_type("application/json".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u128) -> JobId {
+        JobId(uuid::Uuid::from_u128(n))
+    }
+
+    #[test]
+    fn messages_read_back_as_written_and_the_old_hinted_form_is_a_batch_of_one() {
+        for m in [
+            JobMessage::Alone(id(1)),
+            JobMessage::Batch(vec![id(1), id(2)]),
+        ] {
+            let wire = serde_json::to_string(&m).unwrap();
+            assert_eq!(
+                serde_json::from_str::<JobMessage>(&wire).unwrap(),
+                m,
+                "{wire}"
+            );
+        }
+        let old = format!(r#"{{"job_id": "{}", "batch": true}}"#, id(7).0);
+        assert_eq!(
+            serde_json::from_str::<JobMessage>(&old).unwrap(),
+            JobMessage::Batch(vec![id(7)])
+        );
+        for bad in [
+            "{}".to_string(),
+            r#"{"job_ids": []}"#.to_string(),
+            format!(r#"{{"job_id": "{0}", "job_ids": ["{0}"]}}"#, id(1).0),
+            format!(r#"{{"job_id": "{}", "priority": 1}}"#, id(1).0),
+        ] {
+            assert!(serde_json::from_str::<JobMessage>(&bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn batchable_jobs_share_messages_of_at_most_jobs_per_message_in_order() {
+        let jobs = (0..150).map(|n| (id(n), n % 50 != 0));
+        let messages = JobMessage::announce(jobs);
+        let alone: Vec<_> = messages
+            .iter()
+            .filter(|m| matches!(m, JobMessage::Alone(_)))
+            .collect();
+        assert_eq!(alone.len(), 3);
+        let shared: Vec<usize> = messages
+            .iter()
+            .filter_map(|m| match m {
+                JobMessage::Batch(ids) => Some(ids.len()),
+                JobMessage::Alone(_) => None,
+            })
+            .collect();
+        assert_eq!(shared, vec![64, 64, 19]);
+        let first_shared = messages.iter().find_map(JobMessage::shared_id);
+        assert_eq!(
+            first_shared,
+            Some(id(1)),
+            "a shared message's id is its first job's"
+        );
+        let all: Vec<JobId> = messages.iter().flat_map(|m| m.jobs().to_vec()).collect();
+        assert_eq!(all.len(), 150);
+        assert_eq!(
+            JobMessage::Batch(vec![id(1), id(2)]).without(&[id(1)]),
+            Some(JobMessage::Batch(vec![id(2)]))
+        );
+        assert_eq!(JobMessage::Alone(id(1)).without(&[id(1)]), None);
+    }
 }

@@ -118,7 +118,7 @@ async fn publish(pool: &PgPool, publisher: &Publisher, ids: &[JobId]) -> anyhow:
     if let Err(e) = publisher
         .publish_batch(
             &ids.iter()
-                .map(|&id| JobMessage::alone(id))
+                .map(|&id| JobMessage::Alone(id))
                 .collect::<Vec<_>>(),
         )
         .await

@@ -1,6 +1,8 @@
 //! The completion fence, tested straight against Postgres: once another attempt holds a job (its
 //! lease expired and the reaper handed it on) or the job was canceled, a stale attempt's lease
 //! renewal, success and failure change nothing — not one column of the job, and no model row.
+//! The same holds for the one-step `queued → succeeded` write of jobs run unclaimed in a batch:
+//! a cancel, a claim or another worker's write first leaves it nothing to change.
 
 use gpuq_shared::config::Backoff;
 use gpuq_shared::db::{self, HeldLease, NewModel};
@@ -196,4 +198,96 @@ async fn the_attempt_of_a_canceled_job_can_neither_renew_nor_succeed_nor_fail() 
 
     stale_writes_change_nothing(&app, id, attempt).await;
     assert_eq!(row(&app, id).await["status"], "canceled");
+}
+
+fn unclaimed_success(id: JobId, attempt: i32, value: i32) -> db::Succeeded {
+    db::Succeeded {
+        id,
+        attempt,
+        result: json!({ "value": value }),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_run_unclaimed_is_written_once_and_not_after_a_cancel_or_a_claim() {
+    let app = TestApp::spawn_with(Options {
+        workers: 0,
+        ..Options::default()
+    })
+    .await;
+    let now = chrono::Utc::now();
+    // Two workers ran the same job (a duplicate delivery): the first write wins, whole.
+    let id = app.record_unpublished(&spec()).await.unwrap();
+    let read = db::jobs_get_runnable(&app.pool, &[id]).await.unwrap();
+    assert_eq!(read.len(), 1);
+    let attempt = read[0].attempt;
+    let first = db::jobs_set_succeeded_unclaimed(
+        &app.pool,
+        "first",
+        now,
+        &[unclaimed_success(id, attempt, 1)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(first, vec![id]);
+    let after_first = row(&app, id).await;
+    assert_eq!(after_first["status"], "succeeded");
+    assert_eq!(
+        after_first["attempt"],
+        attempt + 1,
+        "the attempt is counted"
+    );
+    assert_eq!(after_first["worker_id"], "first");
+    assert_eq!(after_first["result"], json!({"value": 1}));
+    let second = db::jobs_set_succeeded_unclaimed(
+        &app.pool,
+        "second",
+        now,
+        &[unclaimed_success(id, attempt, 2)],
+    )
+    .await
+    .unwrap();
+    assert!(second.is_empty());
+    assert_eq!(
+        row(&app, id).await,
+        after_first,
+        "the second write changed nothing"
+    );
+    assert!(
+        db::jobs_get_runnable(&app.pool, &[id])
+            .await
+            .unwrap()
+            .is_empty(),
+        "a finished job is not runnable"
+    );
+
+    // Canceled, or claimed by the claimed path, after it was read: nothing is written.
+    let canceled = app.record_unpublished(&spec()).await.unwrap();
+    let claimed = app.record_unpublished(&spec()).await.unwrap();
+    let read = db::jobs_get_runnable(&app.pool, &[canceled, claimed])
+        .await
+        .unwrap();
+    assert_eq!(read.len(), 2);
+    db::job_set_canceled(&app.pool, &app.tenant, canceled)
+        .await
+        .unwrap()
+        .expect("the job exists");
+    claim(&app, claimed, "claimer", LONG_LEASE).await;
+    let before = (row(&app, canceled).await, row(&app, claimed).await);
+    let written = db::jobs_set_succeeded_unclaimed(
+        &app.pool,
+        "late",
+        now,
+        &[
+            unclaimed_success(canceled, read[0].attempt, 3),
+            unclaimed_success(claimed, read[1].attempt, 3),
+        ],
+    )
+    .await
+    .unwrap();
+    assert!(written.is_empty(), "{written:?}");
+    assert_eq!(
+        (row(&app, canceled).await, row(&app, claimed).await),
+        before
+    );
 }

@@ -1,5 +1,6 @@
-//! Maintenance: a deep backlog keeps one message per queued job however long it waits, a message
-//! the broker lost is published again, and one elected process sweeps at a time. No workers run,
+//! Maintenance: a deep backlog keeps one message per queued job (or per shared message) however
+//! long it waits, a message the broker lost is published again, and one elected process sweeps
+//! at a time. No workers run,
 //! so jobs stay queued.
 
 use futures_util::StreamExt;
@@ -110,6 +111,67 @@ async fn messages_the_broker_lost_are_published_again_once() {
     wait_for_depth(&app, 50, Duration::from_secs(20)).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(app.queue_depth().await, 50, "one message per job, no more");
+}
+
+/// A model row for inference jobs that no worker will run (the API checks only that it exists).
+async fn a_model(app: &TestApp) -> uuid::Uuid {
+    let job: uuid::Uuid = sqlx::query_scalar(
+        "INSERT INTO jobs (id, tenant_id, type, algorithm, params, input, timeout_s, status)
+         VALUES (gen_random_uuid(), $1, 'train', 'logreg', '{}', '{}', 600, 'succeeded')
+         RETURNING id",
+    )
+    .bind(&app.tenant)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    sqlx::query_scalar(
+        "INSERT INTO models (id, algorithm, job_id, n_features, n_classes, params, metrics,
+                             artifact_uri, tenant_id)
+         VALUES (gen_random_uuid(), 'logreg', $1, 1, 2, '{}', '{}', 's3://gpuq-test/none', $2)
+         RETURNING id",
+    )
+    .bind(job)
+    .bind(&app.tenant)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn small_inference_jobs_recorded_together_share_a_message_and_a_lost_one_is_published_again_per_job()
+ {
+    let app = TestApp::spawn_with(quick_reaper()).await;
+    let model = a_model(&app).await;
+    let jobs: Vec<_> = (0..50)
+        .map(|i| json!({"type": "infer", "model_id": model, "input": {"rows": [[i as f64]]}}))
+        .collect();
+    let (status, body) = app.post("/v1/jobs/batch", &json!({ "jobs": jobs })).await;
+    assert_eq!(status, 200, "{body}");
+    // 50 jobs, one message: the reaper counts it once and adds nothing.
+    wait_for_depth(&app, 1, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(app.queue_depth().await, 1, "one message for the batch");
+    let shared: i64 = sqlx::query_scalar(
+        "SELECT count(DISTINCT message_id) FROM jobs WHERE type = 'infer' AND message_id IS NOT NULL",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(shared, 1);
+    // The message is lost: the reaper publishes each of its jobs again, once.
+    assert_eq!(app.purge_queue().await, 1);
+    wait_for_depth(&app, 50, Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(app.queue_depth().await, 50, "one message per job, no more");
+    let still_shared: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM jobs WHERE message_id IS NOT NULL")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        still_shared, 0,
+        "published again, each job has a message of its own"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,19 +1,23 @@
 //! The AMQP consumer: manual acks, a fresh connection, channel and topology whenever the broker
 //! goes away, and two paths for what arrives.
 //!
-//! - A message hinted `batch` (small inline inference) is gathered with whatever else is
-//!   already here, up to the prefetch: they are claimed in one `UPDATE`, acked, and run one
-//!   forward pass per model ([`WorkerContext::run_batch`]). No timer: a batch is what arrived
-//!   while the previous ones ran, so a lone job goes at once and a burst shares its round trips.
+//! - A message of small inline inference jobs (`JobMessage::Batch`, up to
+//!   [`queue::JOBS_PER_MESSAGE`] recorded together) is gathered with whatever else is already
+//!   here, up to the prefetch, and run one forward pass per model ([`WorkerContext::run_batch`]).
+//!   No timer: a batch is what arrived while the previous ones ran, so a lone job goes at once and
+//!   a burst shares its round trips. A first delivery runs unclaimed and is acked once its
+//!   outcomes are written; a redelivery is claimed first and acked then (`job/batch.rs` says why).
 //! - Any other job waits for one of the worker's `concurrency` slots, then is claimed and run
-//!   alone.
+//!   alone; its message is acked as soon as the claim is decided: from then on the job's lease in
+//!   Postgres (not the delivery) keeps it safe, so long jobs never meet RabbitMQ's consumer
+//!   timeout.
 //!
-//! A message is acked as soon as its claim is decided: from then on the job's lease in Postgres
-//! (not the delivery) keeps it safe, so long jobs never meet RabbitMQ's consumer timeout. Every
-//! delivery holds one of `prefetch` permits until its job is done, which bounds the work in hand
-//! and lets shutdown wait for all of it.
+//! Every job in hand holds one of `prefetch` permits until it is done (a message holds one per
+//! job it announces, at most `prefetch`), which bounds the work in hand and lets shutdown wait for
+//! all of it.
 
 use crate::job::WorkerContext;
+use crate::job::batch::Hold;
 use futures_util::{FutureExt, StreamExt};
 use gpuq_shared::JobId;
 use gpuq_shared::queue::{self, JobMessage};
@@ -82,8 +86,36 @@ pub async fn run(
     }
 }
 
-/// A delivery and the permit it holds.
-type InHand = (Delivery, OwnedSemaphorePermit);
+/// A delivery, what it says (`None`: not a job message) and the permits it holds.
+struct Arrived {
+    delivery: Delivery,
+    message: Option<JobMessage>,
+    permits: OwnedSemaphorePermit,
+}
+
+/// A batch message in hand.
+struct Held {
+    delivery: Delivery,
+    jobs: Vec<JobId>,
+    _permits: OwnedSemaphorePermit,
+}
+
+impl Arrived {
+    fn new(delivery: Delivery, permit: OwnedSemaphorePermit) -> Self {
+        let message = serde_json::from_slice::<JobMessage>(&delivery.data).ok();
+        Self {
+            delivery,
+            message,
+            permits: permit,
+        }
+    }
+
+    /// The permits it still needs beyond the one it holds: one per job, at most the prefetch.
+    fn wanting(&self, prefetch: usize) -> u32 {
+        let jobs = self.message.as_ref().map_or(1, |m| m.jobs().len());
+        (jobs.clamp(1, prefetch.max(1)) - 1) as u32
+    }
+}
 
 async fn consume(
     ctx: &Arc<WorkerContext>,
@@ -108,32 +140,58 @@ async fn consume(
         )
         .await?;
     tracing::info!(queue = %ctx.settings.queue, ?capacity, "consuming");
+    let taking = Taking {
+        ctx,
+        alone,
+        in_hand,
+        prefetch: capacity.prefetch,
+    };
+    // A delivery that arrived while its permits were not free starts the next round.
+    let mut waiting: Option<Arrived> = None;
     loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            p = in_hand.clone().acquire_owned() => p.expect("semaphore never closed"),
+        let mut first = match waiting.take() {
+            Some(arrived) => arrived,
+            None => {
+                let permit = tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    p = in_hand.clone().acquire_owned() => p.expect("semaphore never closed"),
+                };
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    d = deliveries.next() => match d {
+                        Some(d) => Arrived::new(d?, permit),
+                        None => return Err(queue::QueueError::Closed),
+                    },
+                }
+            }
         };
-        let first = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            d = deliveries.next() => match d {
-                Some(d) => d?,
-                None => return Err(queue::QueueError::Closed),
-            },
-        };
-        let mut batch = Vec::new();
-        route(ctx, alone, (first, permit), &mut batch);
-        // Whatever else has arrived joins this round: no waiting for more.
-        let mut closed = take_arrived(ctx, alone, in_hand, &mut deliveries, &mut batch)?;
-        if !batch.is_empty() && !closed {
-            // With every batch slot busy, what arrives meanwhile joins this batch.
-            let slot = tokio::select! {
-                _ = shutdown.cancelled() => None,
-                s = batches.clone().acquire_owned() => Some(s.expect("semaphore never closed")),
+        // Nothing else of this round holds permits yet, so waiting for them cannot deadlock.
+        let wanting = first.wanting(capacity.prefetch);
+        if wanting > 0 {
+            let more = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                p = in_hand.clone().acquire_many_owned(wanting) => p.expect("semaphore never closed"),
             };
-            closed = take_arrived(ctx, alone, in_hand, &mut deliveries, &mut batch)?;
+            first.permits.merge(more);
+        }
+        let mut batch = Vec::new();
+        taking.route(first, &mut batch);
+        // Whatever else has arrived joins this round: no waiting for more.
+        let mut closed = taking.take_arrived(&mut deliveries, &mut batch, &mut waiting)?;
+        if !batch.is_empty() {
+            // With every batch slot busy, what arrives meanwhile joins this batch.
+            let slot = if closed {
+                None
+            } else {
+                tokio::select! {
+                    _ = shutdown.cancelled() => None,
+                    s = batches.clone().acquire_owned() => Some(s.expect("semaphore never closed")),
+                }
+            };
+            if slot.is_some() && waiting.is_none() {
+                closed = taking.take_arrived(&mut deliveries, &mut batch, &mut waiting)?;
+            }
             tokio::spawn(run_batch(ctx.clone(), batch, slot));
-        } else if !batch.is_empty() {
-            tokio::spawn(run_batch(ctx.clone(), batch, None));
         }
         if closed {
             return Err(queue::QueueError::Closed);
@@ -141,79 +199,143 @@ async fn consume(
     }
 }
 
-/// Routes every delivery that has already arrived (while permits last); `true` once the
-/// consumer has closed.
-fn take_arrived(
-    ctx: &Arc<WorkerContext>,
-    alone: &Arc<Semaphore>,
-    in_hand: &Arc<Semaphore>,
-    deliveries: &mut lapin::Consumer,
-    batch: &mut Vec<(JobId, InHand)>,
-) -> Result<bool, queue::QueueError> {
-    while let Ok(permit) = in_hand.clone().try_acquire_owned() {
-        match deliveries.next().now_or_never() {
-            Some(Some(d)) => route(ctx, alone, (d?, permit), batch),
-            Some(None) => return Ok(true),
-            None => break,
+/// What routing deliveries needs.
+struct Taking<'a> {
+    ctx: &'a Arc<WorkerContext>,
+    alone: &'a Arc<Semaphore>,
+    in_hand: &'a Arc<Semaphore>,
+    prefetch: usize,
+}
+
+impl Taking<'_> {
+    /// Routes every delivery that has already arrived, while permits last; one whose permits
+    /// are not all free goes to `waiting` and ends the round. `true` once the consumer has
+    /// closed.
+    fn take_arrived(
+        &self,
+        deliveries: &mut lapin::Consumer,
+        batch: &mut Vec<Held>,
+        waiting: &mut Option<Arrived>,
+    ) -> Result<bool, queue::QueueError> {
+        while let Ok(permit) = self.in_hand.clone().try_acquire_owned() {
+            let mut arrived = match deliveries.next().now_or_never() {
+                Some(Some(d)) => Arrived::new(d?, permit),
+                Some(None) => return Ok(true),
+                None => break,
+            };
+            let wanting = arrived.wanting(self.prefetch);
+            if wanting > 0 {
+                match self.in_hand.clone().try_acquire_many_owned(wanting) {
+                    Ok(more) => arrived.permits.merge(more),
+                    Err(_) => {
+                        *waiting = Some(arrived);
+                        break;
+                    }
+                }
+            }
+            self.route(arrived, batch);
+        }
+        Ok(false)
+    }
+
+    /// Sends a batch message to `batch`, and any other job off to run alone.
+    fn route(&self, arrived: Arrived, batch: &mut Vec<Held>) {
+        let Arrived {
+            delivery,
+            message,
+            permits,
+        } = arrived;
+        match message {
+            None => {
+                tracing::warn!("dropping a message that is not a job message");
+                tokio::spawn(async move {
+                    let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+                });
+            }
+            Some(JobMessage::Alone(id)) => {
+                tokio::spawn(run_alone(
+                    self.ctx.clone(),
+                    self.alone.clone(),
+                    id,
+                    delivery,
+                    permits,
+                ));
+            }
+            Some(JobMessage::Batch(jobs)) => batch.push(Held {
+                delivery,
+                jobs,
+                _permits: permits,
+            }),
         }
     }
-    Ok(false)
 }
 
-/// Sends a batchable delivery to `batch`, and any other off to run alone.
-fn route(
-    ctx: &Arc<WorkerContext>,
-    alone: &Arc<Semaphore>,
-    (delivery, permit): InHand,
-    batch: &mut Vec<(JobId, InHand)>,
-) {
-    let Ok(message) = serde_json::from_slice::<JobMessage>(&delivery.data) else {
-        tracing::warn!("dropping a message that is not a job message");
-        tokio::spawn(async move {
-            let _ = delivery.acker.ack(BasicAckOptions::default()).await;
-        });
+/// Runs a batch, holding one of the batch slots (none when the worker is stopping): first
+/// deliveries unclaimed, redeliveries claimed.
+async fn run_batch(ctx: Arc<WorkerContext>, batch: Vec<Held>, _slot: Option<OwnedSemaphorePermit>) {
+    let (again, fresh): (Vec<Held>, Vec<Held>) =
+        batch.into_iter().partition(|h| h.delivery.redelivered);
+    tokio::join!(run_unclaimed(&ctx, fresh), run_claimed(&ctx, again));
+}
+
+/// Reads the jobs (still `queued`), runs them, and acks once every outcome is written. If that
+/// fails, the messages go back to the queue and come again as redeliveries.
+async fn run_unclaimed(ctx: &Arc<WorkerContext>, held: Vec<Held>) {
+    if held.is_empty() {
         return;
+    }
+    let ids: Vec<JobId> = held.iter().flat_map(|h| h.jobs.iter().copied()).collect();
+    let _running: Vec<Running> = ids.iter().map(|_| Running::count(ctx)).collect();
+    ctx.presence.protect().await;
+    let started_at = chrono::Utc::now();
+    let recorded = match gpuq_shared::db::jobs_get_runnable(&ctx.pool, &ids).await {
+        Ok(jobs) if jobs.is_empty() => true,
+        Ok(jobs) => ctx.run_batch(jobs, Hold::Unclaimed { started_at }).await,
+        Err(e) => {
+            tracing::warn!(jobs = ids.len(), error = %e, "reading a batch failed");
+            false
+        }
     };
-    if message.batch {
-        batch.push((message.job_id, (delivery, permit)));
+    if recorded {
+        for h in &held {
+            let _ = h.delivery.acker.ack(BasicAckOptions::default()).await;
+        }
     } else {
-        tokio::spawn(run_alone(
-            ctx.clone(),
-            alone.clone(),
-            message.job_id,
-            (delivery, permit),
-        ));
+        tracing::warn!(
+            jobs = ids.len(),
+            "requeueing a batch whose outcomes are not all written"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for h in &held {
+            let _ = h.delivery.acker.nack(requeue()).await;
+        }
     }
 }
 
-/// Claims the batch in one statement, acks every message, and runs what it claimed, holding
-/// one of the batch slots (none when the worker is stopping).
-async fn run_batch(
-    ctx: Arc<WorkerContext>,
-    batch: Vec<(JobId, InHand)>,
-    _slot: Option<OwnedSemaphorePermit>,
-) {
-    let ids: Vec<JobId> = batch.iter().map(|(id, _)| *id).collect();
-    let _running: Vec<Running> = ids.iter().map(|_| Running::count(&ctx)).collect();
+/// Claims the batch in one statement, acks every message, and runs what it claimed.
+async fn run_claimed(ctx: &Arc<WorkerContext>, held: Vec<Held>) {
+    if held.is_empty() {
+        return;
+    }
+    let ids: Vec<JobId> = held.iter().flat_map(|h| h.jobs.iter().copied()).collect();
+    let _running: Vec<Running> = ids.iter().map(|_| Running::count(ctx)).collect();
     ctx.presence.protect().await;
     let lease = ctx.settings.lifecycle.lease;
     let claimed = gpuq_shared::db::jobs_set_running(&ctx.pool, &ids, &ctx.worker_id, lease).await;
-    let (deliveries, _permits): (Vec<Delivery>, Vec<OwnedSemaphorePermit>) =
-        batch.into_iter().map(|(_, held)| held).unzip();
     match claimed {
         Ok(jobs) => {
-            for d in &deliveries {
-                let _ = d.acker.ack(BasicAckOptions::default()).await;
+            for h in &held {
+                let _ = h.delivery.acker.ack(BasicAckOptions::default()).await;
             }
             if !jobs.is_empty() {
-                ctx.run_batch(jobs).await;
+                ctx.run_batch(jobs, Hold::Claimed).await;
             }
         }
         Err(e) => {
             tracing::warn!(jobs = ids.len(), error = %e, "batch claim failed; requeueing the messages");
             tokio::time::sleep(Duration::from_millis(500)).await;
-            for d in &deliveries {
-                let _ = d.acker.nack(requeue()).await;
+            for h in &held {
+                let _ = h.delivery.acker.nack(requeue()).await;
             }
         }
     }
@@ -224,7 +346,8 @@ async fn run_alone(
     ctx: Arc<WorkerContext>,
     alone: Arc<Semaphore>,
     job_id: JobId,
-    (delivery, _permit): InHand,
+    delivery: Delivery,
+    _permit: OwnedSemaphorePermit,
 ) {
     let _slot = alone.acquire_owned().await.expect("semaphore never closed");
     // Counted (and, on ECS, protected from scale-in) before the claim, so the task is never

@@ -130,16 +130,15 @@ pub async fn submit_batch(
     let recorded = tokio::spawn(async move {
         let idempotency = key.as_ref().map(|k| (k, &answer));
         let recorded = db::jobs_insert_batch(&state.pool, &tenant_id, &jobs, idempotency).await?;
-        if let BatchRecorded::Created(_) = &recorded {
-            let messages: Vec<_> = jobs.iter().map(intake::message).collect();
-            intake::publish_recorded(&state.pool, &state.publisher, &messages).await;
+        if let BatchRecorded::Created(_, messages) = &recorded {
+            intake::publish_recorded(&state.pool, &state.publisher, messages).await;
         }
         Ok::<_, ApiError>((recorded, answer))
     })
     .await
     .map_err(|e| ApiError::Internal(anyhow::anyhow!("recording the batch failed: {e}")))??;
     let (items, jobs, replayed) = match recorded {
-        (BatchRecorded::Created(rows), answer) => (answer, rows, false),
+        (BatchRecorded::Created(rows, _), answer) => (answer, rows, false),
         (BatchRecorded::Replayed(items), _) => {
             let ids = item_ids(&items);
             if waiting.is_some() {

@@ -4,6 +4,7 @@
 
 use super::{DbError, JobRecord, NewJob, job_get, jobs_insert_in};
 use crate::domain::JobId;
+use crate::queue::JobMessage;
 use serde_json::Value;
 use sqlx::postgres::PgPool;
 use uuid::Uuid;
@@ -29,21 +30,22 @@ pub struct Key {
 /// Records a group of jobs, each under its idempotency key or none, in one transaction (one
 /// multi-row `INSERT` each for the jobs and the keys): a key the tenant used before records
 /// nothing and finds what the earlier request made instead. Concurrent identical submissions
-/// make exactly one job. One answer per job, in order.
+/// make exactly one job. One answer per job, in order, and the messages to publish for the jobs
+/// created.
 pub async fn jobs_insert_keyed(
     pool: &PgPool,
     jobs: &[(NewJob, Option<Key>)],
-) -> Result<Vec<Idempotent>, DbError> {
+) -> Result<(Vec<Idempotent>, Vec<JobMessage>), DbError> {
     let new: Vec<&NewJob> = jobs.iter().map(|(j, _)| j).collect();
     let mut tx = pool.begin().await?;
-    let recorded = jobs_insert_in(&mut tx, &new).await?;
+    let (recorded, messages) = jobs_insert_in(&mut tx, &new).await?;
     // Keys in one order whatever the group's, so two groups never wait on each other's keys.
     let mut keyed: Vec<(&NewJob, &Key)> = jobs
         .iter()
         .filter_map(|(j, k)| k.as_ref().map(|k| (j, k)))
         .collect();
     keyed.sort_by(|a, b| (&a.0.tenant, &a.1.key).cmp(&(&b.0.tenant, &b.1.key)));
-    let mut lost: Vec<Uuid> = Vec::new();
+    let mut lost: Vec<JobId> = Vec::new();
     if !keyed.is_empty() {
         let claimed: Vec<Uuid> = sqlx::query_scalar(
             "INSERT INTO idempotency_keys (tenant_id, key, request_sha256, job_id)
@@ -74,12 +76,12 @@ pub async fn jobs_insert_keyed(
         .await?;
         lost = keyed
             .iter()
-            .map(|(j, _)| j.id.0)
-            .filter(|id| !claimed.contains(id))
+            .map(|(j, _)| j.id)
+            .filter(|id| !claimed.contains(&id.0))
             .collect();
         if !lost.is_empty() {
             sqlx::query("DELETE FROM jobs WHERE id = ANY($1)")
-                .bind(&lost)
+                .bind(lost.iter().map(|id| id.0).collect::<Vec<_>>())
                 .execute(&mut *tx)
                 .await?;
         }
@@ -87,7 +89,7 @@ pub async fn jobs_insert_keyed(
     tx.commit().await?;
     let mut answers = Vec::with_capacity(jobs.len());
     for ((job, key), row) in jobs.iter().zip(recorded) {
-        let Some(key) = key.as_ref().filter(|_| lost.contains(&job.id.0)) else {
+        let Some(key) = key.as_ref().filter(|_| lost.contains(&job.id)) else {
             answers.push(Idempotent::Created(row));
             continue;
         };
@@ -101,14 +103,18 @@ pub async fn jobs_insert_keyed(
             _ => Idempotent::KeyReused,
         });
     }
-    Ok(answers)
+    let messages = messages
+        .into_iter()
+        .filter_map(|m| m.without(&lost))
+        .collect();
+    Ok((answers, messages))
 }
 
 /// What recording a batch did.
 #[derive(Debug)]
 pub enum BatchRecorded {
-    /// Its valid jobs, recorded now, in the request's order.
-    Created(Vec<JobRecord>),
+    /// Its valid jobs, recorded now, in the request's order, and the messages to publish.
+    Created(Vec<JobRecord>, Vec<JobMessage>),
     /// The tenant used the key before for the same request: the items recorded then (the
     /// caller reads their jobs again).
     Replayed(Value),
@@ -126,7 +132,7 @@ pub async fn jobs_insert_batch(
 ) -> Result<BatchRecorded, DbError> {
     let mut tx = pool.begin().await?;
     let refs: Vec<&NewJob> = jobs.iter().collect();
-    let recorded = jobs_insert_in(&mut tx, &refs).await?;
+    let (recorded, messages) = jobs_insert_in(&mut tx, &refs).await?;
     if let Some((key, items)) = idempotency
         && !claim_key(&mut tx, tenant, key, items).await?
     {
@@ -139,7 +145,7 @@ pub async fn jobs_insert_batch(
         };
     }
     tx.commit().await?;
-    Ok(BatchRecorded::Created(recorded))
+    Ok(BatchRecorded::Created(recorded, messages))
 }
 
 /// Takes `key` for a batch inside `tx`; `false` if someone has it. A concurrent holder of the

@@ -5,6 +5,7 @@ use super::{Backoff, DbError};
 use crate::domain::{Algorithm, JobId, JobStatus, JobType, ModelId};
 use crate::error::JobError;
 use crate::job::JobSpec;
+use crate::queue::JobMessage;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::postgres::{PgListener, PgPool};
@@ -72,7 +73,9 @@ pub struct NewJob {
 }
 
 /// Records the jobs, inside the caller's transaction, in one multi-row `INSERT` from arrays (a
-/// group of a thousand costs one statement, not a thousand), returned in the order given.
+/// group of a thousand costs one statement, not a thousand), returned in the order given, with
+/// the messages that announce them ([`JobMessage::announce`]; the jobs of a shared message
+/// record its id in `message_id`).
 /// They are recorded as published: the API publishes them right after the commit, and marks
 /// them unpublished ([`jobs_set_unpublished`]) if the broker refuses, so the reaper publishes them
 /// within its grace. An API that dies between the two leaves them to the reaper's lost-message
@@ -81,10 +84,16 @@ pub struct NewJob {
 pub(super) async fn jobs_insert_in(
     conn: &mut sqlx::PgConnection,
     jobs: &[&NewJob],
-) -> Result<Vec<JobRecord>, DbError> {
+) -> Result<(Vec<JobRecord>, Vec<JobMessage>), DbError> {
     if jobs.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), Vec::new()));
     }
+    let messages = JobMessage::announce(jobs.iter().map(|j| (j.id, j.spec.batchable())));
+    let shared: std::collections::HashMap<JobId, Uuid> = messages
+        .iter()
+        .filter_map(|m| m.shared_id().map(|shared| (m, shared)))
+        .flat_map(|(m, shared)| m.jobs().iter().map(move |id| (*id, shared.0)))
+        .collect();
     let n = jobs.len();
     let (mut ids, mut tenants, mut types, mut algorithms, mut models) = (
         Vec::with_capacity(n),
@@ -113,15 +122,16 @@ pub(super) async fn jobs_insert_in(
         inputs.push(serde_json::to_string(&job.spec.input).expect("an input serialises"));
         timeouts.push(job.timeout_s);
     }
+    let message_ids: Vec<Option<Uuid>> = jobs.iter().map(|j| shared.get(&j.id).copied()).collect();
     let mut rows: Vec<JobRecord> = sqlx::query_as(concat!(
         "INSERT INTO jobs (id, tenant_id, type, algorithm, model_id, max_attempts, params, input,
-                           timeout_s, published_at)
+                           timeout_s, published_at, message_id)
          SELECT id, tenant_id, type, algorithm, model_id, max_attempts, params::jsonb,
-                input::jsonb, timeout_s, now()
+                input::jsonb, timeout_s, now(), message_id
          FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::uuid[], $6::int4[],
-                     $7::text[], $8::text[], $9::int4[])
+                     $7::text[], $8::text[], $9::int4[], $10::uuid[])
               AS j(id, tenant_id, type, algorithm, model_id, max_attempts, params, input,
-                   timeout_s)
+                   timeout_s, message_id)
          RETURNING ",
         job_columns!(),
         ""
@@ -135,10 +145,11 @@ pub(super) async fn jobs_insert_in(
     .bind(params)
     .bind(inputs)
     .bind(timeouts)
+    .bind(message_ids)
     .fetch_all(conn)
     .await?;
     in_order(&mut rows, jobs.iter().map(|j| j.id));
-    Ok(rows)
+    Ok((rows, messages))
 }
 
 /// Puts `rows` in the order of `ids` (a statement's `RETURNING` order is not promised).
@@ -373,6 +384,69 @@ pub async fn jobs_set_succeeded(pool: &PgPool, done: &[Succeeded]) -> Result<Vec
     Ok(written.into_iter().map(JobId).collect())
 }
 
+/// The jobs among `ids` that a worker may run now (`queued`, past any retry backoff), read
+/// without claiming them, for [`jobs_set_succeeded_unclaimed`].
+pub async fn jobs_get_runnable(pool: &PgPool, ids: &[JobId]) -> Result<Vec<JobRecord>, DbError> {
+    let raw: Vec<Uuid> = ids.iter().map(|id| id.0).collect();
+    let mut rows: Vec<JobRecord> = sqlx::query_as(concat!(
+        "SELECT ",
+        job_columns!(),
+        "
+         FROM jobs
+         WHERE id = ANY($1) AND status = 'queued' AND (run_after IS NULL OR run_after <= now())"
+    ))
+    .bind(raw)
+    .fetch_all(pool)
+    .await?;
+    in_order(&mut rows, ids.iter().copied());
+    Ok(rows)
+}
+
+/// `queued → succeeded` in one step for jobs run without a claim (small inference a worker ran in
+/// milliseconds, [`jobs_get_runnable`]): one row version per job instead of two. Each is fenced by
+/// the attempt it was read at, and written only if still `queued`: a cancel, or another worker
+/// that ran a duplicate delivery first, wins, and this result is dropped. The attempt is counted
+/// as if claimed at `started_at`. Returns the ids written.
+pub async fn jobs_set_succeeded_unclaimed(
+    pool: &PgPool,
+    worker_id: &str,
+    started_at: DateTime<Utc>,
+    done: &[Succeeded],
+) -> Result<Vec<JobId>, DbError> {
+    if done.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut done: Vec<&Succeeded> = done.iter().collect();
+    done.sort_by_key(|d| d.id.0);
+    let ids: Vec<Uuid> = done.iter().map(|d| d.id.0).collect();
+    let attempts: Vec<i32> = done.iter().map(|d| d.attempt).collect();
+    let results: Vec<String> = done.iter().map(|d| d.result.to_string()).collect();
+    let written: Vec<Uuid> = sqlx::query_scalar(
+        "WITH d AS (SELECT * FROM unnest($1::uuid[], $2::int4[], $3::text[])
+                        AS d(id, attempt, result)),
+              held AS (SELECT jobs.id FROM jobs JOIN d ON d.id = jobs.id
+                       WHERE jobs.attempt = d.attempt AND jobs.status = 'queued'
+                       ORDER BY jobs.id
+                       FOR UPDATE OF jobs)
+         UPDATE jobs SET status = 'succeeded', attempt = jobs.attempt + 1, worker_id = $4,
+                started_at = COALESCE(jobs.started_at, $5), result = d.result::jsonb,
+                finished_at = now(),
+                progress = jsonb_build_object('fraction', 1.0, 'message', 'done')
+         FROM d, held
+         WHERE jobs.id = d.id AND jobs.id = held.id AND jobs.attempt = d.attempt
+           AND jobs.status = 'queued'
+         RETURNING jobs.id",
+    )
+    .bind(ids)
+    .bind(attempts)
+    .bind(results)
+    .bind(worker_id)
+    .bind(started_at)
+    .fetch_all(pool)
+    .await?;
+    Ok(written.into_iter().map(JobId).collect())
+}
+
 /// One job's lease as its worker holds it, for [`jobs_renew_leases`].
 #[derive(Debug, Clone)]
 pub struct HeldLease {
@@ -533,7 +607,7 @@ pub async fn job_set_failed_or_retry(
         backoff_sql!("$5", "$6"),
         ",
             attempt_errors = attempt_errors || jsonb_build_array($3),
-            worker_id = NULL, lease_expires_at = NULL, published_at = NULL
+            worker_id = NULL, lease_expires_at = NULL, published_at = NULL, message_id = NULL
          WHERE id = $1 AND attempt = $2 AND status = 'running'
          RETURNING status"
     ))
@@ -560,7 +634,8 @@ pub async fn job_release(
         "UPDATE jobs SET status = 'queued', max_attempts = max_attempts + 1,
             attempt_errors = attempt_errors || jsonb_build_array(jsonb_build_object(
                 'code', 'worker_shutdown', 'message', $3::text, 'attempt', attempt)),
-            worker_id = NULL, lease_expires_at = NULL, run_after = NULL, published_at = now()
+            worker_id = NULL, lease_expires_at = NULL, run_after = NULL, published_at = now(),
+            message_id = NULL
          WHERE id = $1 AND attempt = $2 AND status = 'running'",
     )
     .bind(id.0)
@@ -585,7 +660,7 @@ pub async fn jobs_requeue_expired(pool: &PgPool, backoff: Backoff) -> Result<u64
         backoff_sql!("$1", "$2"),
         ",
             attempt_errors = attempt_errors || jsonb_build_array(e.err),
-            worker_id = NULL, lease_expires_at = NULL, published_at = NULL
+            worker_id = NULL, lease_expires_at = NULL, published_at = NULL, message_id = NULL
          FROM (SELECT id AS eid, jsonb_build_object(
                    'code', 'lease_expired',
                    'message', 'worker ' || COALESCE(worker_id, '?')
@@ -614,7 +689,7 @@ pub async fn jobs_due_for_publish(
     limit: i64,
 ) -> Result<Vec<JobId>, DbError> {
     let ids: Vec<Uuid> = sqlx::query_scalar(
-        "UPDATE jobs SET published_at = now()
+        "UPDATE jobs SET published_at = now(), message_id = NULL
          WHERE id IN (SELECT id FROM jobs
                       WHERE status = 'queued' AND published_at IS NULL
                         AND COALESCE(run_after, created_at + $1 * interval '1 millisecond')
@@ -631,32 +706,39 @@ pub async fn jobs_due_for_publish(
     Ok(ids.into_iter().map(JobId).collect())
 }
 
-/// How many `queued` jobs are believed to have a message in the broker (marked published).
+/// How many messages the broker should hold: one per `queued` job marked published, except that
+/// the jobs of a shared message (`message_id`) count once.
 pub async fn jobs_count_published(pool: &PgPool) -> Result<u64, DbError> {
     let n: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM jobs WHERE status = 'queued' AND published_at IS NOT NULL",
+        "SELECT count(*) FILTER (WHERE message_id IS NULL) + count(DISTINCT message_id)
+         FROM jobs WHERE status = 'queued' AND published_at IS NOT NULL",
     )
     .fetch_one(pool)
     .await?;
     Ok(n as u64)
 }
 
-/// Reaper, part three: up to `limit` `queued` jobs published more than `republish_after` ago,
-/// longest-published first, to publish again because the broker holds fewer messages than
-/// there are published jobs (the reaper's rule, in `reaper.rs`). Marks them published now.
+/// Reaper, part three: the `queued` jobs of up to `limit` messages published more than
+/// `republish_after` ago, longest-published first, to publish again (each job in a message of its
+/// own) because the broker holds fewer messages than it should (the reaper's rule, in
+/// `reaper.rs`). Marks them published now.
 pub async fn jobs_republish_stale(
     pool: &PgPool,
     republish_after: Duration,
     limit: i64,
 ) -> Result<Vec<JobId>, DbError> {
     let ids: Vec<Uuid> = sqlx::query_scalar(
-        "UPDATE jobs SET published_at = now()
+        "UPDATE jobs SET published_at = now(), message_id = NULL
          WHERE id IN (SELECT id FROM jobs
                       WHERE status = 'queued'
-                        AND published_at < now() - $1 * interval '1 millisecond'
-                        AND (run_after IS NULL OR run_after <= now())
-                      ORDER BY published_at
-                      LIMIT $2
+                        AND COALESCE(message_id, id) IN (
+                            SELECT COALESCE(message_id, id) FROM jobs
+                            WHERE status = 'queued'
+                              AND published_at < now() - $1 * interval '1 millisecond'
+                              AND (run_after IS NULL OR run_after <= now())
+                            GROUP BY 1
+                            ORDER BY min(published_at)
+                            LIMIT $2)
                       FOR UPDATE SKIP LOCKED)
          RETURNING id",
     )
@@ -672,7 +754,7 @@ pub async fn jobs_republish_stale(
 pub async fn jobs_set_unpublished(pool: &PgPool, ids: &[JobId]) -> Result<(), DbError> {
     let ids: Vec<Uuid> = ids.iter().map(|id| id.0).collect();
     sqlx::query(
-        "UPDATE jobs SET published_at = NULL
+        "UPDATE jobs SET published_at = NULL, message_id = NULL
          WHERE id = ANY($1) AND status = 'queued'",
     )
     .bind(&ids)

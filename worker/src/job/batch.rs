@@ -1,11 +1,19 @@
-//! Small inline inference jobs, claimed together, run as one forward pass per model, and
-//! written in one statement. A batch of a hundred logins scored against one model costs one
-//! claim, one upload, one dispatch chain, one readback, one completion `UPDATE` and one
-//! wake-up, where it cost a hundred of each.
+//! Small inline inference jobs, run together as one forward pass per model and written in one
+//! statement. A batch of a hundred logins scored against one model costs one read, one upload,
+//! one dispatch chain, one readback, one completion `UPDATE` and one wake-up, where it cost a
+//! hundred of each.
+//!
+//! A batch is held one of two ways ([`Hold`]). Delivered for the first time, its jobs are read
+//! while still `queued` and each success is written `queued → succeeded` in one step: one row
+//! version per job, not two, since a claim would only guard a few milliseconds of work. A
+//! duplicate delivery or a cancel meanwhile is fenced by that step's condition. Delivered again
+//! (the worker that had it died), the batch is claimed first, as any job is, so that its attempts
+//! are counted and a job that kills every worker that runs it ends `failed`.
 
 use super::retry::retry_db;
 use super::{WorkerContext, blocking, inference_result};
 use crate::algorithms::{Control, StopReason};
+use chrono::{DateTime, Utc};
 use gpuq_shared::dataset::{self, Table};
 use gpuq_shared::db::{self, JobRecord, Succeeded};
 use gpuq_shared::job::{Input, Work};
@@ -13,6 +21,16 @@ use gpuq_shared::{ErrorCode, JobError, JobId, ModelId};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// How the jobs of a batch are held.
+#[derive(Debug, Clone, Copy)]
+pub enum Hold {
+    /// Claimed (`running`, leased): outcomes are written as for any running job.
+    Claimed,
+    /// Read while `queued`, at `started_at`: a success goes `queued → succeeded` in one step;
+    /// any other outcome is claimed first, then recorded as for a running job.
+    Unclaimed { started_at: DateTime<Utc> },
+}
 
 /// A job of the batch, ready to run.
 struct Ready {
@@ -23,12 +41,15 @@ struct Ready {
 }
 
 impl WorkerContext {
-    /// Runs jobs this worker claimed together. The batchable ones (small inline inference, see
+    /// Runs jobs this worker took together. The batchable ones (small inline inference, see
     /// [`gpuq_shared::job::JobSpec::batchable`]) run grouped by model; any other (the message's
-    /// hint was stale) runs alone, as [`run`](Self::run) runs it.
-    pub async fn run_batch(self: &Arc<Self>, jobs: Vec<JobRecord>) {
+    /// hint was stale) runs alone, as [`run`](Self::run) runs it. Returns whether every outcome
+    /// was recorded (for [`Hold::Unclaimed`], the caller acks only then; otherwise the messages
+    /// go back to the queue, and come again as [`Hold::Claimed`]).
+    pub async fn run_batch(self: &Arc<Self>, jobs: Vec<JobRecord>, hold: Hold) -> bool {
         let mut groups: HashMap<(String, ModelId), Vec<Ready>> = HashMap::new();
         let mut alone = Vec::new();
+        let mut unreadable: Vec<(JobRecord, JobError)> = Vec::new();
         let mut holds = Vec::with_capacity(jobs.len());
         for job in jobs {
             let spec = match job.spec() {
@@ -44,35 +65,87 @@ impl WorkerContext {
                 unreachable!("batchable is inline inference");
             };
             let ctl = Arc::new(Control::new(self.abort.clone()));
-            holds.push(self.leases.hold(job.id, job.attempt, ctl.clone()));
+            if let Hold::Claimed = hold {
+                holds.push(self.leases.hold(job.id, job.attempt, ctl.clone()));
+            }
             match dataset::from_rows(rows, labels.as_deref()) {
                 Ok(table) => groups
                     .entry((job.tenant_id.clone(), *model_id))
                     .or_default()
                     .push(Ready { job, table, ctl }),
-                Err(e) => self.fail(&job, &e).await,
+                Err(e) => unreadable.push((job, e)),
             }
         }
         let runs = groups
             .into_iter()
-            .map(|((tenant, model_id), ready)| self.run_group(tenant, model_id, ready));
-        let alone = alone.into_iter().map(|job| self.run(job));
-        tokio::join!(
+            .map(|((tenant, model_id), ready)| self.run_group(tenant, model_id, ready, hold));
+        let (recorded, alone_recorded, unreadable_recorded) = tokio::join!(
             futures_util::future::join_all(runs),
-            futures_util::future::join_all(alone)
+            self.run_each(alone, hold),
+            self.fail_each(unreadable, hold),
         );
         drop(holds);
+        recorded.into_iter().all(|r| r) && alone_recorded && unreadable_recorded
+    }
+
+    /// Jobs that run alone: claimed first if they are not yet.
+    async fn run_each(self: &Arc<Self>, jobs: Vec<JobRecord>, hold: Hold) -> bool {
+        let Some(jobs) = self.claimed(jobs, hold).await else {
+            return false;
+        };
+        futures_util::future::join_all(jobs.into_iter().map(|job| self.run(job))).await;
+        true
+    }
+
+    /// Records each job's failure (claimed first if it is not yet).
+    async fn fail_each(&self, failed: Vec<(JobRecord, JobError)>, hold: Hold) -> bool {
+        let mut errors: HashMap<JobId, JobError> =
+            failed.iter().map(|(j, e)| (j.id, e.clone())).collect();
+        let jobs = failed.into_iter().map(|(j, _)| j).collect();
+        let Some(jobs) = self.claimed(jobs, hold).await else {
+            return false;
+        };
+        for job in jobs {
+            let e = errors
+                .remove(&job.id)
+                .expect("each failed job has its error");
+            if let Err(err) = self.write_failure(job.id, job.attempt, &e).await {
+                tracing::error!(job = %job.id, error = %err, "could not record the outcome");
+            }
+        }
+        true
+    }
+
+    /// `jobs` as claimed jobs: as they are, or claimed now (those another worker or a cancel
+    /// took meanwhile are left out). `None` if the claim could not be made.
+    async fn claimed(&self, jobs: Vec<JobRecord>, hold: Hold) -> Option<Vec<JobRecord>> {
+        if jobs.is_empty() || matches!(hold, Hold::Claimed) {
+            return Some(jobs);
+        }
+        let ids: Vec<JobId> = jobs.iter().map(|j| j.id).collect();
+        let lease = self.settings.lifecycle.lease;
+        match retry_db(|| db::jobs_set_running(&self.pool, &ids, &self.worker_id, lease)).await {
+            Ok(claimed) => Some(claimed),
+            Err(e) => {
+                tracing::warn!(jobs = ids.len(), error = %e, "could not claim jobs to record their outcome");
+                None
+            }
+        }
     }
 
     /// One model's jobs: one forward pass, then every success in one statement.
-    async fn run_group(self: &Arc<Self>, tenant: String, model_id: ModelId, ready: Vec<Ready>) {
+    async fn run_group(
+        self: &Arc<Self>,
+        tenant: String,
+        model_id: ModelId,
+        ready: Vec<Ready>,
+        hold: Hold,
+    ) -> bool {
         let model = match self.model(&tenant, model_id).await {
             Ok(m) => m,
             Err(e) => {
-                for r in &ready {
-                    self.fail(&r.job, &e).await;
-                }
-                return;
+                let failed = ready.into_iter().map(|r| (r.job, e.clone())).collect();
+                return self.fail_each(failed, hold).await;
             }
         };
         // The batch's deadline is its tightest job's timeout.
@@ -94,10 +167,8 @@ impl WorkerContext {
         let outcome = match tokio::time::timeout(Duration::from_secs(timeout), work).await {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(e)) => {
-                for (job, _) in &jobs {
-                    self.fail(job, &e).await;
-                }
-                return;
+                let failed = jobs.into_iter().map(|(j, _)| (j, e.clone())).collect();
+                return self.fail_each(failed, hold).await;
             }
             Err(_) => {
                 batch_ctl.stop(StopReason::TimedOut);
@@ -105,15 +176,14 @@ impl WorkerContext {
                     ErrorCode::Timeout,
                     format!("the job's batch ran past its timeout_s of {timeout} s"),
                 );
-                for (job, _) in &jobs {
-                    self.fail(job, &e).await;
-                }
-                return;
+                let failed = jobs.into_iter().map(|(j, _)| (j, e.clone())).collect();
+                return self.fail_each(failed, hold).await;
             }
         };
         let (each, rows) = outcome;
         let mut done = Vec::with_capacity(jobs.len());
-        for (((job, ctl), inference), n) in jobs.iter().zip(each).zip(rows) {
+        let mut failed = Vec::new();
+        for (((job, ctl), inference), n) in jobs.into_iter().zip(each).zip(rows) {
             if ctl.stop_reason() == Some(StopReason::Released) {
                 tracing::info!(job = %job.id, "stopped: canceled or lease lost; writing nothing");
                 continue;
@@ -124,10 +194,21 @@ impl WorkerContext {
                     attempt: job.attempt,
                     result: inference_result(inference, n, None, true),
                 }),
-                Err(e) => self.fail(job, &e).await,
+                Err(e) => failed.push((job, e)),
             }
         }
-        match retry_db(|| db::jobs_set_succeeded(&self.pool, &done)).await {
+        let failures_recorded = self.fail_each(failed, hold).await;
+        let written = retry_db(|| async {
+            match hold {
+                Hold::Claimed => db::jobs_set_succeeded(&self.pool, &done).await,
+                Hold::Unclaimed { started_at } => {
+                    db::jobs_set_succeeded_unclaimed(&self.pool, &self.worker_id, started_at, &done)
+                        .await
+                }
+            }
+        })
+        .await;
+        match written {
             Ok(written) => {
                 if written.len() < done.len() {
                     let lost: Vec<JobId> = done
@@ -135,20 +216,20 @@ impl WorkerContext {
                         .map(|d| d.id)
                         .filter(|id| !written.contains(id))
                         .collect();
-                    tracing::warn!(?lost, "finished after losing these jobs; results discarded");
+                    tracing::info!(
+                        ?lost,
+                        "these jobs were canceled or run elsewhere meanwhile; results discarded"
+                    );
                 }
                 tracing::debug!(model = %model_id, jobs = written.len(), "batch succeeded");
+                failures_recorded
             }
-            // The leases will expire and the reaper will hand the jobs on: nothing is lost.
+            // Claimed: the leases will expire and the reaper will hand the jobs on. Unclaimed:
+            // the jobs are still queued and their messages go back. Nothing is lost.
             Err(e) => {
-                tracing::error!(jobs = done.len(), error = %e, "could not record a batch's outcome")
+                tracing::error!(jobs = done.len(), error = %e, "could not record a batch's outcome");
+                false
             }
-        }
-    }
-
-    async fn fail(&self, job: &JobRecord, e: &JobError) {
-        if let Err(err) = self.write_failure(job.id, job.attempt, e).await {
-            tracing::error!(job = %job.id, error = %err, "could not record the outcome");
         }
     }
 }

@@ -5,7 +5,7 @@
 //! [`input`]'s; the models kept on the GPU are [`models`]'; streaming an inference's CSV to S3 is
 //! [`output`]'s.
 
-mod batch;
+pub mod batch;
 mod input;
 mod models;
 mod output;
