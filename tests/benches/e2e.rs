@@ -15,7 +15,8 @@
 //!
 //! With each phase, the CPU each process used (percent of one core; the machine's cores × 100
 //! is all of it). `GPUQ_BENCH_ONLY=closed|open|batch` runs one phase; `GPUQ_BENCH_SECONDS` (10)
-//! is how long the closed-loop and batch phases run; `GPUQ_BENCH_WORKERS` (1) worker processes.
+//! is how long the closed-loop and batch phases run; `GPUQ_BENCH_LOG` is the services' `RUST_LOG`
+//! (default `info`, as a user runs them); `GPUQ_BENCH_WORKERS` (1) worker processes.
 //! Run with `scripts/dev bench e2e`.
 
 use serde_json::{Value, json};
@@ -260,8 +261,8 @@ impl Bench {
         }
         let names = [
             "HTTP request, auth, validation, waiting for a group (send → INSERT's transaction)",
-            "INSERT commit, publish + confirm, delivery, claim (INSERT → claim)",
-            "compute and completion UPDATE (claim → finished_at)",
+            "INSERT commit, publish + confirm, delivery, the worker's read or claim (INSERT → started_at)",
+            "compute and completion UPDATE (started_at → finished_at)",
             "wake-up, re-read, HTTP response (finished_at → answer received)",
         ];
         names
@@ -383,8 +384,8 @@ impl Bench {
     }
 
     /// `clients` clients sending batches of `size` jobs with `Prefer: wait=10`, for `secs`.
-    /// Returns (jobs/s, failed jobs).
-    async fn batches(&self, clients: usize, size: usize, secs: f64) -> (f64, usize) {
+    /// Returns (jobs/s, failed jobs, each job's id with when its batch was sent and answered).
+    async fn batches(&self, clients: usize, size: usize, secs: f64) -> (f64, usize, Vec<Sent>) {
         let batch = Arc::new(json!({ "jobs": vec![(*self.body).clone(); size] }));
         let start = Instant::now();
         let until = start + Duration::from_secs_f64(secs);
@@ -392,8 +393,9 @@ impl Bench {
             .map(|_| {
                 let (client, url, batch) = (self.client.clone(), self.url.clone(), batch.clone());
                 tokio::spawn(async move {
-                    let (mut ok, mut failed) = (0usize, 0usize);
+                    let (mut ok, mut failed, mut sent) = (0usize, 0usize, Vec::new());
                     while Instant::now() < until {
+                        let at = chrono::Utc::now();
                         let r = client
                             .post(format!("{url}/v1/jobs/batch"))
                             .header("Prefer", "wait=10")
@@ -404,27 +406,37 @@ impl Bench {
                             Ok(r) => r.json::<Value>().await.ok(),
                             Err(_) => None,
                         };
+                        let answered = chrono::Utc::now();
                         match jobs.as_ref().and_then(|j| j["jobs"].as_array()) {
                             Some(jobs) => {
-                                let good =
-                                    jobs.iter().filter(|j| j["status"] == "succeeded").count();
-                                ok += good;
-                                failed += jobs.len() - good;
+                                for job in jobs {
+                                    if job["status"] != "succeeded" {
+                                        failed += 1;
+                                        continue;
+                                    }
+                                    ok += 1;
+                                    if let Some(id) =
+                                        job["id"].as_str().and_then(|s| s.parse().ok())
+                                    {
+                                        sent.push(Sent { id, at, answered });
+                                    }
+                                }
                             }
                             None => failed += size,
                         }
                     }
-                    (ok, failed)
+                    (ok, failed, sent)
                 })
             })
             .collect();
-        let (mut ok, mut failed) = (0, 0);
+        let (mut ok, mut failed, mut sent) = (0, 0, Vec::new());
         for t in tasks {
-            let (o, f) = t.await.unwrap();
+            let (o, f, s) = t.await.unwrap();
             ok += o;
             failed += f;
+            sent.extend(s);
         }
-        (ok as f64 / start.elapsed().as_secs_f64(), failed)
+        (ok as f64 / start.elapsed().as_secs_f64(), failed, sent)
     }
 }
 
@@ -500,7 +512,11 @@ async fn main() -> anyhow::Result<()> {
             .env("GPUQ_RATE_LIMIT_PER_SECOND", "1000000")
             .env("GPUQ_RATE_LIMIT_BURST", "1000000")
             .env("GPUQ_MAX_WAITERS_PER_TENANT", "100000")
-            .env_remove("RUST_LOG")
+            // Default logging, as a user runs it, unless GPUQ_BENCH_LOG asks for more.
+            .env(
+                "RUST_LOG",
+                std::env::var("GPUQ_BENCH_LOG").unwrap_or("info".into()),
+            )
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -644,7 +660,7 @@ async fn main() -> anyhow::Result<()> {
     }
     if runs("batch") {
         let cpu = cpu_ticks();
-        let (rate, failed) = bench.batches(batch_clients, batch_size, secs).await;
+        let (rate, failed, sent) = bench.batches(batch_clients, batch_size, secs).await;
         println!(
             "batches, {batch_clients} clients × {batch_size} jobs with Prefer: wait=10: {rate:.0} jobs/s ({:.2}× baseline), {failed} failed",
             rate / base_rate
@@ -653,6 +669,10 @@ async fn main() -> anyhow::Result<()> {
             "  {}",
             cpu_line(&cpu, &cpu_ticks(), Duration::from_secs_f64(secs))
         );
+        println!("  where a job's time goes (medians):");
+        for (stage, d) in bench.stages(&sent).await {
+            println!("    {:>7.2} ms  {stage}", ms(d));
+        }
     }
     // How much each statement shared: jobs per INSERT (intake group), per claim, per completion
     // (one statement's rows share its transaction's `now()`).
@@ -664,7 +684,7 @@ async fn main() -> anyhow::Result<()> {
     .fetch_one(&pool)
     .await?;
     println!(
-        "over the run: {jobs} jobs; jobs per intake INSERT {:.1}, per claim {:.1}, per completion {:.1}",
+        "over the run: {jobs} jobs; jobs per intake INSERT {:.1}, per read or claim {:.1}, per completion {:.1}",
         jobs as f64 / groups.max(1) as f64,
         jobs as f64 / claims.max(1) as f64,
         jobs as f64 / completions.max(1) as f64

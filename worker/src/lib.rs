@@ -25,8 +25,9 @@ pub struct WorkerSettings {
     /// Jobs this worker runs alone at once: training, S3 inputs, large inline inputs
     /// (`GPUQ_WORKER_CONCURRENCY`).
     pub concurrency: usize,
-    /// Messages in hand at once, the AMQP prefetch, and so the most small inline inference jobs
-    /// run in one batch (`GPUQ_WORKER_PREFETCH`; at least `concurrency`).
+    /// Jobs in hand at once (a shared message holds one per job it announces), and so the most
+    /// small inline inference jobs run in one batch; also the AMQP prefetch, in messages
+    /// (`GPUQ_WORKER_PREFETCH`; at least `concurrency`).
     pub prefetch: usize,
     /// On shutdown, how long to let jobs in hand finish before leaving them to the reaper.
     pub drain: Duration,
@@ -73,7 +74,7 @@ impl WorkerSettings {
         Ok(Self {
             shared: Settings::from_env()?,
             concurrency,
-            prefetch: parse_var("GPUQ_WORKER_PREFETCH", 256usize)?.clamp(concurrency, 4096),
+            prefetch: parse_var("GPUQ_WORKER_PREFETCH", 1024usize)?.clamp(concurrency, 4096),
             drain: Duration::from_secs_f64(parse_var("GPUQ_DRAIN_SECONDS", 30.0)?),
             worker_id: non_empty_var("GPUQ_WORKER_ID"),
             hostname: var_or("HOSTNAME", ""),

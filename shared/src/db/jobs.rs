@@ -108,34 +108,61 @@ pub(super) async fn jobs_insert_in(
         Vec::with_capacity(n),
         Vec::with_capacity(n),
     );
+    let mut records = Vec::with_capacity(n);
     for job in jobs {
+        let model_id = match &job.spec.work {
+            crate::job::Work::Infer { model_id, .. } => Some(*model_id),
+            crate::job::Work::Train(_) => None,
+        };
+        let (job_params, job_input) = (
+            job.spec.params_json(),
+            serde_json::to_value(&job.spec.input).expect("an input serialises"),
+        );
         ids.push(job.id.0);
         tenants.push(job.tenant.as_str());
         types.push(job.spec.job_type().as_str());
         algorithms.push(job.algorithm.as_str());
-        models.push(match &job.spec.work {
-            crate::job::Work::Infer { model_id, .. } => Some(model_id.0),
-            crate::job::Work::Train(_) => None,
-        });
+        models.push(model_id.map(|m| m.0));
         attempts.push(job.max_attempts);
-        params.push(job.spec.params_json().to_string());
-        inputs.push(serde_json::to_string(&job.spec.input).expect("an input serialises"));
+        params.push(job_params.to_string());
+        inputs.push(job_input.to_string());
         timeouts.push(job.timeout_s);
+        // The row as the INSERT writes it, less `created_at` (the statement returns it): no
+        // need to send the inputs back.
+        records.push(JobRecord {
+            id: job.id,
+            tenant_id: job.tenant.clone(),
+            job_type: job.spec.job_type(),
+            algorithm: job.algorithm,
+            model_id,
+            status: JobStatus::Queued,
+            attempt: 0,
+            max_attempts: job.max_attempts,
+            params: job_params,
+            input: job_input,
+            progress: None,
+            result: None,
+            error: None,
+            attempt_errors: Value::Array(Vec::new()),
+            worker_id: None,
+            timeout_s: job.timeout_s,
+            created_at: DateTime::<Utc>::MIN_UTC,
+            started_at: None,
+            finished_at: None,
+        });
     }
     let message_ids: Vec<Option<Uuid>> = jobs.iter().map(|j| shared.get(&j.id).copied()).collect();
-    let mut rows: Vec<JobRecord> = sqlx::query_as(concat!(
+    let created: Vec<(Uuid, DateTime<Utc>)> = sqlx::query_as(
         "INSERT INTO jobs (id, tenant_id, type, algorithm, model_id, max_attempts, params, input,
                            timeout_s, published_at, message_id)
          SELECT id, tenant_id, type, algorithm, model_id, max_attempts, params::jsonb,
-                input::jsonb, timeout_s, now(), message_id
+                input::json, timeout_s, now(), message_id
          FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::uuid[], $6::int4[],
                      $7::text[], $8::text[], $9::int4[], $10::uuid[])
               AS j(id, tenant_id, type, algorithm, model_id, max_attempts, params, input,
                    timeout_s, message_id)
-         RETURNING ",
-        job_columns!(),
-        ""
-    ))
+         RETURNING id, created_at",
+    )
     .bind(ids)
     .bind(tenants)
     .bind(types)
@@ -148,8 +175,12 @@ pub(super) async fn jobs_insert_in(
     .bind(message_ids)
     .fetch_all(conn)
     .await?;
-    in_order(&mut rows, jobs.iter().map(|j| j.id));
-    Ok((rows, messages))
+    // One statement, one `now()`: every row has the same `created_at`.
+    let created_at = created.first().map(|(_, at)| *at).unwrap_or_default();
+    for record in &mut records {
+        record.created_at = created_at;
+    }
+    Ok((records, messages))
 }
 
 /// Puts `rows` in the order of `ids` (a statement's `RETURNING` order is not promised).
@@ -224,11 +255,11 @@ pub struct JobFilter {
 pub async fn job_list(pool: &PgPool, f: &JobFilter) -> Result<Vec<JobRecord>, DbError> {
     sqlx::query_as(
         "SELECT id, tenant_id, type, algorithm, model_id, status, attempt, max_attempts, params,
-                CASE WHEN input ? 'uri' THEN jsonb_build_object('uri', input->'uri')
-                     ELSE jsonb_build_object('inline', jsonb_build_object(
-                              'rows', jsonb_array_length(input->'rows'),
-                              'width', jsonb_array_length(input->'rows'->0),
-                              'labels', input ? 'labels'))
+                CASE WHEN input->'uri' IS NOT NULL THEN json_build_object('uri', input->'uri')
+                     ELSE json_build_object('inline', json_build_object(
+                              'rows', json_array_length(input->'rows'),
+                              'width', json_array_length(input->'rows'->0),
+                              'labels', input->'labels' IS NOT NULL))
                 END AS input,
                 progress, result - 'predictions' AS result, error, attempt_errors, worker_id,
                 timeout_s, created_at, started_at, finished_at

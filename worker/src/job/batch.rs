@@ -158,6 +158,7 @@ impl WorkerContext {
         let (gpu, c) = (self.gpu.clone(), batch_ctl.clone());
         let (jobs, tables): (Vec<(JobRecord, Arc<Control>)>, Vec<Table>) =
             ready.into_iter().map(|r| ((r.job, r.ctl), r.table)).unzip();
+        let began = std::time::Instant::now();
         let work = blocking(move || {
             let refs: Vec<&Table> = tables.iter().collect();
             let each = model.model.infer_many(&gpu, &refs, &c);
@@ -198,6 +199,7 @@ impl WorkerContext {
             }
         }
         let failures_recorded = self.fail_each(failed, hold).await;
+        let computed = began.elapsed();
         let written = retry_db(|| async {
             match hold {
                 Hold::Claimed => db::jobs_set_succeeded(&self.pool, &done).await,
@@ -221,7 +223,8 @@ impl WorkerContext {
                         "these jobs were canceled or run elsewhere meanwhile; results discarded"
                     );
                 }
-                tracing::debug!(model = %model_id, jobs = written.len(), "batch succeeded");
+                tracing::debug!(model = %model_id, jobs = written.len(), ?computed,
+                    written_in = ?(began.elapsed() - computed), "batch succeeded");
                 failures_recorded
             }
             // Claimed: the leases will expire and the reaper will hand the jobs on. Unclaimed:
