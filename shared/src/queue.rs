@@ -137,15 +137,26 @@ pub async fn connect(url: &str) -> Result<Connection, QueueError> {
     Ok(with_timeout(Connection::connect(url, props)).await??)
 }
 
-/// Declares the topology on `channel`: the durable job queue.
+/// The queue beside `queue` that shared messages of small inference jobs go to. A worker takes
+/// `queue`'s messages only as fast as it has slots (its prefetch there is its concurrency), so a
+/// message never waits unacked behind a long job, where the reaper, which counts only ready
+/// messages, would take it for lost; it takes this one's with a large prefetch and runs them
+/// at once.
+pub fn batch_queue(queue: &str) -> String {
+    format!("{queue}.batch")
+}
+
+/// Declares the topology on `channel`: the durable job queue and its batch queue.
 pub async fn declare(channel: &Channel, queue: &str) -> Result<(), QueueError> {
-    channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions::durable(),
-            FieldTable::default(),
-        )
-        .await?;
+    for name in [queue.to_string(), batch_queue(queue)] {
+        channel
+            .queue_declare(
+                name.as_str().into(),
+                QueueDeclareOptions::durable(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
     Ok(())
 }
 
@@ -159,6 +170,7 @@ async fn with_timeout<F: Future>(f: F) -> Result<F::Output, QueueError> {
 pub struct Publisher {
     url: String,
     queue: String,
+    batch_queue: String,
     link: Mutex<Option<(Connection, Channel)>>,
 }
 
@@ -175,6 +187,7 @@ impl Publisher {
         Self {
             url: url.to_string(),
             queue: queue.to_string(),
+            batch_queue: batch_queue(queue),
             link: Mutex::new(None),
         }
     }
@@ -235,9 +248,13 @@ impl Publisher {
         let mut confirms = Vec::with_capacity(messages.len());
         for message in messages {
             let body = serde_json::to_vec(message).expect("serialisable");
+            let to = match message {
+                JobMessage::Alone(_) => &self.queue,
+                JobMessage::Batch(_) => &self.batch_queue,
+            };
             let confirm = with_timeout(channel.basic_publish(
                 "".into(),
-                self.queue.as_str().into(),
+                to.as_str().into(),
                 BasicPublishOptions::default(),
                 &body,
                 message_properties(),
@@ -253,18 +270,22 @@ impl Publisher {
         Ok(())
     }
 
-    /// The messages ready for delivery in the job queue (a declare of it, which is idempotent
-    /// and recreates a deleted queue). Messages delivered to a consumer and not yet acked are
-    /// not counted.
+    /// The messages ready for delivery in the job queue and its batch queue (a declare of each,
+    /// which is idempotent and recreates a deleted queue). Messages delivered to a consumer and
+    /// not yet acked are not counted.
     pub async fn ready_messages(&self) -> Result<u32, QueueError> {
         let channel = self.channel().await?;
-        let queue = with_timeout(channel.queue_declare(
-            self.queue.as_str().into(),
-            QueueDeclareOptions::durable(),
-            FieldTable::default(),
-        ))
-        .await??;
-        Ok(queue.message_count())
+        let mut ready = 0;
+        for name in [&self.queue, &self.batch_queue] {
+            let queue = with_timeout(channel.queue_declare(
+                name.as_str().into(),
+                QueueDeclareOptions::durable(),
+                FieldTable::default(),
+            ))
+            .await??;
+            ready += queue.message_count();
+        }
+        Ok(ready)
     }
 }
 

@@ -315,7 +315,7 @@ impl TestApp {
         }
     }
 
-    /// Messages ready in this test's job queue.
+    /// Messages ready in this test's job queues.
     pub async fn queue_depth(&self) -> u32 {
         let s = &self.settings;
         gpuq_shared::queue::Publisher::lazy(s.amqp_url.expose(), &s.queue)
@@ -324,16 +324,22 @@ impl TestApp {
             .unwrap()
     }
 
-    /// Empties this test's job queue, as a broker that lost its messages would.
+    /// Empties this test's job queues, as a broker that lost its messages would.
     pub async fn purge_queue(&self) -> u32 {
         let conn = gpuq_shared::queue::connect(self.settings.amqp_url.expose())
             .await
             .unwrap();
         let channel = conn.create_channel().await.unwrap();
-        let purged = channel
-            .queue_purge(self.settings.queue.as_str().into(), Default::default())
-            .await
-            .unwrap();
+        let mut purged = 0;
+        for queue in [
+            self.settings.queue.clone(),
+            gpuq_shared::queue::batch_queue(&self.settings.queue),
+        ] {
+            purged += channel
+                .queue_purge(queue.as_str().into(), Default::default())
+                .await
+                .unwrap();
+        }
         let _ = conn.close(200, "purged".into()).await;
         purged
     }

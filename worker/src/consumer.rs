@@ -2,15 +2,17 @@
 //! goes away, and two paths for what arrives.
 //!
 //! - A message of small inline inference jobs (`JobMessage::Batch`, up to
-//!   [`queue::JOBS_PER_MESSAGE`] recorded together) is gathered with whatever else is already
-//!   here, up to the prefetch, and run one forward pass per model ([`WorkerContext::run_batch`]).
-//!   No timer: a batch is what arrived while the previous ones ran, so a lone job goes at once and
-//!   a burst shares its round trips. A first delivery runs unclaimed and is acked once its
-//!   outcomes are written; a redelivery is claimed first and acked then (`job/batch.rs` says why).
-//! - Any other job waits for one of the worker's `concurrency` slots, then is claimed and run
-//!   alone; its message is acked as soon as the claim is decided: from then on the job's lease in
-//!   Postgres (not the delivery) keeps it safe, so long jobs never meet RabbitMQ's consumer
-//!   timeout.
+//!   [`queue::JOBS_PER_MESSAGE`] recorded together, from [`queue::batch_queue`]) is gathered
+//!   with whatever else is already here, up to the prefetch, and run one forward pass per model
+//!   ([`WorkerContext::run_batch`]). No timer: a batch is what arrived while the previous ones
+//!   ran, so a lone job goes at once and a burst shares its round trips. A first delivery runs
+//!   unclaimed and is acked once its outcomes are written; a redelivery is claimed first and
+//!   acked then (`job/batch.rs` says why).
+//! - Any other job (`JobMessage::Alone`, from the job queue itself, taken no faster than the
+//!   worker has slots) waits for one of the worker's `concurrency` slots, in arrival order, then
+//!   is claimed and run alone; its message is acked as soon as the claim is decided: from then
+//!   on the job's lease in Postgres (not the delivery) keeps it safe, so long jobs never meet
+//!   RabbitMQ's consumer timeout.
 //!
 //! Every job in hand holds one of `prefetch` permits until it is done (a message holds one per
 //! job it announces, at most `prefetch`), which bounds the work in hand and lets shutdown wait for
@@ -18,7 +20,7 @@
 
 use crate::job::WorkerContext;
 use crate::job::batch::Hold;
-use futures_util::{FutureExt, StreamExt};
+use futures_util::{FutureExt, Stream, StreamExt};
 use gpuq_shared::JobId;
 use gpuq_shared::queue::{self, JobMessage};
 use lapin::message::Delivery;
@@ -27,7 +29,7 @@ use lapin::types::FieldTable;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 /// Batches claimed and run at once. While they run, what arrives waits in the consumer's
@@ -126,23 +128,66 @@ async fn consume(
     shutdown: &CancellationToken,
 ) -> Result<(), queue::QueueError> {
     let conn = queue::connect(ctx.settings.amqp_url.expose()).await?;
-    let channel = conn.create_channel().await?;
-    queue::declare(&channel, &ctx.settings.queue).await?;
-    channel
-        .basic_qos(capacity.prefetch as u16, BasicQosOptions::default())
-        .await?;
-    let mut deliveries = channel
-        .basic_consume(
-            ctx.settings.queue.as_str().into(),
-            ctx.worker_id.as_str().into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    // One channel per queue, each with its own prefetch: the job queue's is the worker's slots
+    // (a message waits unacked only while a slot frees up, as few as the reaper can tolerate),
+    // the batch queue's is the prefetch.
+    let consumer = |queue: String, tag: String, prefetch: usize| {
+        let conn = &conn;
+        async move {
+            let channel = conn.create_channel().await?;
+            queue::declare(&channel, &ctx.settings.queue).await?;
+            channel
+                .basic_qos(prefetch as u16, BasicQosOptions::default())
+                .await?;
+            let consumer = channel
+                .basic_consume(
+                    queue.as_str().into(),
+                    tag.as_str().into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            Ok::<_, queue::QueueError>(consumer)
+        }
+    };
+    let queue_name = ctx.settings.queue.clone();
+    let alone_deliveries = consumer(
+        queue_name.clone(),
+        ctx.worker_id.clone(),
+        capacity.concurrency,
+    )
+    .await?;
+    let batch_deliveries = consumer(
+        queue::batch_queue(&queue_name),
+        format!("{}.batch", ctx.worker_id),
+        capacity.prefetch,
+    )
+    .await?;
+    // Either consumer ending (its channel closed) ends this connection's round: `Some(None)`.
+    let ended = || futures_util::stream::iter([None]);
+    let mut deliveries = futures_util::stream::select(
+        alone_deliveries.map(Some).chain(ended()),
+        batch_deliveries.map(Some).chain(ended()),
+    );
     tracing::info!(queue = %ctx.settings.queue, ?capacity, "consuming");
+    // Jobs to run alone wait for a slot in the order they arrived.
+    let (to_alone, mut for_alone) =
+        mpsc::unbounded_channel::<(JobId, Delivery, OwnedSemaphorePermit)>();
+    {
+        let (ctx, alone) = (ctx.clone(), alone.clone());
+        tokio::spawn(async move {
+            while let Some((id, delivery, permit)) = for_alone.recv().await {
+                let slot = alone
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("semaphore never closed");
+                tokio::spawn(run_alone(ctx.clone(), slot, id, delivery, permit));
+            }
+        });
+    }
     let taking = Taking {
-        ctx,
-        alone,
+        to_alone,
         in_hand,
         prefetch: capacity.prefetch,
     };
@@ -159,8 +204,8 @@ async fn consume(
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(()),
                     d = deliveries.next() => match d {
-                        Some(d) => Arrived::new(d?, permit),
-                        None => return Err(queue::QueueError::Closed),
+                        Some(Some(d)) => Arrived::new(d?, permit),
+                        Some(None) | None => return Err(queue::QueueError::Closed),
                     },
                 }
             }
@@ -201,11 +246,13 @@ async fn consume(
 
 /// What routing deliveries needs.
 struct Taking<'a> {
-    ctx: &'a Arc<WorkerContext>,
-    alone: &'a Arc<Semaphore>,
+    to_alone: mpsc::UnboundedSender<(JobId, Delivery, OwnedSemaphorePermit)>,
     in_hand: &'a Arc<Semaphore>,
     prefetch: usize,
 }
+
+/// Both queues' deliveries; `None` once either consumer has closed.
+type Deliveries = dyn Stream<Item = Option<Result<Delivery, lapin::Error>>> + Unpin + Send;
 
 impl Taking<'_> {
     /// Routes every delivery that has already arrived, while permits last; one whose permits
@@ -213,14 +260,14 @@ impl Taking<'_> {
     /// closed.
     fn take_arrived(
         &self,
-        deliveries: &mut lapin::Consumer,
+        deliveries: &mut Deliveries,
         batch: &mut Vec<Held>,
         waiting: &mut Option<Arrived>,
     ) -> Result<bool, queue::QueueError> {
         while let Ok(permit) = self.in_hand.clone().try_acquire_owned() {
             let mut arrived = match deliveries.next().now_or_never() {
-                Some(Some(d)) => Arrived::new(d?, permit),
-                Some(None) => return Ok(true),
+                Some(Some(Some(d))) => Arrived::new(d?, permit),
+                Some(Some(None) | None) => return Ok(true),
                 None => break,
             };
             let wanting = arrived.wanting(self.prefetch);
@@ -253,13 +300,8 @@ impl Taking<'_> {
                 });
             }
             Some(JobMessage::Alone(id)) => {
-                tokio::spawn(run_alone(
-                    self.ctx.clone(),
-                    self.alone.clone(),
-                    id,
-                    delivery,
-                    permits,
-                ));
+                // The receiver lives as long as this round's consumer.
+                let _ = self.to_alone.send((id, delivery, permits));
             }
             Some(JobMessage::Batch(jobs)) => batch.push(Held {
                 delivery,
@@ -341,15 +383,14 @@ async fn run_claimed(ctx: &Arc<WorkerContext>, held: Vec<Held>) {
     }
 }
 
-/// Waits for a slot, claims the job, acks its message and runs it.
+/// Claims the job (its slot already taken, in arrival order), acks its message and runs it.
 async fn run_alone(
     ctx: Arc<WorkerContext>,
-    alone: Arc<Semaphore>,
+    _slot: OwnedSemaphorePermit,
     job_id: JobId,
     delivery: Delivery,
     _permit: OwnedSemaphorePermit,
 ) {
-    let _slot = alone.acquire_owned().await.expect("semaphore never closed");
     // Counted (and, on ECS, protected from scale-in) before the claim, so the task is never
     // without protection while it holds a job.
     let _running = Running::count(&ctx);
