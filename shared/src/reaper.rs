@@ -13,22 +13,25 @@
 //! every `republish_after` — the backlog grows duplicates without bound.
 //!
 //! So the reaper counts instead. Every job marked published and still `queued` should have a
-//! message in the queue; if the queue holds at least as many ready messages as there are such
-//! jobs, nothing is missing and nothing is published again. When it holds `d` fewer, `d`
-//! messages are missing (a broker that lost messages, a purged or deleted queue): the reaper
-//! publishes again the `d` jobs published longest ago (and more than `republish_after` ago, so
-//! a message being confirmed right now is never taken for lost). In a FIFO queue the message
-//! published longest ago is the likeliest one gone; should it be a live one after all, the
-//! count is level again and the duplicate is drained (acked and dropped) when it is delivered,
-//! after which the count shows the real gap once more and the next-oldest jobs get their turn.
+//! message in the queues (the job queue, or the batch queue for a shared message, whose jobs
+//! carry its id in `message_id` and count once); if the queues hold at least as many ready
+//! messages as that, nothing is missing and nothing is published again. When they hold `d`
+//! fewer, `d` messages are missing (a broker that lost messages, a purged or deleted queue): the
+//! reaper publishes again the jobs of the `d` messages published longest ago (and more than
+//! `republish_after` ago, so a message being confirmed right now is never taken for lost), each
+//! job in a message of its own. In a FIFO queue the message published longest ago is the
+//! likeliest one gone; should it be a live one after all, the count is level again and the
+//! duplicate is drained (acked and dropped) when it is delivered, after which the count shows the
+//! real gap once more and the next-oldest messages get their turn.
 //!
 //! The count is read from the broker first and from Postgres second, so a message published
 //! between the two reads counts for the broker only (no false gap). Its limits, which err
 //! towards duplicates, never towards loss: messages a worker has been delivered but not yet
-//! acked (at most its prefetch, `GPUQ_WORKER_CONCURRENCY`) are not counted as ready, so with
-//! busy workers up to the pool's total prefetch may be published twice; messages of jobs no
-//! longer `queued` (stale duplicates) count as ready and hide as many lost ones until the
-//! workers drain them. With the workers stopped, the queue holds exactly one message per job.
+//! acked (on the job queue at most its concurrency, `GPUQ_WORKER_CONCURRENCY`; on the batch
+//! queue, run at once, only for milliseconds) are not counted as ready, so with busy workers up
+//! to the pool's total concurrency may be published twice; messages of jobs no longer `queued`
+//! (stale duplicates) count as ready and hide as many lost ones until the workers drain them.
+//! With the workers stopped, the queues hold exactly one message per job or shared message.
 
 use crate::config::Lifecycle;
 use crate::db;
