@@ -72,16 +72,24 @@ pub struct JobSpec {
     pub input: Input,
 }
 
-/// Inline inputs up to this many rows get inline results only (no S3 object); an infer job
-/// with one is small enough to run in a batch with others.
+/// Inline inputs up to this many rows get inline results only (no S3 object).
 pub const INLINE_ONLY_ROWS: usize = 1000;
+
+/// The most values (rows × width) an inline infer job may have to run in a batch. A worker holds
+/// up to its prefetch of batch jobs at once (1,024 by default) outside its memory budget, which
+/// only jobs run alone reserve from, so each must be small: 4,096 values is about 160 KB as
+/// parsed JSON, 160 MB for a full prefetch. A verification is one row of a few dozen.
+pub const BATCH_VALUES: usize = 4096;
 
 impl JobSpec {
     /// Small inline inference: a worker runs it in one forward pass with the other such jobs of
-    /// its model that it has in hand, and writes no object for it.
+    /// its model that it has in hand, and writes no object for it. Larger inline inference runs
+    /// alone, within the worker's memory budget.
     pub fn batchable(&self) -> bool {
         matches!(self.work, Work::Infer { .. })
-            && matches!(&self.input, Input::Inline { rows, .. } if rows.len() <= INLINE_ONLY_ROWS)
+            && matches!(&self.input, Input::Inline { rows, .. }
+                if rows.len() <= INLINE_ONLY_ROWS
+                    && rows.iter().map(Vec::len).sum::<usize>() <= BATCH_VALUES)
     }
 
     pub fn job_type(&self) -> JobType {
@@ -170,6 +178,31 @@ mod tests {
             JobSpec::from_stored(JobType::Train, Algorithm::Knn, None, &json!({}), &input).unwrap();
         assert_eq!(spec.job_type(), JobType::Train);
         assert!(matches!(spec.work, Work::Train(TrainParams::Knn(_))));
+    }
+
+    #[test]
+    fn only_small_inline_inference_is_batchable() {
+        let infer = |rows: usize, width: usize| JobSpec {
+            work: Work::Infer {
+                model_id: crate::domain::ModelId::new(),
+                params: Default::default(),
+            },
+            input: Input::Inline {
+                rows: vec![vec![0.5; width]; rows],
+                labels: None,
+            },
+        };
+        assert!(infer(1, 64).batchable());
+        assert!(infer(64, 64).batchable(), "4,096 values");
+        assert!(!infer(65, 64).batchable(), "4,160 values run alone");
+        assert!(!infer(1001, 1).batchable(), "over INLINE_ONLY_ROWS");
+        let s3 = JobSpec {
+            input: Input::S3 {
+                uri: "s3://bucket/a.csv".parse().unwrap(),
+            },
+            ..infer(1, 1)
+        };
+        assert!(!s3.batchable());
     }
 
     #[test]
