@@ -200,12 +200,25 @@ async fn the_attempt_of_a_canceled_job_can_neither_renew_nor_succeed_nor_fail() 
     assert_eq!(row(&app, id).await["status"], "canceled");
 }
 
-fn unclaimed_success(id: JobId, attempt: i32, value: i32) -> db::Succeeded {
-    db::Succeeded {
-        id,
-        attempt,
-        result: json!({ "value": value }),
-    }
+/// `worker` writes each `(job, attempt it read)` as succeeded with `{"value": value}`, unclaimed;
+/// returns the ids written.
+async fn write_unclaimed(
+    app: &TestApp,
+    worker: &str,
+    jobs: &[(JobId, i32)],
+    value: i32,
+) -> Vec<JobId> {
+    let done: Vec<db::Succeeded> = jobs
+        .iter()
+        .map(|&(id, attempt)| db::Succeeded {
+            id,
+            attempt,
+            result: json!({ "value": value }),
+        })
+        .collect();
+    db::jobs_set_succeeded_unclaimed(&app.pool, worker, chrono::Utc::now(), &done)
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -215,20 +228,12 @@ async fn a_job_run_unclaimed_is_written_once_and_not_after_a_cancel_or_a_claim()
         ..Options::default()
     })
     .await;
-    let now = chrono::Utc::now();
     // Two workers ran the same job (a duplicate delivery): the first write wins, whole.
     let id = app.record_unpublished(&spec()).await.unwrap();
     let read = db::jobs_get_runnable(&app.pool, &[id]).await.unwrap();
     assert_eq!(read.len(), 1);
     let attempt = read[0].attempt;
-    let first = db::jobs_set_succeeded_unclaimed(
-        &app.pool,
-        "first",
-        now,
-        &[unclaimed_success(id, attempt, 1)],
-    )
-    .await
-    .unwrap();
+    let first = write_unclaimed(&app, "first", &[(id, attempt)], 1).await;
     assert_eq!(first, vec![id]);
     let after_first = row(&app, id).await;
     assert_eq!(after_first["status"], "succeeded");
@@ -239,14 +244,7 @@ async fn a_job_run_unclaimed_is_written_once_and_not_after_a_cancel_or_a_claim()
     );
     assert_eq!(after_first["worker_id"], "first");
     assert_eq!(after_first["result"], json!({"value": 1}));
-    let second = db::jobs_set_succeeded_unclaimed(
-        &app.pool,
-        "second",
-        now,
-        &[unclaimed_success(id, attempt, 2)],
-    )
-    .await
-    .unwrap();
+    let second = write_unclaimed(&app, "second", &[(id, attempt)], 2).await;
     assert!(second.is_empty());
     assert_eq!(
         row(&app, id).await,
@@ -274,17 +272,8 @@ async fn a_job_run_unclaimed_is_written_once_and_not_after_a_cancel_or_a_claim()
         .expect("the job exists");
     claim(&app, claimed, "claimer", LONG_LEASE).await;
     let before = (row(&app, canceled).await, row(&app, claimed).await);
-    let written = db::jobs_set_succeeded_unclaimed(
-        &app.pool,
-        "late",
-        now,
-        &[
-            unclaimed_success(canceled, read[0].attempt, 3),
-            unclaimed_success(claimed, read[1].attempt, 3),
-        ],
-    )
-    .await
-    .unwrap();
+    let late = [(canceled, read[0].attempt), (claimed, read[1].attempt)];
+    let written = write_unclaimed(&app, "late", &late, 3).await;
     assert!(written.is_empty(), "{written:?}");
     assert_eq!(
         (row(&app, canceled).await, row(&app, claimed).await),

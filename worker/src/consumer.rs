@@ -128,38 +128,17 @@ async fn consume(
     shutdown: &CancellationToken,
 ) -> Result<(), queue::QueueError> {
     let conn = queue::connect(ctx.settings.amqp_url.expose()).await?;
+    let queue_name = &ctx.settings.queue;
+    queue::declare(&conn.create_channel().await?, queue_name).await?;
     // One channel per queue, each with its own prefetch: the job queue's is the worker's slots
     // (a message waits unacked only while a slot frees up, as few as the reaper can tolerate),
     // the batch queue's is the prefetch.
-    let consumer = |queue: String, tag: String, prefetch: usize| {
-        let conn = &conn;
-        async move {
-            let channel = conn.create_channel().await?;
-            queue::declare(&channel, &ctx.settings.queue).await?;
-            channel
-                .basic_qos(prefetch as u16, BasicQosOptions::default())
-                .await?;
-            let consumer = channel
-                .basic_consume(
-                    queue.as_str().into(),
-                    tag.as_str().into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
-            Ok::<_, queue::QueueError>(consumer)
-        }
-    };
-    let queue_name = ctx.settings.queue.clone();
-    let alone_deliveries = consumer(
-        queue_name.clone(),
-        ctx.worker_id.clone(),
-        capacity.concurrency,
-    )
-    .await?;
-    let batch_deliveries = consumer(
-        queue::batch_queue(&queue_name),
-        format!("{}.batch", ctx.worker_id),
+    let alone_deliveries =
+        consumer_on(&conn, queue_name, &ctx.worker_id, capacity.concurrency).await?;
+    let batch_deliveries = consumer_on(
+        &conn,
+        &queue::batch_queue(queue_name),
+        &format!("{}.batch", ctx.worker_id),
         capacity.prefetch,
     )
     .await?;
@@ -244,6 +223,27 @@ async fn consume(
     }
 }
 
+/// A consumer of `queue` on a channel of its own with `prefetch` unacked messages at most.
+async fn consumer_on(
+    conn: &lapin::Connection,
+    queue: &str,
+    tag: &str,
+    prefetch: usize,
+) -> Result<lapin::Consumer, queue::QueueError> {
+    let channel = conn.create_channel().await?;
+    channel
+        .basic_qos(prefetch as u16, BasicQosOptions::default())
+        .await?;
+    Ok(channel
+        .basic_consume(
+            queue.into(),
+            tag.into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?)
+}
+
 /// What routing deliveries needs.
 struct Taking<'a> {
     to_alone: mpsc::UnboundedSender<(JobId, Delivery, OwnedSemaphorePermit)>,
@@ -323,12 +323,9 @@ async fn run_batch(ctx: Arc<WorkerContext>, batch: Vec<Held>, _slot: Option<Owne
 /// Reads the jobs (still `queued`), runs them, and acks once every outcome is written. If that
 /// fails, the messages go back to the queue and come again as redeliveries.
 async fn run_unclaimed(ctx: &Arc<WorkerContext>, held: Vec<Held>) {
-    if held.is_empty() {
+    let Some((ids, _running)) = take_on(ctx, &held).await else {
         return;
-    }
-    let ids: Vec<JobId> = held.iter().flat_map(|h| h.jobs.iter().copied()).collect();
-    let _running: Vec<Running> = ids.iter().map(|_| Running::count(ctx)).collect();
-    ctx.presence.protect().await;
+    };
     let started_at = chrono::Utc::now();
     let recorded = match gpuq_shared::db::jobs_get_runnable(&ctx.pool, &ids).await {
         Ok(jobs) if jobs.is_empty() => true,
@@ -339,47 +336,59 @@ async fn run_unclaimed(ctx: &Arc<WorkerContext>, held: Vec<Held>) {
         }
     };
     if recorded {
-        for h in &held {
-            let _ = h.delivery.acker.ack(BasicAckOptions::default()).await;
-        }
+        ack_all(&held).await;
     } else {
         tracing::warn!(
             jobs = ids.len(),
             "requeueing a batch whose outcomes are not all written"
         );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        for h in &held {
-            let _ = h.delivery.acker.nack(requeue()).await;
-        }
+        requeue_all(&held).await;
     }
 }
 
 /// Claims the batch in one statement, acks every message, and runs what it claimed.
 async fn run_claimed(ctx: &Arc<WorkerContext>, held: Vec<Held>) {
-    if held.is_empty() {
+    let Some((ids, _running)) = take_on(ctx, &held).await else {
         return;
-    }
-    let ids: Vec<JobId> = held.iter().flat_map(|h| h.jobs.iter().copied()).collect();
-    let _running: Vec<Running> = ids.iter().map(|_| Running::count(ctx)).collect();
-    ctx.presence.protect().await;
+    };
     let lease = ctx.settings.lifecycle.lease;
-    let claimed = gpuq_shared::db::jobs_set_running(&ctx.pool, &ids, &ctx.worker_id, lease).await;
-    match claimed {
+    match gpuq_shared::db::jobs_set_running(&ctx.pool, &ids, &ctx.worker_id, lease).await {
         Ok(jobs) => {
-            for h in &held {
-                let _ = h.delivery.acker.ack(BasicAckOptions::default()).await;
-            }
+            ack_all(&held).await;
             if !jobs.is_empty() {
                 ctx.run_batch(jobs, Hold::Claimed).await;
             }
         }
         Err(e) => {
             tracing::warn!(jobs = ids.len(), error = %e, "batch claim failed; requeueing the messages");
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            for h in &held {
-                let _ = h.delivery.acker.nack(requeue()).await;
-            }
+            requeue_all(&held).await;
         }
+    }
+}
+
+/// The jobs of `held` (`None` if there are none), counted as running (and, on ECS, protected
+/// from scale-in) for as long as the caller keeps the counts.
+async fn take_on(ctx: &Arc<WorkerContext>, held: &[Held]) -> Option<(Vec<JobId>, Vec<Running>)> {
+    if held.is_empty() {
+        return None;
+    }
+    let ids: Vec<JobId> = held.iter().flat_map(|h| h.jobs.iter().copied()).collect();
+    let running = ids.iter().map(|_| Running::count(ctx)).collect();
+    ctx.presence.protect().await;
+    Some((ids, running))
+}
+
+async fn ack_all(held: &[Held]) {
+    for h in held {
+        let _ = h.delivery.acker.ack(BasicAckOptions::default()).await;
+    }
+}
+
+/// Hands the messages back after a pause, so a failing database is not hammered.
+async fn requeue_all(held: &[Held]) {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for h in held {
+        let _ = h.delivery.acker.nack(requeue()).await;
     }
 }
 

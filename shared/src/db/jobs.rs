@@ -387,32 +387,7 @@ pub struct Succeeded {
 /// by its attempt as [`job_set_succeeded`] is. Returns the ids written; an attempt left out had
 /// lost its job.
 pub async fn jobs_set_succeeded(pool: &PgPool, done: &[Succeeded]) -> Result<Vec<JobId>, DbError> {
-    let mut done: Vec<&Succeeded> = done.iter().collect();
-    done.sort_by_key(|d| d.id.0);
-    let ids: Vec<Uuid> = done.iter().map(|d| d.id.0).collect();
-    let attempts: Vec<i32> = done.iter().map(|d| d.attempt).collect();
-    let results: Vec<String> = done.iter().map(|d| d.result.to_string()).collect();
-    let written: Vec<Uuid> = sqlx::query_scalar(
-        "WITH d AS (SELECT * FROM unnest($1::uuid[], $2::int4[], $3::text[])
-                        AS d(id, attempt, result)),
-              held AS (SELECT jobs.id FROM jobs JOIN d ON d.id = jobs.id
-                       WHERE jobs.attempt = d.attempt AND jobs.status = 'running'
-                       ORDER BY jobs.id
-                       FOR UPDATE OF jobs)
-         UPDATE jobs SET status = 'succeeded', result = d.result::jsonb, finished_at = now(),
-                lease_expires_at = NULL,
-                progress = jsonb_build_object('fraction', 1.0, 'message', 'done')
-         FROM d, held
-         WHERE jobs.id = d.id AND jobs.id = held.id AND jobs.attempt = d.attempt
-           AND jobs.status = 'running'
-         RETURNING jobs.id",
-    )
-    .bind(ids)
-    .bind(attempts)
-    .bind(results)
-    .fetch_all(pool)
-    .await?;
-    Ok(written.into_iter().map(JobId).collect())
+    succeed_many(pool, done, None).await
 }
 
 /// The jobs among `ids` that a worker may run now (`queued`, past any retry backoff), read
@@ -444,6 +419,16 @@ pub async fn jobs_set_succeeded_unclaimed(
     started_at: DateTime<Utc>,
     done: &[Succeeded],
 ) -> Result<Vec<JobId>, DbError> {
+    succeed_many(pool, done, Some((worker_id, started_at))).await
+}
+
+/// The two above: from `running` (`unclaimed` is `None`), or from `queued`, counting the attempt
+/// for the worker and start time given. Rows are locked in id order, as everywhere.
+async fn succeed_many(
+    pool: &PgPool,
+    done: &[Succeeded],
+    unclaimed: Option<(&str, DateTime<Utc>)>,
+) -> Result<Vec<JobId>, DbError> {
     if done.is_empty() {
         return Ok(Vec::new());
     }
@@ -452,27 +437,35 @@ pub async fn jobs_set_succeeded_unclaimed(
     let ids: Vec<Uuid> = done.iter().map(|d| d.id.0).collect();
     let attempts: Vec<i32> = done.iter().map(|d| d.attempt).collect();
     let results: Vec<String> = done.iter().map(|d| d.result.to_string()).collect();
+    let from = if unclaimed.is_some() {
+        "queued"
+    } else {
+        "running"
+    };
     let written: Vec<Uuid> = sqlx::query_scalar(
         "WITH d AS (SELECT * FROM unnest($1::uuid[], $2::int4[], $3::text[])
                         AS d(id, attempt, result)),
               held AS (SELECT jobs.id FROM jobs JOIN d ON d.id = jobs.id
-                       WHERE jobs.attempt = d.attempt AND jobs.status = 'queued'
+                       WHERE jobs.attempt = d.attempt AND jobs.status = $4
                        ORDER BY jobs.id
                        FOR UPDATE OF jobs)
-         UPDATE jobs SET status = 'succeeded', attempt = jobs.attempt + 1, worker_id = $4,
-                started_at = COALESCE(jobs.started_at, $5), result = d.result::jsonb,
-                finished_at = now(),
+         UPDATE jobs SET status = 'succeeded', result = d.result::jsonb, finished_at = now(),
+                lease_expires_at = NULL,
+                attempt = jobs.attempt + CASE WHEN $4 = 'queued' THEN 1 ELSE 0 END,
+                worker_id = COALESCE($5, jobs.worker_id),
+                started_at = COALESCE(jobs.started_at, $6),
                 progress = jsonb_build_object('fraction', 1.0, 'message', 'done')
          FROM d, held
          WHERE jobs.id = d.id AND jobs.id = held.id AND jobs.attempt = d.attempt
-           AND jobs.status = 'queued'
+           AND jobs.status = $4
          RETURNING jobs.id",
     )
     .bind(ids)
     .bind(attempts)
     .bind(results)
-    .bind(worker_id)
-    .bind(started_at)
+    .bind(from)
+    .bind(unclaimed.map(|(worker, _)| worker))
+    .bind(unclaimed.map(|(_, at)| at))
     .fetch_all(pool)
     .await?;
     Ok(written.into_iter().map(JobId).collect())
