@@ -250,6 +250,12 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/jobs/{id}/cancel", post(routes::jobs::cancel))
         .route("/v1/models", get(routes::models::list))
+        .route("/v1/fleets", get(routes::fleets::list))
+        .route(
+            "/v1/fleets/{id}",
+            get(routes::fleets::get).delete(routes::fleets::delete),
+        )
+        .route("/v1/fleets/{id}/groups/{group}", get(routes::fleets::group))
         .route(
             "/v1/models/{id}",
             get(routes::models::get).delete(routes::models::delete),

@@ -24,11 +24,71 @@ impl Matrix {
     }
 }
 
-/// Features, and the label column when one was asked for and present.
+/// Features, the label column when one was asked for and present, and each row's group when a
+/// group column was asked for (a fleet's).
 #[derive(Debug, Clone)]
 pub struct Table {
     pub features: Matrix,
     pub labels: Option<Vec<f32>>,
+    pub groups: Option<Groups>,
+}
+
+/// Each row's group: an index into `names`, the distinct values in the order first seen.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Groups {
+    pub names: Vec<String>,
+    pub of_row: Vec<u32>,
+    index: std::collections::HashMap<String, u32>,
+}
+
+impl Groups {
+    /// Records the next row's group.
+    pub fn push(&mut self, value: &str) {
+        let slot = match self.index.get(value) {
+            Some(&slot) => slot,
+            None => {
+                let slot = self.names.len() as u32;
+                self.index.insert(value.to_string(), slot);
+                self.names.push(value.to_string());
+                slot
+            }
+        };
+        self.of_row.push(slot);
+    }
+
+    /// The rows of each group, in input order, group by group in `names`' order.
+    pub fn rows_by_group(&self) -> Vec<Vec<usize>> {
+        let mut rows = vec![Vec::new(); self.names.len()];
+        for (r, &g) in self.of_row.iter().enumerate() {
+            rows[g as usize].push(r);
+        }
+        rows
+    }
+}
+
+/// The columns a reader splits off the features: the label (required or not) and a fleet's group.
+#[derive(Debug, Clone, Copy)]
+pub struct Columns<'a> {
+    pub label: &'a str,
+    pub require_label: bool,
+    pub group: Option<&'a str>,
+}
+
+impl<'a> Columns<'a> {
+    pub fn label(label: &'a str, require_label: bool) -> Self {
+        Self {
+            label,
+            require_label,
+            group: None,
+        }
+    }
+}
+
+fn missing_group(group: &str, names: &[String]) -> JobError {
+    invalid(format!(
+        "missing group column `{group}` (columns: {})",
+        names.join(", ")
+    ))
 }
 
 fn invalid(msg: impl Into<String>) -> JobError {
@@ -115,12 +175,25 @@ fn check_finite(v: f32, line: usize, column: &str) -> Result<f32, JobError> {
 /// Inputs over `limits` (rows, features, cells) or over what `memory` may grow to are refused
 /// as `input_too_large` while reading, before the row that would cross the line is stored.
 pub async fn read_csv<R: AsyncBufRead + Unpin>(
-    mut reader: R,
+    reader: R,
     label_column: &str,
     require_label: bool,
     limits: &Limits,
     memory: &mut Reservation,
 ) -> Result<Table, JobError> {
+    let columns = Columns::label(label_column, require_label);
+    read_csv_columns(reader, columns, limits, memory).await
+}
+
+/// [`read_csv`], also splitting off `columns.group`: each row's value of it, as text, is its
+/// group (a missing group column is an error naming the columns that exist).
+pub async fn read_csv_columns<R: AsyncBufRead + Unpin>(
+    mut reader: R,
+    split: Columns<'_>,
+    limits: &Limits,
+    memory: &mut Reservation,
+) -> Result<Table, JobError> {
+    let (label_column, require_label) = (split.label, split.require_label);
     let mut line = Vec::new();
     // Room for every allowed column at 64 bytes a cell (names or numbers).
     let cap = (limits.max_features + 1).saturating_mul(64).max(4096);
@@ -159,13 +232,23 @@ pub async fn read_csv<R: AsyncBufRead + Unpin>(
             names.join(", ")
         )));
     }
+    let group_index = match split.group {
+        None => None,
+        Some(g) => Some(
+            names
+                .iter()
+                .position(|n| n == g)
+                .ok_or_else(|| missing_group(g, &names))?,
+        ),
+    };
     let columns: Vec<String> = names
         .iter()
         .enumerate()
-        .filter(|(i, _)| Some(*i) != label_index)
+        .filter(|(i, _)| Some(*i) != label_index && Some(*i) != group_index)
         .map(|(_, n)| n.clone())
         .collect();
     let cols = columns.len();
+    let mut groups = group_index.map(|_| Groups::default());
     // The header check allows one column more for the label; without a label it is a feature.
     if cols > limits.max_features {
         return Err(too_large(format!(
@@ -209,6 +292,15 @@ pub async fn read_csv<R: AsyncBufRead + Unpin>(
                 ))
             })?;
             let cell = cell.trim().trim_matches('"');
+            if let (Some(g), true) = (&mut groups, Some(i) == group_index) {
+                if cell.is_empty() || cell.len() > 256 {
+                    return Err(invalid(format!(
+                        "line {line_no}, column `{name}`: a group value must be 1 to 256 characters"
+                    )));
+                }
+                g.push(cell);
+                continue;
+            }
             let v: f32 = cell.parse().map_err(|_| {
                 invalid(format!(
                     "line {line_no}, column `{name}` ({}): `{cell}` is not a number",
@@ -250,6 +342,7 @@ pub async fn read_csv<R: AsyncBufRead + Unpin>(
             columns,
         },
         labels,
+        groups,
     })
 }
 
@@ -258,12 +351,25 @@ pub async fn read_csv<R: AsyncBufRead + Unpin>(
 /// The claimed shape is checked against `limits` and reserved from `memory` in full before
 /// anything is allocated.
 pub async fn read_npy<R: AsyncRead + Unpin>(
-    mut reader: R,
+    reader: R,
     label_column: &str,
     require_label: bool,
     limits: &Limits,
     memory: &mut Reservation,
 ) -> Result<Table, JobError> {
+    let columns = Columns::label(label_column, require_label);
+    read_npy_columns(reader, columns, limits, memory).await
+}
+
+/// [`read_npy`], also splitting off `columns.group` (a column index): each row's value of it,
+/// written as a number (`3`, not `3.0`), is its group.
+pub async fn read_npy_columns<R: AsyncRead + Unpin>(
+    mut reader: R,
+    split: Columns<'_>,
+    limits: &Limits,
+    memory: &mut Reservation,
+) -> Result<Table, JobError> {
+    let (label_column, require_label) = (split.label, split.require_label);
     let read_err = |e: std::io::Error| match e.kind() {
         std::io::ErrorKind::UnexpectedEof => invalid("the .npy input ends early"),
         _ => JobError::new(ErrorCode::InputReadFailed, e.to_string()),
@@ -299,12 +405,23 @@ pub async fn read_npy<R: AsyncRead + Unpin>(
             cols.saturating_sub(1)
         )));
     }
-    if rows == 0 || cols == 0 || (label_index.is_some() && cols == 1) {
+    let group_index = match split.group {
+        None => None,
+        Some(g) => Some(
+            names
+                .iter()
+                .position(|n| n == g)
+                .ok_or_else(|| missing_group(g, &names))?,
+        ),
+    };
+    let split_off = usize::from(label_index.is_some()) + usize::from(group_index.is_some());
+    if rows == 0 || cols <= split_off {
         return Err(invalid(format!(
             "the .npy input has shape ({rows}, {cols}): no data"
         )));
     }
-    let feature_cols = cols - usize::from(label_index.is_some());
+    let feature_cols = cols - split_off;
+    let mut groups = group_index.map(|_| Groups::default());
     // The shape check allows one column more for the label; without a label it is a feature.
     if feature_cols > limits.max_features {
         return Err(too_large(format!(
@@ -340,6 +457,10 @@ pub async fn read_npy<R: AsyncRead + Unpin>(
                 f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32
             };
             let v = check_finite(v, r + 1, &names[c])?;
+            if let (Some(g), true) = (&mut groups, Some(c) == group_index) {
+                g.push(&number_text(v));
+                continue;
+            }
             match (&mut labels, Some(c) == label_index) {
                 (Some(l), true) => l.push(v),
                 _ => data.push(v),
@@ -350,7 +471,7 @@ pub async fn read_npy<R: AsyncRead + Unpin>(
     let columns = names
         .into_iter()
         .enumerate()
-        .filter(|(i, _)| Some(*i) != label_index);
+        .filter(|(i, _)| Some(*i) != label_index && Some(*i) != group_index);
     let columns = columns.map(|(_, n)| n).collect();
     Ok(Table {
         features: Matrix {
@@ -360,7 +481,17 @@ pub async fn read_npy<R: AsyncRead + Unpin>(
             columns,
         },
         labels,
+        groups,
     })
+}
+
+/// A number as a group value: `3` rather than `3.0`.
+fn number_text(v: f32) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e9 {
+        format!("{}", v as i64)
+    } else {
+        format!("{v}")
+    }
 }
 
 /// Returns (bytes per value, rows, cols) from a header such as
@@ -454,6 +585,7 @@ pub fn from_rows(rows: &[Vec<f64>], labels: Option<&[f64]>) -> Result<Table, Job
             columns,
         },
         labels,
+        groups: None,
     })
 }
 
@@ -604,6 +736,54 @@ mod tests {
 
     async fn csv(text: &str, require: bool) -> Result<Table, JobError> {
         read_csv(text.as_bytes(), "label", require, &Limits::default()).await
+    }
+
+    #[tokio::test]
+    async fn a_group_column_is_split_off_as_text_and_a_missing_one_is_named() {
+        let mut memory = MemoryBudget::new(1 << 30).reserve();
+        let split = Columns {
+            label: "label",
+            require_label: false,
+            group: Some("user"),
+        };
+        let text = "a,user,b\n1,alice,2\n3,bob,4\n5,alice,6\n";
+        let t = read_csv_columns(text.as_bytes(), split, &Limits::default(), &mut memory)
+            .await
+            .unwrap();
+        assert_eq!(t.features.columns, ["a", "b"]);
+        assert_eq!(t.features.data, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        let g = t.groups.unwrap();
+        assert_eq!(
+            (g.names.as_slice(), g.of_row.as_slice()),
+            (&["alice".to_string(), "bob".into()][..], &[0, 1, 0][..])
+        );
+        assert_eq!(g.rows_by_group(), [vec![0, 2], vec![1]]);
+        let e = read_csv_columns(&b"a,b\n1,2\n"[..], split, &Limits::default(), &mut memory)
+            .await
+            .unwrap_err();
+        assert!(
+            e.message.contains("missing group column `user`"),
+            "{}",
+            e.message
+        );
+        let payload: Vec<u8> = [1.0f32, 7.0, 2.0, 8.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let split = Columns {
+            group: Some("1"),
+            ..split
+        };
+        let t = read_npy_columns(
+            &npy("<f4", "(2, 2)", &payload)[..],
+            split,
+            &Limits::default(),
+            &mut memory,
+        )
+        .await
+        .unwrap();
+        assert_eq!(t.groups.unwrap().names, ["7", "8"]);
+        assert_eq!(t.features.data, [1.0, 2.0]);
     }
 
     #[tokio::test]

@@ -3,7 +3,7 @@
 //! with, in full); the worker gets them back typed from the job's row ([`TrainParams::parse`]
 //! on the stored JSON, which the API wrote). An unknown name is an error, never a default.
 
-use crate::domain::Algorithm;
+use crate::domain::{Algorithm, ModelId};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use std::fmt;
@@ -90,6 +90,29 @@ fn err(field: &str, message: impl Into<String>) -> ParamError {
     ParamError {
         field: format!("params.{field}"),
         message: message.into(),
+    }
+}
+
+/// The algorithms that train fleets (one model per group of rows).
+pub const FLEET_ALGORITHMS: &str = "anomaly";
+
+/// A fleet: one model per distinct value of `group_column`, trained together and stored as one
+/// artifact. With `base_fleet`, only the groups present in the input are trained; the base's
+/// other groups are carried over into the new fleet.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetParams {
+    pub group_column: String,
+    pub base_fleet: Option<ModelId>,
+}
+
+impl FleetParams {
+    fn insert_into(this: &Option<Self>, v: &mut Value) {
+        if let Some(f) = this {
+            v["group_column"] = json!(f.group_column);
+            if let Some(base) = f.base_fleet {
+                v["base_fleet"] = json!(base.to_string());
+            }
+        }
     }
 }
 
@@ -251,6 +274,52 @@ impl<'a> Fields<'a> {
             .collect()
     }
 
+    /// `group_column` and `base_fleet`: a fleet of one model per group, or none.
+    fn fleet(&mut self, label_column: &str) -> Result<Option<FleetParams>, ParamError> {
+        let given = |f: &Self, name| f.map.get(name).is_some_and(|v| !v.is_null());
+        let (has_group, has_base) = (given(self, "group_column"), given(self, "base_fleet"));
+        self.seen.extend(["group_column", "base_fleet"]);
+        if !has_group {
+            if has_base {
+                return Err(err(
+                    "base_fleet",
+                    "refreshes a fleet: give `group_column` as well",
+                ));
+            }
+            return Ok(None);
+        }
+        let group_column = self.string("group_column", "")?;
+        if group_column == label_column {
+            return Err(err("group_column", "must differ from `label_column`"));
+        }
+        let base_fleet = match self.map.get("base_fleet") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(
+                v.as_str()
+                    .and_then(|s| s.parse::<ModelId>().ok())
+                    .ok_or_else(|| err("base_fleet", "must be a fleet id (a UUID)"))?,
+            ),
+        };
+        Ok(Some(FleetParams {
+            group_column,
+            base_fleet,
+        }))
+    }
+
+    /// Refuses `group_column` (and `base_fleet`) for an algorithm that trains no fleets.
+    fn no_fleet(&mut self, algorithm: &str) -> Result<(), ParamError> {
+        for name in ["group_column", "base_fleet"] {
+            if self.map.get(name).is_some_and(|v| !v.is_null()) {
+                return Err(err(
+                    name,
+                    format!("{algorithm} does not train fleets (fleets: {FLEET_ALGORITHMS})"),
+                ));
+            }
+            self.seen.push(name);
+        }
+        Ok(())
+    }
+
     fn finish(self) -> Result<(), ParamError> {
         match self.map.keys().find(|k| !self.seen.contains(&k.as_str())) {
             Some(k) => Err(err(
@@ -274,6 +343,7 @@ impl LogregParams {
             label_column: f.string("label_column", &d.label_column)?,
             seed: f.uint("seed", 0, (0, u32::MAX))? as u64,
         };
+        f.no_fleet("logreg")?;
         f.finish()?;
         Ok(p)
     }
@@ -327,6 +397,7 @@ impl MlpParams {
             patience: f.uint("patience", 10, (1, 100_000))?,
             tol: f.float("tol", 1e-4, 0.0, 1.0)?,
         };
+        f.no_fleet("mlp")?;
         f.finish()?;
         Ok(p)
     }
@@ -367,6 +438,7 @@ impl KmeansParams {
             seed: f.uint("seed", 0, (0, u32::MAX))? as u64,
             label_column: f.string("label_column", "label")?,
         };
+        f.no_fleet("kmeans")?;
         f.finish()?;
         Ok(p)
     }
@@ -395,6 +467,7 @@ impl KnnParams {
             metric: f.choice("metric", Metric::ALL)?,
             label_column: f.string("label_column", "label")?,
         };
+        f.no_fleet("knn")?;
         f.finish()?;
         Ok(p)
     }
@@ -412,25 +485,33 @@ pub struct AnomalyParams {
     pub z_threshold: f64,
     /// Dropped from the features when present.
     pub label_column: String,
+    /// One detector per group (a user, say) instead of one for all rows.
+    pub fleet: Option<FleetParams>,
 }
 
 impl AnomalyParams {
     pub fn parse(v: &Value) -> Result<Self, ParamError> {
         let mut f = Fields::new(v)?;
-        let p = Self {
-            method: f.choice("method", AnomalyMethod::ALL)?,
-            z_threshold: f.float("z_threshold", 1.96, 0.0, 1e6)?,
-            label_column: f.string("label_column", "label")?,
-        };
+        let method = f.choice("method", AnomalyMethod::ALL)?;
+        let z_threshold = f.float("z_threshold", 1.96, 0.0, 1e6)?;
+        let label_column = f.string("label_column", "label")?;
+        let fleet = f.fleet(&label_column)?;
         f.finish()?;
-        Ok(p)
+        Ok(Self {
+            method,
+            z_threshold,
+            label_column,
+            fleet,
+        })
     }
 
     pub fn to_json(&self) -> Value {
-        json!({
+        let mut v = json!({
             "method": self.method, "z_threshold": self.z_threshold,
             "label_column": self.label_column,
-        })
+        });
+        FleetParams::insert_into(&self.fleet, &mut v);
+        v
     }
 }
 
@@ -474,6 +555,14 @@ impl TrainParams {
             Self::Kmeans(p) => &p.label_column,
             Self::Knn(p) => &p.label_column,
             Self::Anomaly(p) => &p.label_column,
+        }
+    }
+
+    /// The fleet it trains, if it trains one.
+    pub fn fleet(&self) -> Option<&FleetParams> {
+        match self {
+            Self::Anomaly(p) => p.fleet.as_ref(),
+            Self::Logreg(_) | Self::Mlp(_) | Self::Kmeans(_) | Self::Knn(_) => None,
         }
     }
 
@@ -599,5 +688,42 @@ mod tests {
         assert_eq!(e.field, "params.metric");
         let e = AnomalyParams::parse(&json!({"method": 3})).unwrap_err();
         assert_eq!(e.field, "params.method");
+    }
+
+    #[test]
+    fn only_anomaly_trains_fleets_and_a_fleet_round_trips() {
+        let base = ModelId::new();
+        let p = TrainParams::parse(
+            Algorithm::Anomaly,
+            &json!({"group_column": "user", "base_fleet": base.to_string()}),
+        )
+        .unwrap();
+        let fleet = p.fleet().unwrap();
+        assert_eq!(
+            (fleet.group_column.as_str(), fleet.base_fleet),
+            ("user", Some(base))
+        );
+        assert_eq!(
+            TrainParams::parse(Algorithm::Anomaly, &p.to_json()).unwrap(),
+            p
+        );
+        let plain = TrainParams::parse(Algorithm::Anomaly, &json!({})).unwrap();
+        assert!(plain.fleet().is_none() && plain.to_json().get("group_column").is_none());
+        for a in [
+            Algorithm::Kmeans,
+            Algorithm::Knn,
+            Algorithm::Logreg,
+            Algorithm::Mlp,
+        ] {
+            let e = TrainParams::parse(a, &json!({"group_column": "user"})).unwrap_err();
+            assert_eq!(e.field, "params.group_column", "{a:?}");
+            assert!(e.message.contains("does not train fleets"), "{}", e.message);
+        }
+        let e = AnomalyParams::parse(&json!({"base_fleet": base.to_string()})).unwrap_err();
+        assert_eq!(e.field, "params.base_fleet");
+        let e = AnomalyParams::parse(&json!({"group_column": "label"})).unwrap_err();
+        assert_eq!(e.field, "params.group_column");
+        let e = AnomalyParams::parse(&json!({"group_column": "u", "base_fleet": "x"})).unwrap_err();
+        assert_eq!(e.field, "params.base_fleet");
     }
 }

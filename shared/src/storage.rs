@@ -63,17 +63,16 @@ impl Storage {
     pub async fn read_table(
         &self,
         uri: &S3Uri,
-        label_column: &str,
-        require_label: bool,
+        columns: dataset::Columns<'_>,
         limits: &Limits,
         memory: &mut Reservation,
     ) -> Result<Table, JobError> {
         let object = self.get(uri).await?;
         let reader = tokio::io::BufReader::with_capacity(256 * 1024, object.into_async_read());
         if uri.key.ends_with(".npy") {
-            dataset::read_npy(reader, label_column, require_label, limits, memory).await
+            dataset::read_npy_columns(reader, columns, limits, memory).await
         } else {
-            dataset::read_csv(reader, label_column, require_label, limits, memory).await
+            dataset::read_csv_columns(reader, columns, limits, memory).await
         }
     }
 

@@ -43,12 +43,17 @@ pub struct Submission {
     pub max_attempts: Option<i32>,
     /// Seconds one attempt may run; `None` leaves it to the deployment's default.
     pub timeout_s: Option<u32>,
+    /// An infer job naming a fleet member as `fleet_id` + `group`: the group. The spec's
+    /// `model_id` is then the fleet's, and the handler puts the member's in its place.
+    pub member_group: Option<String>,
 }
 
-const FIELDS: [&str; 7] = [
+const FIELDS: [&str; 9] = [
     "type",
     "algorithm",
     "model_id",
+    "fleet_id",
+    "group",
     "input",
     "params",
     "max_attempts",
@@ -119,12 +124,51 @@ pub fn validate(value: &Value, limits: &Limits) -> Result<Submission, SubmitErro
         ),
         Some(_) => return Err(SubmitError::invalid("model_id", "must be a string")),
     };
+    let fleet_id = match obj.get("fleet_id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(
+            s.parse::<ModelId>()
+                .map_err(|_| SubmitError::invalid("fleet_id", "must be a UUID"))?,
+        ),
+        Some(_) => return Err(SubmitError::invalid("fleet_id", "must be a string")),
+    };
+    let member_group = match obj.get("group") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(g)) if !g.is_empty() && g.len() <= 256 => Some(g.clone()),
+        Some(_) => {
+            return Err(SubmitError::invalid(
+                "group",
+                "must be a string of 1 to 256 characters",
+            ));
+        }
+    };
+    let model_id = match (model_id, fleet_id, &member_group) {
+        (Some(_), Some(_), _) => {
+            return Err(SubmitError::invalid(
+                "fleet_id",
+                "name the model either by `model_id` or by `fleet_id` (and `group`), not both",
+            ));
+        }
+        (_, None, Some(_)) => {
+            return Err(SubmitError::invalid(
+                "group",
+                "names a member of the fleet in `fleet_id`, which is missing",
+            ));
+        }
+        (Some(m), None, None) => Some(m),
+        (None, fleet, _) => fleet,
+    };
     let params_in = obj.get("params").cloned().unwrap_or(Value::Null);
     let (work, infer_algorithm) = match (job_type, model_id) {
         (JobType::Train, Some(_)) => {
             return Err(SubmitError::invalid(
-                "model_id",
-                "a train job makes a model; it takes none",
+                if fleet_id.is_some() {
+                    "fleet_id"
+                } else {
+                    "model_id"
+                },
+                "a train job makes a model; it takes none (a fleet refresh names its base in \
+                 `params.base_fleet`)",
             ));
         }
         (JobType::Train, None) => {
@@ -145,6 +189,18 @@ pub fn validate(value: &Value, limits: &Limits) -> Result<Submission, SubmitErro
     }
     let labels_required = matches!(&work, Work::Train(p) if p.algorithm().needs_labels());
     let input = parse_input(obj.get("input"), labels_required)?;
+    if let (Work::Train(p), Input::Inline { .. }) = (&work, &input)
+        && let Some(fleet) = p.fleet()
+    {
+        return Err(SubmitError::invalid(
+            "input",
+            format!(
+                "a fleet reads each row's group from its `{}` column: upload a CSV or .npy \
+                 and pass its `uri`",
+                fleet.group_column
+            ),
+        ));
+    }
     if let Some((rows, width)) = input.inline_shape() {
         let values = width.saturating_mul(rows);
         if values > limits.max_inline_values || width > limits.max_features {
@@ -201,6 +257,7 @@ pub fn validate(value: &Value, limits: &Limits) -> Result<Submission, SubmitErro
         infer_algorithm,
         max_attempts,
         timeout_s,
+        member_group,
     })
 }
 

@@ -169,8 +169,29 @@ async fn baseline(db_url: &str, clients: usize, secs: f64) -> anyhow::Result<f64
 struct Bench {
     client: reqwest::Client,
     url: String,
-    body: Arc<Value>,
+    /// The submit bodies, sent in turn (one for the logreg phases; sampled logins for fleets).
+    bodies: Bodies,
     pool: sqlx::PgPool,
+}
+
+/// Submit bodies taken in turn by every client.
+#[derive(Clone)]
+struct Bodies {
+    all: Arc<Vec<Value>>,
+    next: Arc<AtomicUsize>,
+}
+
+impl Bodies {
+    fn new(all: Vec<Value>) -> Self {
+        Self {
+            all: Arc::new(all),
+            next: Arc::default(),
+        }
+    }
+
+    fn take(&self) -> &Value {
+        &self.all[self.next.fetch_add(1, Ordering::Relaxed) % self.all.len()]
+    }
 }
 
 impl Bench {
@@ -182,8 +203,8 @@ impl Bench {
         let until = start + Duration::from_secs_f64(secs);
         let tasks: Vec<_> = (0..clients)
             .map(|_| {
-                let (client, url, body) =
-                    (self.client.clone(), self.url.clone(), self.body.clone());
+                let (client, url, bodies) =
+                    (self.client.clone(), self.url.clone(), self.bodies.clone());
                 tokio::spawn(async move {
                     let (mut lat, mut failed, mut sent) = (Vec::new(), 0usize, Vec::new());
                     while Instant::now() < until {
@@ -191,7 +212,7 @@ impl Bench {
                         let r = client
                             .post(format!("{url}/v1/jobs"))
                             .header("Prefer", "wait=10")
-                            .json(&*body)
+                            .json(bodies.take())
                             .send()
                             .await;
                         let job = match r {
@@ -357,13 +378,13 @@ impl Bench {
         sent: SentLog,
         refused: Arc<AtomicUsize>,
     ) -> tokio::task::JoinHandle<()> {
-        let (client, url, body) = (self.client.clone(), self.url.clone(), self.body.clone());
+        let (client, url, bodies) = (self.client.clone(), self.url.clone(), self.bodies.clone());
         tokio::spawn(async move {
             let _permit = permit;
             let at = chrono::Utc::now();
             let r = client
                 .post(format!("{url}/v1/jobs"))
-                .json(&*body)
+                .json(bodies.take())
                 .send()
                 .await;
             let id = match r {
@@ -386,7 +407,7 @@ impl Bench {
     /// `clients` clients sending batches of `size` jobs with `Prefer: wait=10`, for `secs`.
     /// Returns (jobs/s, failed jobs, each job's id with when its batch was sent and answered).
     async fn batches(&self, clients: usize, size: usize, secs: f64) -> (f64, usize, Vec<Sent>) {
-        let batch = Arc::new(json!({ "jobs": vec![(*self.body).clone(); size] }));
+        let batch = Arc::new(json!({ "jobs": vec![self.bodies.take().clone(); size] }));
         let start = Instant::now();
         let until = start + Duration::from_secs_f64(secs);
         let tasks: Vec<_> = (0..clients)
@@ -438,6 +459,163 @@ impl Bench {
         }
         (ok as f64 / start.elapsed().as_secs_f64(), failed, sent)
     }
+}
+
+/// A `.npy` (version 1.0, little-endian f32, C order) of `rows × cols` values.
+fn npy_f32(data: &[f32], rows: usize, cols: usize) -> Vec<u8> {
+    let mut header =
+        format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend((header.len() as u16).to_le_bytes());
+    out.extend(header.as_bytes());
+    out.extend(data.iter().flat_map(|v| v.to_le_bytes()));
+    out
+}
+
+/// Fleet scoring (`GPUQ_BENCH_ONLY=fleet`): a fleet of `GPUQ_BENCH_FLEET_USERS` (100,000)
+/// keystroke detectors trained through the API from `GPUQ_BENCH_FLEET_ROWS` (20) synthetic rows
+/// each, then verification jobs (one login row each, named by `fleet_id` + `group`, half of them
+/// typed by another user) for users drawn uniformly and by Zipf (s = 1.1): a closed loop of
+/// `clients`, and an open loop at half the closed loop's rate.
+async fn fleet_phase(
+    bench: &Bench,
+    tag: &str,
+    clients: usize,
+    secs: f64,
+    open_secs: f64,
+    base_rate: f64,
+    logs: &std::path::Path,
+) -> anyhow::Result<()> {
+    use gpuq_worker::synthetic::{FEATURES, Rng, Users, Zipf};
+    let n_users: usize = knob("GPUQ_BENCH_FLEET_USERS", 100_000);
+    let rows_per: usize = knob("GPUQ_BENCH_FLEET_ROWS", 20);
+    let mut rng = Rng(0x5eed);
+    let users = Users::new(n_users, &mut rng);
+    let cols = FEATURES + 1;
+    let mut data = Vec::with_capacity(n_users * rows_per * cols);
+    let mut row = Vec::with_capacity(FEATURES);
+    for u in 0..n_users {
+        for _ in 0..rows_per {
+            row.clear();
+            users.row(u, &mut rng, &mut row);
+            data.push(u as f32);
+            data.extend_from_slice(&row);
+        }
+    }
+    let npy = npy_f32(&data, n_users * rows_per, cols);
+    drop(data);
+    let storage = gpuq_shared::storage::Storage::from_env().await;
+    let bucket = std::env::var("GPUQ_TEST_BUCKET").unwrap_or("gpuq-test".into());
+    let uri = gpuq_shared::S3Uri::new(&bucket, format!("bench-{tag}/tenants/bench/fleet.npy"));
+    let npy_bytes = npy.len();
+    storage
+        .put(&uri, npy, "application/octet-stream")
+        .await
+        .map_err(|e| anyhow::anyhow!("uploading the fleet's input: {e}"))?;
+    let t = Instant::now();
+    let mut job: Value = bench
+        .client
+        .post(format!("{}/v1/jobs", bench.url))
+        .json(
+            &json!({"type": "train", "algorithm": "anomaly", "input": {"uri": uri.to_string()},
+                      "params": {"group_column": "0", "method": "scaled_manhattan"},
+                      "timeout_s": 3600}),
+        )
+        .send()
+        .await?
+        .json()
+        .await?;
+    let id = job["id"].as_str().unwrap_or_default().to_string();
+    while !matches!(
+        job["status"].as_str(),
+        Some("succeeded" | "failed" | "canceled")
+    ) {
+        job = bench
+            .client
+            .get(format!("{}/v1/jobs/{id}?wait=10", bench.url))
+            .send()
+            .await?
+            .json()
+            .await?;
+        anyhow::ensure!(!id.is_empty(), "the fleet's train job was refused: {job}");
+    }
+    anyhow::ensure!(
+        job["status"] == "succeeded",
+        "the fleet did not train: {job}"
+    );
+    let fleet_id = job["result"]["fleet_id"].as_str().unwrap().to_string();
+    println!(
+        "fleet: {n_users} users × {rows_per} rows × {FEATURES} features ({:.0} MB .npy) trained through the API in {:.1} s (submit → succeeded)",
+        npy_bytes as f64 / 1e6,
+        t.elapsed().as_secs_f64()
+    );
+    let worker_log = logs.join("bench-gpuq-worker-0.log");
+    let loads = || {
+        std::fs::read_to_string(&worker_log)
+            .map(|l| l.matches("model loaded").count())
+            .unwrap_or(0)
+    };
+    let zipf = Zipf::new(n_users, 1.1);
+    for (name, skewed) in [("uniform", false), ("Zipf s=1.1", true)] {
+        let bodies: Vec<Value> = (0..100_000)
+            .map(|i| {
+                let u = if skewed {
+                    zipf.sample(&mut rng)
+                } else {
+                    rng.below(n_users)
+                };
+                let typist = if i % 2 == 0 { u } else { rng.below(n_users) };
+                row.clear();
+                users.row(typist, &mut rng, &mut row);
+                json!({"type": "infer", "fleet_id": fleet_id, "group": u.to_string(),
+                       "input": {"rows": [row]}})
+            })
+            .collect();
+        let b = Bench {
+            client: bench.client.clone(),
+            url: bench.url.clone(),
+            bodies: Bodies::new(bodies),
+            pool: bench.pool.clone(),
+        };
+        b.closed(clients, 2.0).await; // warm-up: the fleet onto the device
+        let (loads_before, cpu) = (loads(), cpu_ticks());
+        let (rate, lat, failed, _) = b.closed(clients, secs).await;
+        println!(
+            "fleet verifications, users {name}, closed loop, {clients} clients with Prefer: wait=10: {rate:.0} jobs/s ({:.2}× baseline), p50 {:.1} ms, p99 {:.1} ms, {failed} failed; fleet loads onto the device meanwhile: {}",
+            rate / base_rate,
+            ms(percentile(&lat, 0.50)),
+            ms(percentile(&lat, 0.99)),
+            loads() - loads_before,
+        );
+        println!(
+            "  {}",
+            cpu_line(&cpu, &cpu_ticks(), Duration::from_secs_f64(secs))
+        );
+        let half = (rate / 2.0).max(1.0);
+        let cpu = cpu_ticks();
+        let t = Instant::now();
+        let r = b.open(half, open_secs).await;
+        let over_1s = r
+            .lat
+            .iter()
+            .filter(|l| **l > Duration::from_secs(1))
+            .count();
+        println!(
+            "fleet verifications, users {name}, open loop at {half:.0} jobs/s for {open_secs} s: intake {:.0} jobs/s; send→finished p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; {over_1s} over 1 s; {} refused, {} unfinished",
+            r.intake_rate,
+            ms(percentile(&r.lat, 0.50)),
+            ms(percentile(&r.lat, 0.99)),
+            ms(r.lat.last().copied().unwrap_or_default()),
+            r.refused,
+            r.unfinished,
+        );
+        println!("  {}", cpu_line(&cpu, &cpu_ticks(), t.elapsed()));
+    }
+    Ok(())
 }
 
 /// The open loop's accepted jobs and when each was sent.
@@ -596,9 +774,9 @@ async fn main() -> anyhow::Result<()> {
     let bench = Bench {
         client,
         url,
-        body: Arc::new(
+        bodies: Bodies::new(vec![
             json!({"type": "infer", "model_id": model_id, "input": {"rows": [rows[3]]}}),
-        ),
+        ]),
         pool: pool.clone(),
     };
     bench.closed(clients, 2.0).await; // warm-up: connections, model cache
@@ -613,7 +791,7 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "  baseline: {base_rate:.0} jobs/s (bare INSERT + UPDATE of one row per job, {clients} clients, same Postgres)"
     );
-    if runs("closed") {
+    if only != "fleet" && runs("closed") {
         let cpu = cpu_ticks();
         let (rate, lat, failed, sent) = bench.closed(clients, secs).await;
         println!(
@@ -631,7 +809,7 @@ async fn main() -> anyhow::Result<()> {
             println!("    {:>7.2} ms  {stage}", ms(d));
         }
     }
-    if runs("open") {
+    if only != "fleet" && runs("open") {
         for &rate in &rates {
             let cpu = cpu_ticks();
             let t = Instant::now();
@@ -658,7 +836,10 @@ async fn main() -> anyhow::Result<()> {
             println!("  {}", cpu_line(&cpu, &cpu_ticks(), t.elapsed()));
         }
     }
-    if runs("batch") {
+    if only == "fleet" {
+        fleet_phase(&bench, &tag, clients, secs, open_secs, base_rate, &logs).await?;
+    }
+    if only != "fleet" && runs("batch") {
         let cpu = cpu_ticks();
         let (rate, failed, sent) = bench.batches(batch_clients, batch_size, secs).await;
         println!(

@@ -96,6 +96,7 @@ async fn stale_writes_change_nothing(app: &TestApp, id: JobId, stale: i32) {
         params: &json!({}),
         metrics: &json!({}),
         artifact_uri: "s3://nowhere/stale.safetensors",
+        fleet: None,
     };
     let done = db::job_set_succeeded_with_model(&app.pool, id, stale, &result, &model)
         .await

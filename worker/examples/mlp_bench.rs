@@ -222,6 +222,7 @@ fn main() {
             columns: (0..FEATURES).map(|j| format!("f{j}")).collect(),
         },
         labels: Some(y.iter().map(|&v| v as f32).collect()),
+        groups: None,
     };
     let params = |epochs: usize| {
         TrainParams::parse(

@@ -9,6 +9,7 @@ pub mod gpu;
 pub mod job;
 pub mod leases;
 pub mod presence;
+pub mod synthetic;
 
 use gpuq_shared::config::{Settings, non_empty_var, parse_var, var_or};
 use gpuq_shared::db;

@@ -242,8 +242,21 @@ async fn prepare(
     value: &Value,
     models: &mut HashMap<ModelId, Option<ModelRecord>>,
 ) -> Result<NewJob, ApiError> {
-    let sub = submit::validate(value, &s.settings.limits)?;
+    let mut sub = submit::validate(value, &s.settings.limits)?;
     check_input_allowed(s, tenant, &sub.spec.input)?;
+    if let (Some(group), Work::Infer { model_id, .. }) =
+        (sub.member_group.take(), &mut sub.spec.work)
+    {
+        let member = super::fleets::member(s, tenant, *model_id, &group).await?;
+        *model_id = member.id;
+        s.models_seen.remember(&tenant.id, &member);
+        models.insert(member.id, Some(member));
+    }
+    if let Work::Train(p) = &sub.spec.work
+        && let Some(base) = p.fleet().and_then(|f| f.base_fleet)
+    {
+        super::fleets::check_base(s, tenant, base, p.algorithm()).await?;
+    }
     let algorithm = match &sub.spec.work {
         Work::Infer { model_id, .. } => {
             let model = match models.get(model_id) {
@@ -270,6 +283,16 @@ async fn prepare(
                     format!(
                         "model {model_id} is a `{}` model, not `{a}`",
                         model.algorithm
+                    ),
+                ));
+            }
+            if model.groups.is_some() && sub.spec.input.uri().is_none() {
+                let column = model.params["group_column"].as_str().unwrap_or_default();
+                return Err(ApiError::invalid(
+                    "input",
+                    format!(
+                        "fleet {model_id} scores each row by its `{column}` column: upload a CSV \
+                         or .npy with it and pass its `uri`, or name one member (`group`)"
                     ),
                 ));
             }

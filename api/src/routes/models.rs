@@ -55,6 +55,13 @@ pub async fn delete(
     let model = db::model_get_for(&s.pool, &tenant.id, id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no model {id}")))?;
+    if let Some(fleet) = model.fleet_id {
+        return Err(ApiError::Conflict(format!(
+            "model {id} is group `{}` of fleet {fleet}, whose artifact it shares: delete the \
+             fleet (DELETE /v1/fleets/{fleet})",
+            model.group_key.as_deref().unwrap_or_default()
+        )));
+    }
     // The artifact first: should the row's delete then fail, a retry finds the row and finishes,
     // where the other order could leave an object nothing points to.
     let own = s.settings.tenant_prefix(&tenant.id);

@@ -559,6 +559,16 @@ pub struct NewModel<'a> {
     pub params: &'a Value,
     pub metrics: &'a Value,
     pub artifact_uri: &'a str,
+    /// A fleet's groups, each trained (model id, slot) or failed.
+    pub fleet: Option<&'a [NewMember]>,
+}
+
+/// One group of a new fleet.
+#[derive(Debug, Clone)]
+pub struct NewMember {
+    pub group_key: String,
+    pub outcome: Result<(ModelId, u32), Value>,
+    pub metrics: Option<Value>,
 }
 
 /// `running → succeeded` for a train job and its model row, in one transaction: both or neither.
@@ -577,8 +587,8 @@ pub async fn job_set_succeeded_with_model(
     }
     sqlx::query(
         "INSERT INTO models (id, algorithm, job_id, n_features, n_classes, params, metrics,
-                             artifact_uri, tenant_id)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                             artifact_uri, tenant_id, groups)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
     )
     .bind(model.id.0)
     .bind(model.algorithm)
@@ -589,10 +599,51 @@ pub async fn job_set_succeeded_with_model(
     .bind(model.metrics)
     .bind(model.artifact_uri)
     .bind(model.tenant)
+    .bind(
+        model
+            .fleet
+            .map(|m| m.iter().filter(|m| m.outcome.is_ok()).count() as i32),
+    )
     .execute(&mut *tx)
     .await?;
+    if let Some(members) = model.fleet {
+        fleet_members_insert(&mut tx, model.id, members).await?;
+    }
     tx.commit().await?;
     Ok(true)
+}
+
+/// A new fleet's groups, in one statement.
+async fn fleet_members_insert(
+    tx: &mut sqlx::PgConnection,
+    fleet: ModelId,
+    members: &[NewMember],
+) -> Result<(), DbError> {
+    let keys: Vec<&str> = members.iter().map(|m| m.group_key.as_str()).collect();
+    let ok = |m: &NewMember| m.outcome.as_ref().ok().copied();
+    let ids: Vec<Option<uuid::Uuid>> = members.iter().map(|m| ok(m).map(|(id, _)| id.0)).collect();
+    let slots: Vec<Option<i32>> = members
+        .iter()
+        .map(|m| ok(m).map(|(_, s)| s as i32))
+        .collect();
+    let metrics: Vec<Option<Value>> = members.iter().map(|m| m.metrics.clone()).collect();
+    let errors: Vec<Option<Value>> = members
+        .iter()
+        .map(|m| m.outcome.as_ref().err().cloned())
+        .collect();
+    sqlx::query(
+        "INSERT INTO fleet_members (fleet_id, group_key, model_id, slot, metrics, error)
+         SELECT $1, * FROM UNNEST($2::text[], $3::uuid[], $4::int4[], $5::jsonb[], $6::jsonb[])",
+    )
+    .bind(fleet.0)
+    .bind(keys)
+    .bind(ids)
+    .bind(slots)
+    .bind(metrics)
+    .bind(errors)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }
 
 /// The SQL for `now() + backoff(attempt)`, with `$b` the base and `$m` the cap in milliseconds.

@@ -31,24 +31,38 @@ const PINV_RCOND: f64 = 1e-10;
 /// Covariance work is on the host: beyond this many features it is refused.
 const MAX_MAHALANOBIS_FEATURES: usize = 2048;
 
-pub fn train(table: Table, p: &AnomalyParams, ctl: &Control) -> Result<Trained, JobError> {
-    ctl.check()?;
-    let x = table.features;
-    let (n, f) = (x.rows, x.cols);
+/// One detector's parameters, fitted to its genuine samples.
+pub struct Fitted {
+    pub mean: Vec<f32>,
+    /// Scaled Manhattan (mean absolute deviations) and z-score (standard deviations).
+    pub scale: Option<Vec<f32>>,
+    /// The Mahalanobis forms: `W` (f × rank, row-major) with `W Wᵀ = S⁺`, and the rank.
+    pub whitening: Option<(Vec<f32>, usize)>,
+    /// Nearest-neighbour Mahalanobis: the training rows whitened (n × rank).
+    pub references: Option<Vec<f32>>,
+}
+
+/// Fits a detector to the `n` rows of `x` (`f` features each), in f64.
+pub fn fit(x: &[f32], f: usize, p: &AnomalyParams, ctl: &Control) -> Result<Fitted, JobError> {
+    let n = x.len() / f.max(1);
     if n < 2 {
         return Err(JobError::invalid_input(
             "an anomaly detector needs at least two genuine samples",
         ));
     }
-    let mean = linalg::means(&x.data, f);
-    let mean32: Vec<f32> = mean.iter().map(|&m| m as f32).collect();
-    let mut tensors_f32: Vec<(&str, Vec<usize>, Vec<f32>)> = vec![("mean", vec![f], mean32)];
+    let mean = linalg::means(x, f);
+    let mut fitted = Fitted {
+        mean: mean.iter().map(|&m| m as f32).collect(),
+        scale: None,
+        whitening: None,
+        references: None,
+    };
     match p.method {
         AnomalyMethod::ScaledManhattan | AnomalyMethod::Zscore => {
             let scale: Vec<f32> = (0..f)
                 .map(|j| {
                     ctl.check()?;
-                    let col = x.data.chunks(f).map(|r| r[j] as f64 - mean[j]);
+                    let col = x.chunks(f).map(|r| r[j] as f64 - mean[j]);
                     let s = if p.method == AnomalyMethod::Zscore {
                         (col.map(|d| d * d).sum::<f64>() / (n - 1) as f64).sqrt()
                     } else {
@@ -57,7 +71,7 @@ pub fn train(table: Table, p: &AnomalyParams, ctl: &Control) -> Result<Trained, 
                     Ok(if s > 0.0 { s as f32 } else { 1.0 })
                 })
                 .collect::<Result<_, JobError>>()?;
-            tensors_f32.push(("scale", vec![f], scale));
+            fitted.scale = Some(scale);
         }
         AnomalyMethod::Mahalanobis | AnomalyMethod::NearestNeighborMahalanobis => {
             if f > MAX_MAHALANOBIS_FEATURES {
@@ -68,12 +82,12 @@ pub fn train(table: Table, p: &AnomalyParams, ctl: &Control) -> Result<Trained, 
                     ),
                 ));
             }
-            let cov = linalg::covariance(&x.data, f, &mean, ctl)?;
+            let cov = linalg::covariance(x, f, &mean, ctl)?;
             let w = linalg::whitening(&cov, f, PINV_RCOND, ctl)?;
             let r = w.len() / f;
             if p.method == AnomalyMethod::NearestNeighborMahalanobis {
                 let mut refs: Vec<f32> = Vec::with_capacity(n * r);
-                for row in x.data.chunks(f) {
+                for row in x.chunks(f) {
                     ctl.check()?;
                     refs.extend((0..r).map(|c| {
                         (0..f)
@@ -81,19 +95,30 @@ pub fn train(table: Table, p: &AnomalyParams, ctl: &Control) -> Result<Trained, 
                             .sum::<f64>() as f32
                     }));
                 }
-                tensors_f32.push(("references", vec![n, r], refs));
+                fitted.references = Some(refs);
             }
-            tensors_f32.push((
-                "whitening",
-                vec![f, r],
-                w.iter().map(|&v| v as f32).collect(),
-            ));
+            fitted.whitening = Some((w.iter().map(|&v| v as f32).collect(), r));
         }
     }
-    let tensors: Vec<Tensor> = tensors_f32
-        .iter()
-        .map(|(name, shape, data)| Tensor::F32(name, shape.clone(), data))
-        .collect();
+    Ok(fitted)
+}
+
+pub fn train(table: Table, p: &AnomalyParams, ctl: &Control) -> Result<Trained, JobError> {
+    ctl.check()?;
+    let x = table.features;
+    let (n, f) = (x.rows, x.cols);
+    let fitted = fit(&x.data, f, p, ctl)?;
+    let mut tensors = vec![Tensor::F32("mean", vec![f], &fitted.mean)];
+    if let Some(scale) = &fitted.scale {
+        tensors.push(Tensor::F32("scale", vec![f], scale));
+    }
+    if let Some(refs) = &fitted.references {
+        let r = fitted.whitening.as_ref().map_or(0, |w| w.1);
+        tensors.push(Tensor::F32("references", vec![n, r], refs));
+    }
+    if let Some((w, r)) = &fitted.whitening {
+        tensors.push(Tensor::F32("whitening", vec![f, *r], w));
+    }
     let artifact = artifact::write(
         Algorithm::Anomaly.as_str(),
         &tensors,
@@ -108,6 +133,7 @@ pub fn train(table: Table, p: &AnomalyParams, ctl: &Control) -> Result<Trained, 
         n_features: f,
         n_classes: 0,
         metrics: json!({ "rows": n, "features": f, "method": p.method }),
+        fleet: None,
     })
 }
 
@@ -325,40 +351,53 @@ impl GpuAnomaly {
     ) -> Result<Inference, JobError> {
         let x = &table.features;
         let scores = self.scores(gpu, &x.data, x.rows, ctl)?;
-        let mut inf = Inference::new(vec!["score".into()], csv);
-        for s in &scores {
-            ctl.check()?;
-            inf.push_csv(&[s.to_string()])?;
-            if rows_json {
-                inf.rows.push(json!({ "score": s }));
-            }
-        }
-        inf.summary.insert("method".into(), json!(self.method));
-        if let Some(labels) = &table.labels {
-            let genuine = labels
-                .iter()
-                .map(|&l| match l {
-                    1.0 => Ok(true),
-                    0.0 => Ok(false),
-                    other => Err(JobError::invalid_input(format!(
-                        "label {other}: anomaly labels are 1 (genuine) or 0 (impostor)"
-                    ))),
-                })
-                .collect::<Result<Vec<bool>, _>>()?;
-            let rates = ErrorRates::of(&scores, &genuine);
-            inf.summary
-                .insert("genuine_rows".into(), json!(rates.genuine));
-            inf.summary
-                .insert("impostor_rows".into(), json!(rates.impostors));
-            inf.summary
-                .insert("equal_error_rate".into(), json!(rates.eer));
-            inf.summary.insert(
-                "zero_miss_false_alarm_rate".into(),
-                json!(rates.zero_miss_far),
-            );
-        }
-        Ok(inf)
+        inference_of(&scores, self.method, table, rows_json, ctl, csv)
     }
+}
+
+/// An inference of anomaly `scores`: a `score` per row; with labels in `table`, the equal-error
+/// and zero-miss false-alarm rates.
+pub fn inference_of(
+    scores: &[f32],
+    method: AnomalyMethod,
+    table: &Table,
+    rows_json: bool,
+    ctl: &Control,
+    csv: CsvOut,
+) -> Result<Inference, JobError> {
+    let mut inf = Inference::new(vec!["score".into()], csv);
+    for s in scores {
+        ctl.check()?;
+        inf.push_csv(&[s.to_string()])?;
+        if rows_json {
+            inf.rows.push(json!({ "score": s }));
+        }
+    }
+    inf.summary.insert("method".into(), json!(method));
+    if let Some(labels) = &table.labels {
+        let genuine = labels
+            .iter()
+            .map(|&l| match l {
+                1.0 => Ok(true),
+                0.0 => Ok(false),
+                other => Err(JobError::invalid_input(format!(
+                    "label {other}: anomaly labels are 1 (genuine) or 0 (impostor)"
+                ))),
+            })
+            .collect::<Result<Vec<bool>, _>>()?;
+        let rates = ErrorRates::of(scores, &genuine);
+        inf.summary
+            .insert("genuine_rows".into(), json!(rates.genuine));
+        inf.summary
+            .insert("impostor_rows".into(), json!(rates.impostors));
+        inf.summary
+            .insert("equal_error_rate".into(), json!(rates.eer));
+        inf.summary.insert(
+            "zero_miss_false_alarm_rate".into(),
+            json!(rates.zero_miss_far),
+        );
+    }
+    Ok(inf)
 }
 
 /// Submits the score kernel over `p.rows` rows of `x` into `out`.

@@ -270,6 +270,7 @@ pub fn train(
         n_features: f,
         n_classes: k,
         metrics,
+        fleet: None,
     })
 }
 

@@ -63,6 +63,7 @@ pub fn train(table: Table, p: &KnnParams, ctl: &Control) -> Result<Trained, JobE
         n_features: f,
         n_classes: classes.len(),
         metrics,
+        fleet: None,
     })
 }
 

@@ -484,5 +484,6 @@ pub fn train(gpu: &Gpu, table: Table, p: &MlpParams, ctl: &Control) -> Result<Tr
         n_features: f,
         n_classes: k,
         metrics,
+        fleet: None,
     })
 }

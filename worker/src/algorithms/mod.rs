@@ -4,6 +4,7 @@
 pub mod anomaly;
 pub mod classifier;
 pub mod features;
+pub mod fleet;
 mod inference;
 pub mod kmeans;
 pub mod knn;
@@ -148,6 +149,34 @@ pub struct Trained {
     /// Classes (clusters for k-means; 0 for anomaly detectors).
     pub n_classes: usize,
     pub metrics: Value,
+    /// A fleet's groups: each one's slot on the artifact's group axis, or why it failed.
+    pub fleet: Option<Vec<fleet::GroupOutcome>>,
+}
+
+/// Trains the fleet `params` ask for (`params.group_column`) on `table`, read with its groups;
+/// `base` is the artifact of the fleet it refreshes.
+pub fn train_fleet(
+    table: Table,
+    params: &TrainParams,
+    base: Option<&[u8]>,
+    ctl: &Control,
+) -> Result<Trained, JobError> {
+    match (params, params.fleet()) {
+        (TrainParams::Anomaly(p), Some(f)) => fleet::train(table, p, f, base, ctl),
+        _ => Err(JobError::new(
+            ErrorCode::InvalidParams,
+            format!("{} does not train fleets", params.algorithm()),
+        )),
+    }
+}
+
+/// Which of a model's detectors score a job's rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// The model itself; for a fleet, each row's own group (its group column).
+    Whole,
+    /// One member of a fleet: the detector at this slot.
+    Member(u32),
 }
 
 /// Trains the algorithm `params` are for on `table`.
@@ -172,6 +201,7 @@ pub enum LoadedModel {
     Kmeans(kmeans::GpuKmeans),
     Knn(knn::GpuKnn),
     Anomaly(anomaly::GpuAnomaly),
+    AnomalyFleet(fleet::GpuAnomalyFleet),
 }
 
 impl LoadedModel {
@@ -187,6 +217,9 @@ impl LoadedModel {
         Ok(match a.algorithm()? {
             Algorithm::Kmeans => Self::Kmeans(kmeans::GpuKmeans::load(gpu, &a)?),
             Algorithm::Knn => Self::Knn(knn::GpuKnn::load(gpu, &a)?),
+            Algorithm::Anomaly if fleet::GpuAnomalyFleet::is_fleet(&a)? => {
+                Self::AnomalyFleet(fleet::GpuAnomalyFleet::load(gpu, &a)?)
+            }
             Algorithm::Anomaly => Self::Anomaly(anomaly::GpuAnomaly::load(gpu, &a)?),
             Algorithm::Logreg | Algorithm::Mlp => {
                 let model = classifier::ClassifierModel::from_artifact(&a)?;
@@ -207,6 +240,15 @@ impl LoadedModel {
             Self::Kmeans(m) => m.n_features(),
             Self::Knn(m) => m.n_features(),
             Self::Anomaly(m) => m.n_features(),
+            Self::AnomalyFleet(m) => m.n_features(),
+        }
+    }
+
+    /// A fleet's group column (its rows name their group in it).
+    pub fn group_column(&self) -> Option<&str> {
+        match self {
+            Self::AnomalyFleet(m) => Some(&m.group_column),
+            _ => None,
         }
     }
 
@@ -217,6 +259,7 @@ impl LoadedModel {
             Self::Kmeans(m) => m.bytes(),
             Self::Knn(m) => m.bytes(),
             Self::Anomaly(m) => m.bytes(),
+            Self::AnomalyFleet(m) => m.bytes(),
         }
     }
 
@@ -232,15 +275,55 @@ impl LoadedModel {
         self.infer_to(gpu, table, rows_json, ctl, CsvOut::in_memory())
     }
 
-    /// As [`infer`](Self::infer), writing the CSV to `csv` as it is produced.
-    pub fn infer_to(
+    /// As [`infer_to`](Self::infer_to), by the detectors `scope` names: a fleet member's, or
+    /// for a fleet as a whole each row's own group's (the table's `groups`; a group the fleet
+    /// does not hold is `model_not_found`).
+    pub fn infer_scoped(
         &self,
         gpu: &Gpu,
         table: &Table,
+        scope: Scope,
         rows_json: bool,
         ctl: &Control,
         csv: CsvOut,
     ) -> Result<Inference, JobError> {
+        let Self::AnomalyFleet(fleet) = self else {
+            return match scope {
+                Scope::Whole => self.infer_to(gpu, table, rows_json, ctl, csv),
+                Scope::Member(_) => Err(JobError::new(
+                    ErrorCode::InternalError,
+                    "a fleet member's model is not a fleet",
+                )),
+            };
+        };
+        self.check_width(table)?;
+        let n = table.features.rows;
+        let slots = match (scope, &table.groups) {
+            (Scope::Member(slot), _) => vec![slot; n],
+            (Scope::Whole, Some(groups)) => {
+                let mut of_name = Vec::with_capacity(groups.names.len());
+                for name in &groups.names {
+                    of_name.push(fleet.slot(name).ok_or_else(|| {
+                        JobError::new(
+                            ErrorCode::ModelNotFound,
+                            format!("the fleet has no model for group `{name}`"),
+                        )
+                    })?);
+                }
+                groups.of_row.iter().map(|&g| of_name[g as usize]).collect()
+            }
+            (Scope::Whole, None) => {
+                return Err(JobError::invalid_input(format!(
+                    "a fleet scores each row by its `{}` column: send a CSV or .npy input with \
+                     it, or name one member (its model_id)",
+                    fleet.group_column
+                )));
+            }
+        };
+        fleet.infer(gpu, table, &slots, rows_json, ctl, csv)
+    }
+
+    fn check_width(&self, table: &Table) -> Result<(), JobError> {
         let f = self.n_features();
         if table.features.cols != f {
             return Err(JobError::new(
@@ -251,42 +334,81 @@ impl LoadedModel {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// As [`infer`](Self::infer), writing the CSV to `csv` as it is produced.
+    pub fn infer_to(
+        &self,
+        gpu: &Gpu,
+        table: &Table,
+        rows_json: bool,
+        ctl: &Control,
+        csv: CsvOut,
+    ) -> Result<Inference, JobError> {
+        self.check_width(table)?;
         match self {
             Self::Classifier(m) => m.infer(gpu, table, rows_json, ctl, csv),
             Self::Kmeans(m) => m.infer(gpu, table, rows_json, ctl, csv),
             Self::Knn(m) => m.infer(gpu, table, rows_json, ctl, csv),
             Self::Anomaly(m) => m.infer(gpu, table, rows_json, ctl, csv),
+            Self::AnomalyFleet(_) => {
+                self.infer_scoped(gpu, table, Scope::Whole, rows_json, ctl, csv)
+            }
         }
     }
 }
 
 impl LoadedModel {
-    /// Each table's inference, rows as JSON and no CSV, as [`infer`](Self::infer) would give
-    /// it alone. A classifier (logreg, mlp) runs them all in one forward pass; the other models
-    /// run them one after another. A table of the wrong width gets its own `shape_mismatch`.
+    /// Each table's inference by its scope, rows as JSON and no CSV, as
+    /// [`infer_scoped`](Self::infer_scoped) would give it alone. A classifier (logreg, mlp) runs
+    /// them all in one forward pass, and a fleet scores every member's rows in one dispatch; the
+    /// other models run them one after another. A table of the wrong width gets its own
+    /// `shape_mismatch`.
     pub fn infer_many(
         &self,
         gpu: &Gpu,
-        tables: &[&Table],
+        tables: &[(&Table, Scope)],
         ctl: &Control,
     ) -> Vec<Result<Inference, JobError>> {
         let f = self.n_features();
         let (fits, _): (Vec<usize>, Vec<usize>) =
-            (0..tables.len()).partition(|&i| tables[i].features.cols == f);
+            (0..tables.len()).partition(|&i| tables[i].0.features.cols == f);
         let mut out: Vec<Option<Result<Inference, JobError>>> =
             tables.iter().map(|_| None).collect();
-        if let Self::Classifier(m) = self
-            && !fits.is_empty()
-        {
-            let fitting: Vec<&Table> = fits.iter().map(|&i| tables[i]).collect();
-            match m.infer_many(gpu, &fitting, ctl) {
+        let together = match self {
+            Self::Classifier(m) if !fits.is_empty() => {
+                let fitting: Vec<&Table> = fits.iter().map(|&i| tables[i].0).collect();
+                Some((fits.clone(), m.infer_many(gpu, &fitting, ctl)))
+            }
+            Self::AnomalyFleet(m) => {
+                let members: Vec<usize> = fits
+                    .iter()
+                    .copied()
+                    .filter(|&i| matches!(tables[i].1, Scope::Member(_)))
+                    .collect();
+                (!members.is_empty()).then(|| {
+                    let each: Vec<(&Table, u32)> = members
+                        .iter()
+                        .map(|&i| match tables[i].1 {
+                            Scope::Member(slot) => (tables[i].0, slot),
+                            Scope::Whole => unreachable!("filtered to members"),
+                        })
+                        .collect();
+                    (members, m.infer_members(gpu, &each, ctl))
+                })
+            }
+            _ => None,
+        };
+        if let Some((which, done)) = together {
+            match done {
                 Ok(each) => {
-                    for (i, inference) in fits.iter().zip(each) {
+                    for (i, inference) in which.iter().zip(each) {
                         out[*i] = Some(Ok(inference));
                     }
                 }
                 Err(e) => {
-                    for i in &fits {
+                    for i in &which {
                         out[*i] = Some(Err(e.clone()));
                     }
                 }
@@ -295,8 +417,10 @@ impl LoadedModel {
         tables
             .iter()
             .zip(out)
-            .map(|(t, done)| {
-                done.unwrap_or_else(|| self.infer_to(gpu, t, true, ctl, CsvOut::discard()))
+            .map(|((t, scope), done)| {
+                done.unwrap_or_else(|| {
+                    self.infer_scoped(gpu, t, *scope, true, ctl, CsvOut::discard())
+                })
             })
             .collect()
     }

@@ -6,7 +6,7 @@
 //! compiled in its on-disk cache (`~/.cache/mesa_shader_cache_db`), so the next worker start on
 //! the machine takes a second or two.
 
-use super::{Control, LoadedModel, train};
+use super::{Control, LoadedModel, Scope, train, train_fleet};
 use crate::gpu::Gpu;
 use gpuq_shared::dataset;
 use gpuq_shared::params::TrainParams;
@@ -52,7 +52,7 @@ pub fn warm_up(gpu: &Gpu) -> Result<Vec<(String, Duration)>, JobError> {
         let model = LoadedModel::load(gpu, &trained.artifact)?;
         let table = dataset::from_rows(&rows, Some(&labels))?;
         model.infer(gpu, &table, true, &ctl)?;
-        let tables = [&table, &table];
+        let tables = [(&table, Scope::Whole), (&table, Scope::Whole)];
         for inference in model.infer_many(gpu, &tables, &ctl) {
             inference?;
         }
@@ -60,6 +60,30 @@ pub fn warm_up(gpu: &Gpu) -> Result<Vec<(String, Duration)>, JobError> {
             format!("{algorithm} {params:?}").chars().take(40).collect(),
             started.elapsed(),
         ));
+    }
+    // Fleets: each scoring kernel, for two groups of eight rows.
+    for method in [
+        "scaled_manhattan",
+        "mahalanobis",
+        "nearest_neighbor_mahalanobis",
+    ] {
+        let started = Instant::now();
+        let params = json!({"method": method, "group_column": "g"});
+        let params = TrainParams::parse(Algorithm::Anomaly, &params)
+            .map_err(|e| JobError::invalid_input(format!("warm-up params: {e:?}")))?;
+        let mut table = dataset::from_rows(&rows, None)?;
+        let mut groups = dataset::Groups::default();
+        for i in 0..rows.len() {
+            groups.push(if i % 2 == 0 { "a" } else { "b" });
+        }
+        table.groups = Some(groups);
+        let trained = train_fleet(table.clone(), &params, None, &ctl)?;
+        let model = LoadedModel::load(gpu, &trained.artifact)?;
+        let tables = [(&table, Scope::Member(0)), (&table, Scope::Member(1))];
+        for inference in model.infer_many(gpu, &tables, &ctl) {
+            inference?;
+        }
+        took.push((format!("anomaly fleet, {method}"), started.elapsed()));
     }
     Ok(took)
 }

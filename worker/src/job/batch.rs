@@ -10,9 +10,10 @@
 //! (the worker that had it died), the batch is claimed first, as any job is, so that its attempts
 //! are counted and a job that kills every worker that runs it ends `failed`.
 
+use super::models::Resolved;
 use super::retry::retry_db;
 use super::{WorkerContext, blocking, inference_result};
-use crate::algorithms::{Control, StopReason};
+use crate::algorithms::{Control, Scope, StopReason};
 use chrono::{DateTime, Utc};
 use gpuq_shared::dataset::{self, Table};
 use gpuq_shared::db::{self, JobRecord, Succeeded};
@@ -36,6 +37,8 @@ pub enum Hold {
 struct Ready {
     job: JobRecord,
     table: Table,
+    /// Which of its model's detectors score it (a fleet member's, or all of the model).
+    scope: Scope,
     /// Its own stop flag: a cancel or a lost lease drops this job's result, not the batch's.
     ctl: Arc<Control>,
 }
@@ -72,13 +75,48 @@ impl WorkerContext {
                 Ok(table) => groups
                     .entry((job.tenant_id.clone(), *model_id))
                     .or_default()
-                    .push(Ready { job, table, ctl }),
+                    .push(Ready {
+                        job,
+                        table,
+                        scope: Scope::Whole,
+                        ctl,
+                    }),
                 Err(e) => unreadable.push((job, e)),
             }
         }
-        let runs = groups
-            .into_iter()
-            .map(|((tenant, model_id), ready)| self.run_group(tenant, model_id, ready, hold));
+        // The members of one fleet run together, whichever member each job names; each
+        // tenant's models are read in one statement.
+        let mut by_tenant: HashMap<String, Vec<(ModelId, Vec<Ready>)>> = HashMap::new();
+        for ((tenant, model_id), ready) in groups {
+            by_tenant.entry(tenant).or_default().push((model_id, ready));
+        }
+        let mut resolved = Vec::new();
+        for (tenant, wanted) in by_tenant {
+            let ids: Vec<ModelId> = wanted.iter().map(|(id, _)| *id).collect();
+            let models = self.models(&tenant, &ids).await;
+            for (model, (_, ready)) in models.into_iter().zip(wanted) {
+                resolved.push((model, tenant.clone(), ready));
+            }
+        }
+        let mut by_artifact: HashMap<(String, ModelId), (Resolved, Vec<Ready>)> = HashMap::new();
+        for (model, tenant, mut ready) in resolved {
+            match model {
+                Ok(model) => {
+                    for r in &mut ready {
+                        r.scope = model.scope;
+                    }
+                    by_artifact
+                        .entry((tenant, model.loaded_as))
+                        .or_insert_with(|| (model, Vec::new()))
+                        .1
+                        .extend(ready);
+                }
+                Err(e) => unreadable.extend(ready.into_iter().map(|r| (r.job, e.clone()))),
+            }
+        }
+        let runs = by_artifact
+            .into_values()
+            .map(|(model, ready)| self.run_group(model, ready, hold));
         let (recorded, alone_recorded, unreadable_recorded) = tokio::join!(
             futures_util::future::join_all(runs),
             self.run_each(alone, hold),
@@ -133,21 +171,11 @@ impl WorkerContext {
         }
     }
 
-    /// One model's jobs: one forward pass, then every success in one statement.
-    async fn run_group(
-        self: &Arc<Self>,
-        tenant: String,
-        model_id: ModelId,
-        ready: Vec<Ready>,
-        hold: Hold,
-    ) -> bool {
-        let model = match self.model(&tenant, model_id).await {
-            Ok(m) => m,
-            Err(e) => {
-                let failed = ready.into_iter().map(|r| (r.job, e.clone())).collect();
-                return self.fail_each(failed, hold).await;
-            }
-        };
+    /// One model's jobs (one fleet's, for members): one forward pass, then every success in
+    /// one statement.
+    async fn run_group(self: &Arc<Self>, model: Resolved, ready: Vec<Ready>, hold: Hold) -> bool {
+        let model_id = model.loaded_as;
+        let model = model.model;
         // The batch's deadline is its tightest job's timeout.
         let timeout = ready
             .iter()
@@ -156,13 +184,16 @@ impl WorkerContext {
             .unwrap_or(1);
         let batch_ctl = Arc::new(Control::new(self.abort.clone()));
         let (gpu, c) = (self.gpu.clone(), batch_ctl.clone());
-        let (jobs, tables): (Vec<(JobRecord, Arc<Control>)>, Vec<Table>) =
-            ready.into_iter().map(|r| ((r.job, r.ctl), r.table)).unzip();
+        type Held = (JobRecord, Arc<Control>);
+        let (jobs, tables): (Vec<Held>, Vec<(Table, Scope)>) = ready
+            .into_iter()
+            .map(|r| ((r.job, r.ctl), (r.table, r.scope)))
+            .unzip();
         let began = std::time::Instant::now();
         let work = blocking(move || {
-            let refs: Vec<&Table> = tables.iter().collect();
+            let refs: Vec<(&Table, Scope)> = tables.iter().map(|(t, s)| (t, *s)).collect();
             let each = model.model.infer_many(&gpu, &refs, &c);
-            let rows: Vec<usize> = tables.iter().map(|t| t.features.rows).collect();
+            let rows: Vec<usize> = tables.iter().map(|(t, _)| t.features.rows).collect();
             Ok((each, rows))
         });
         let outcome = match tokio::time::timeout(Duration::from_secs(timeout), work).await {

@@ -15,8 +15,7 @@ impl WorkerContext {
         &self,
         job: &JobRecord,
         input: &Input,
-        label_column: &str,
-        require_label: bool,
+        columns: dataset::Columns<'_>,
     ) -> Result<(Table, Reservation), JobError> {
         let mut memory = self.memory.reserve();
         let table = match input {
@@ -24,11 +23,17 @@ impl WorkerContext {
                 self.check_input_allowed(job, uri).await?;
                 let limits = &self.settings.limits;
                 self.storage
-                    .read_table(uri, label_column, require_label, limits, &mut memory)
+                    .read_table(uri, columns, limits, &mut memory)
                     .await?
             }
             Input::Inline { rows, labels } => {
-                if require_label && labels.is_none() {
+                if let Some(group) = columns.group {
+                    return Err(JobError::invalid_input(format!(
+                        "the group column `{group}` is read from a CSV or .npy input \
+                         (`input.uri`); inline rows have none"
+                    )));
+                }
+                if columns.require_label && labels.is_none() {
                     return Err(JobError::invalid_input(
                         "training needs `labels` beside the inline rows",
                     ));

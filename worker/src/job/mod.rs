@@ -14,12 +14,13 @@ mod retry;
 use models::ModelCache;
 use retry::retry_db;
 
-use crate::algorithms::{self, Control, StopReason, Trained};
+use crate::algorithms::{self, Control, Scope, StopReason, Trained};
 use crate::gpu::Gpu;
 use crate::leases::Leases;
 use crate::presence::Presence;
 use gpuq_shared::config::Settings;
-use gpuq_shared::db::{self, JobRecord, NewModel};
+use gpuq_shared::dataset::Columns;
+use gpuq_shared::db::{self, JobRecord, NewMember, NewModel};
 use gpuq_shared::job::{Input, Work};
 use gpuq_shared::memory::MemoryBudget;
 use gpuq_shared::params::{InferParams, TrainParams};
@@ -187,7 +188,15 @@ impl WorkerContext {
                 artifact,
             } => {
                 let metrics = &trained.metrics;
-                let result = json!({ "model_id": model_id, "metrics": metrics });
+                let members = trained.fleet.as_ref().map(|groups| members_of(groups));
+                let result = match &members {
+                    None => json!({ "model_id": model_id, "metrics": metrics }),
+                    Some(_) => json!({
+                        "fleet_id": model_id,
+                        "groups": metrics["groups"],
+                        "metrics": metrics,
+                    }),
+                };
                 let new_model = NewModel {
                     id: model_id,
                     tenant: &job.tenant_id,
@@ -197,6 +206,7 @@ impl WorkerContext {
                     params: &job.params,
                     metrics,
                     artifact_uri: &artifact.to_string(),
+                    fleet: members.as_deref(),
                 };
                 retry_db(|| {
                     db::job_set_succeeded_with_model(&self.pool, id, attempt, &result, &new_model)
@@ -264,10 +274,16 @@ impl WorkerContext {
         ctl: &Arc<Control>,
     ) -> Result<Completion, JobError> {
         ctl.report(0.0, "reading input".into());
-        let needs_labels = params.algorithm().needs_labels();
-        let (table, memory) = self
-            .load_input(job, input, params.label_column(), needs_labels)
-            .await?;
+        let base = match params.fleet().and_then(|f| f.base_fleet) {
+            Some(base) => Some(self.base_fleet(&job.tenant_id, base, &params).await?),
+            None => None,
+        };
+        let columns = Columns {
+            label: params.label_column(),
+            require_label: params.algorithm().needs_labels(),
+            group: params.fleet().map(|f| f.group_column.as_str()),
+        };
+        let (table, memory) = self.load_input(job, input, columns).await?;
         ctl.report(
             0.0,
             format!(
@@ -278,7 +294,10 @@ impl WorkerContext {
         let (gpu, c) = (self.gpu.clone(), ctl.clone());
         let mut trained = blocking(move || {
             let _memory = memory;
-            algorithms::train(&gpu, table, &params, &c)
+            match params.fleet() {
+                Some(_) => algorithms::train_fleet(table, &params, base.as_deref(), &c),
+                None => algorithms::train(&gpu, table, &params, &c),
+            }
         })
         .await?;
         let model_id = ModelId::new();
@@ -311,12 +330,22 @@ impl WorkerContext {
         input: &Input,
         ctl: &Arc<Control>,
     ) -> Result<Completion, JobError> {
-        let model = self.model(&job.tenant_id, model_id).await?;
+        let resolved = self.model(&job.tenant_id, model_id).await?;
+        let model = resolved.model;
         let label_column = params
             .label_column
             .as_deref()
             .unwrap_or(&model.label_column);
-        let (table, memory) = self.load_input(job, input, label_column, false).await?;
+        let group = match resolved.scope {
+            Scope::Whole => model.model.group_column(),
+            Scope::Member(_) => None,
+        };
+        let columns = Columns {
+            label: label_column,
+            require_label: false,
+            group,
+        };
+        let (table, memory) = self.load_input(job, input, columns).await?;
         ctl.check()?;
         let n = table.features.rows;
         let inline_only = input.uri().is_none() && n <= INLINE_ONLY_ROWS;
@@ -324,10 +353,67 @@ impl WorkerContext {
         let output = (!inline_only)
             .then(|| objects::output_uri(&self.settings, &job.tenant_id, job.id, job.attempt));
         let inference = self
-            .run_inference(model, (table, memory), rows_json, ctl, output.as_ref())
+            .run_inference(
+                model,
+                resolved.scope,
+                (table, memory),
+                rows_json,
+                ctl,
+                output.as_ref(),
+            )
             .await?;
         let result = inference_result(inference, n, output.as_ref(), rows_json);
         Ok(Completion::Inferred { result, output })
+    }
+}
+
+/// A fleet's groups as recorded: each trained one a model of its own.
+fn members_of(groups: &[algorithms::fleet::GroupOutcome]) -> Vec<NewMember> {
+    groups
+        .iter()
+        .map(|g| NewMember {
+            group_key: g.key.clone(),
+            outcome: match &g.slot {
+                Ok(slot) => Ok((ModelId::new(), *slot)),
+                Err(e) => Err(json!({ "code": e.code, "message": e.message })),
+            },
+            metrics: Some(g.metrics.clone()),
+        })
+        .collect()
+}
+
+impl WorkerContext {
+    /// The artifact of the tenant's fleet `id`, which a refresh of it (`params.base_fleet`)
+    /// starts from: the same algorithm, and a fleet, or the job fails.
+    async fn base_fleet(
+        &self,
+        tenant: &str,
+        id: ModelId,
+        params: &TrainParams,
+    ) -> Result<Vec<u8>, JobError> {
+        let record = db::model_get_for(&self.pool, tenant, id)
+            .await
+            .map_err(|e| JobError::new(ErrorCode::DatabaseError, e.to_string()))?
+            .ok_or_else(|| {
+                JobError::new(
+                    ErrorCode::ModelNotFound,
+                    format!("params.base_fleet: fleet {id} does not exist"),
+                )
+            })?;
+        if record.groups.is_none() || record.algorithm != params.algorithm() {
+            return Err(JobError::new(
+                ErrorCode::InvalidParams,
+                format!(
+                    "params.base_fleet: {id} is not a fleet of `{}` models",
+                    params.algorithm()
+                ),
+            ));
+        }
+        let uri: S3Uri = record
+            .artifact_uri
+            .parse()
+            .map_err(|e: String| JobError::new(ErrorCode::ModelCorrupt, e))?;
+        self.model_bytes(&uri).await
     }
 }
 

@@ -2,8 +2,8 @@
 //! kept within a budget of bytes, the least recently used evicted first.
 
 use super::{WorkerContext, blocking};
-use crate::algorithms::LoadedModel;
-use gpuq_shared::db;
+use crate::algorithms::{LoadedModel, Scope};
+use gpuq_shared::db::{self, ModelRecord};
 use gpuq_shared::params::TrainParams;
 use gpuq_shared::{ErrorCode, JobError, ModelId, S3Uri};
 use std::collections::HashMap;
@@ -16,6 +16,14 @@ pub(super) struct CachedModel {
     /// The label column it was trained with: an input's column of that name is not a feature.
     pub label_column: String,
     pub tenant: String,
+}
+
+/// A model a job names, resolved: what to run and which of its detectors.
+pub(super) struct Resolved {
+    pub model: Arc<CachedModel>,
+    pub scope: Scope,
+    /// The id its artifact is cached under: a fleet member's is its fleet's.
+    pub loaded_as: ModelId,
 }
 
 /// Models already on the GPU, by id (models never change once written).
@@ -109,15 +117,47 @@ impl<K: Hash + Eq + Clone, V: Clone> Lru<K, V> {
 impl WorkerContext {
     /// The tenant's model on the GPU, loading its record and artifact on first use. Another
     /// tenant's model does not exist for this job, nor does a deleted one: its record is read
-    /// on every use, and a copy held for a model deleted since is dropped, never served.
-    pub(super) async fn model(
-        &self,
-        tenant: &str,
-        id: ModelId,
-    ) -> Result<Arc<CachedModel>, JobError> {
+    /// on every use, and a copy held for a model deleted since is dropped, never served. A fleet
+    /// member resolves to its fleet's artifact (loaded once for all its members) and its slot.
+    pub(super) async fn model(&self, tenant: &str, id: ModelId) -> Result<Resolved, JobError> {
         let record = db::model_get_for(&self.pool, tenant, id)
             .await
             .map_err(|e| JobError::new(ErrorCode::DatabaseError, e.to_string()))?;
+        self.resolve(tenant, id, record).await
+    }
+
+    /// Each of the tenant's models `ids` (as [`model`](Self::model) gives it), their records
+    /// read in one statement: a batch for many members of one fleet reads them at once and
+    /// loads the fleet once.
+    pub(super) async fn models(
+        &self,
+        tenant: &str,
+        ids: &[ModelId],
+    ) -> Vec<Result<Resolved, JobError>> {
+        let records = match db::models_get_for(&self.pool, tenant, ids).await {
+            Ok(records) => records,
+            Err(e) => {
+                let e = JobError::new(ErrorCode::DatabaseError, e.to_string());
+                return ids.iter().map(|_| Err(e.clone())).collect();
+            }
+        };
+        let mut by_id: HashMap<ModelId, ModelRecord> =
+            records.into_iter().map(|r| (r.id, r)).collect();
+        let mut out = Vec::with_capacity(ids.len());
+        // One after another: the first member of a fleet loads it, the others find it cached.
+        for id in ids {
+            out.push(self.resolve(tenant, *id, by_id.remove(id)).await);
+        }
+        out
+    }
+
+    /// The model of `record` (`None`: it does not exist for this tenant) on the GPU.
+    async fn resolve(
+        &self,
+        tenant: &str,
+        id: ModelId,
+        record: Option<ModelRecord>,
+    ) -> Result<Resolved, JobError> {
         let Some(record) = record else {
             let mut cache = self.models.lock();
             if cache.get(&id).is_some_and(|m| m.tenant == tenant) {
@@ -129,39 +169,55 @@ impl WorkerContext {
                 format!("model {id} does not exist"),
             ));
         };
-        let cached = self.models.lock().get(&id);
+        let (loaded_as, scope) = match record.member() {
+            Some((fleet, slot)) => (fleet, Scope::Member(slot)),
+            None => (id, Scope::Whole),
+        };
+        let cached = self.models.lock().get(&loaded_as);
         if let Some(m) = cached.filter(|m| m.tenant == tenant) {
-            return Ok(m);
+            return Ok(Resolved {
+                model: m,
+                scope,
+                loaded_as,
+            });
         }
         let uri: S3Uri = record
             .artifact_uri
             .parse()
             .map_err(|e: String| JobError::new(ErrorCode::ModelCorrupt, e))?;
-        let bytes = self
-            .storage
-            .get_bytes(&uri)
-            .await
-            .map_err(|e| match e.code {
-                ErrorCode::InputNotFound => JobError::new(
-                    ErrorCode::ModelNotFound,
-                    format!("the artifact {uri} is gone"),
-                ),
-                _ => e,
-            })?;
+        let bytes = self.model_bytes(&uri).await?;
         let label_column = TrainParams::parse(record.algorithm, &record.params)
             .map_err(|e| JobError::new(ErrorCode::ModelCorrupt, format!("its params: {e}")))?
             .label_column()
             .to_string();
         let gpu = self.gpu.clone();
+        let began = std::time::Instant::now();
         let model = blocking(move || LoadedModel::load(&gpu, &bytes)).await?;
+        tracing::info!(model = %loaded_as, bytes = model.bytes(), seconds = began.elapsed().as_secs_f64(),
+            "model loaded onto the device");
         let loaded = Arc::new(CachedModel {
             model,
             label_column,
             tenant: record.tenant_id,
         });
         let bytes = loaded.model.bytes();
-        self.models.lock().insert(id, loaded.clone(), bytes);
-        Ok(loaded)
+        self.models.lock().insert(loaded_as, loaded.clone(), bytes);
+        Ok(Resolved {
+            model: loaded,
+            scope,
+            loaded_as,
+        })
+    }
+
+    /// A model's artifact; one that is gone is `model_not_found`.
+    pub(super) async fn model_bytes(&self, uri: &S3Uri) -> Result<Vec<u8>, JobError> {
+        self.storage.get_bytes(uri).await.map_err(|e| match e.code {
+            ErrorCode::InputNotFound => JobError::new(
+                ErrorCode::ModelNotFound,
+                format!("the artifact {uri} is gone"),
+            ),
+            _ => e,
+        })
     }
 }
 

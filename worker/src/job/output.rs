@@ -4,7 +4,7 @@
 
 use super::models::CachedModel;
 use super::{WorkerContext, blocking};
-use crate::algorithms::{Control, CsvOut, Inference};
+use crate::algorithms::{Control, CsvOut, Inference, Scope};
 use gpuq_shared::dataset::Table;
 use gpuq_shared::memory::Reservation;
 use gpuq_shared::{JobError, S3Uri};
@@ -21,6 +21,7 @@ impl WorkerContext {
     pub(super) async fn run_inference(
         &self,
         model: Arc<CachedModel>,
+        scope: Scope,
         (table, memory): (Table, Reservation),
         rows_json: bool,
         ctl: &Arc<Control>,
@@ -32,14 +33,16 @@ impl WorkerContext {
                 let _memory = memory;
                 model
                     .model
-                    .infer_to(&gpu, &table, rows_json, &c, CsvOut::discard())
+                    .infer_scoped(&gpu, &table, scope, rows_json, &c, CsvOut::discard())
             })
             .await;
         };
         let (csv, mut chunks) = CsvOut::channel(CHUNK_BYTES, CHUNKS_WAITING);
         let produced = blocking(move || {
             let _memory = memory;
-            let mut inference = model.model.infer_to(&gpu, &table, rows_json, &c, csv)?;
+            let mut inference = model
+                .model
+                .infer_scoped(&gpu, &table, scope, rows_json, &c, csv)?;
             inference.csv.finish()?;
             Ok(inference)
         });

@@ -1,0 +1,490 @@
+//! Fleets: one anomaly detector per group of rows, trained in one job, stored as one artifact and
+//! scored by member or by each row's group — held to the same detectors trained alone and to the
+//! published keystroke table, through the whole path (API → queue → worker → S3 → Postgres).
+
+use gpuq_tests::{TestApp, data, reference};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+const METHODS: [&str; 4] = [
+    "scaled_manhattan",
+    "mahalanobis",
+    "zscore",
+    "nearest_neighbor_mahalanobis",
+];
+const SUBJECTS: [&str; 3] = ["s002", "s003", "s004"];
+
+/// The CSVs of `parts` (same header) as one, with a first column `subject` naming each part.
+fn with_subject(parts: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    let mut out = String::new();
+    for (i, (subject, bytes)) in parts.iter().enumerate() {
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        let mut lines = text.lines();
+        let header = lines.next().unwrap();
+        if i == 0 {
+            out += &format!("subject,{header}\n");
+        }
+        for line in lines.filter(|l| !l.trim().is_empty()) {
+            out += &format!("{subject},{line}\n");
+        }
+    }
+    out.into_bytes()
+}
+
+fn keystrokes(subject: &str, part: &str) -> Vec<u8> {
+    data(&format!("data/keystroke/{subject}_{part}.csv"))
+}
+
+/// The first column of an output CSV.
+fn scores(bytes: &[u8]) -> Vec<f64> {
+    String::from_utf8(bytes.to_vec())
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').next().unwrap().parse().unwrap())
+        .collect()
+}
+
+async fn output(app: &TestApp, job: &Value) -> Vec<f64> {
+    assert_eq!(job["status"], "succeeded", "{job}");
+    scores(
+        &app.get_object(job["result"]["output_uri"].as_str().unwrap())
+            .await,
+    )
+}
+
+/// Trains a fleet; returns the finished job.
+async fn train_fleet(app: &TestApp, params: Value, uri: &str) -> Value {
+    let job = app
+        .run(json!({"type": "train", "algorithm": "anomaly", "params": params, "input": {"uri": uri}}))
+        .await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    job
+}
+
+/// Largest |a − b| / |b| over the rows (|b| below 1e-12 counts as 1e-12).
+fn max_relative(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs() / y.abs().max(1e-12))
+        .fold(0.0, f64::max)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_keystroke_fleet_reproduces_the_eer_table_and_each_member_scores_as_its_subject_trained_alone()
+ {
+    let app = TestApp::spawn().await;
+    let expected = reference("anomaly.json");
+    let train_parts: Vec<(&str, Vec<u8>)> = SUBJECTS
+        .iter()
+        .map(|s| (*s, keystrokes(s, "train")))
+        .collect();
+    let test_parts: Vec<(&str, Vec<u8>)> = SUBJECTS
+        .iter()
+        .map(|s| (*s, keystrokes(s, "test")))
+        .collect();
+    let fleet_train = app
+        .put("ks/fleet_train.csv", with_subject(&train_parts))
+        .await;
+    let fleet_test = app
+        .put("ks/fleet_test.csv", with_subject(&test_parts))
+        .await;
+    let mut subject_uris = Vec::new();
+    for s in SUBJECTS {
+        subject_uris.push((
+            app.put(&format!("ks/{s}_train.csv"), keystrokes(s, "train"))
+                .await,
+            app.put(&format!("ks/{s}_test.csv"), keystrokes(s, "test"))
+                .await,
+        ));
+    }
+    for method in METHODS {
+        let job = train_fleet(
+            &app,
+            json!({"method": method, "group_column": "subject"}),
+            &fleet_train,
+        )
+        .await;
+        let r = &job["result"];
+        let fleet_id = r["fleet_id"].as_str().unwrap();
+        assert_eq!(r["groups"], 3, "{r}");
+        assert_eq!(r["metrics"]["failed_groups"], 0, "{r}");
+        assert_eq!(r["metrics"]["rows_per_group"]["min"], 200, "{r}");
+        // The fleet as a whole: every test row scored by its own subject's detector.
+        let whole = app
+            .run(json!({"type": "infer", "fleet_id": fleet_id, "input": {"uri": fleet_test}}))
+            .await;
+        let whole = output(&app, &whole).await;
+        let mut at = 0;
+        for (subject, (train, test)) in SUBJECTS.iter().zip(&subject_uris) {
+            let member = app
+                .run(json!({"type": "infer", "fleet_id": fleet_id, "group": subject, "input": {"uri": test}}))
+                .await;
+            let want = &expected[*subject][method];
+            let (eer, far) = (
+                member["result"]["equal_error_rate"].as_f64().unwrap(),
+                member["result"]["zero_miss_false_alarm_rate"]
+                    .as_f64()
+                    .unwrap(),
+            );
+            eprintln!(
+                "{subject} {method}: EER {eer:.4} (reference {:.4}), zero-miss FAR {far:.4} (reference {:.4})",
+                want["eer"], want["zero_miss_far"]
+            );
+            assert!((eer - want["eer"].as_f64().unwrap()).abs() < 5e-5);
+            assert!((far - want["zero_miss_far"].as_f64().unwrap()).abs() < 5e-5);
+            let member = output(&app, &member).await;
+            // The same subject trained alone, as its own model.
+            let alone = app
+                .run(json!({"type": "train", "algorithm": "anomaly", "params": {"method": method}, "input": {"uri": train}}))
+                .await;
+            let model_id = alone["result"]["model_id"].as_str().unwrap();
+            let alone = app
+                .run(json!({"type": "infer", "model_id": model_id, "input": {"uri": test}}))
+                .await;
+            let alone = output(&app, &alone).await;
+            let rel = max_relative(&member, &alone);
+            eprintln!("{subject} {method}: member vs alone, largest relative difference {rel:.2e}");
+            assert!(rel <= 1e-6, "{subject} {method}: {rel}");
+            assert_eq!(
+                &whole[at..at + member.len()],
+                &member[..],
+                "{subject} {method}: scored by group and by member"
+            );
+            at += member.len();
+        }
+        assert_eq!(at, whole.len());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn logins_of_many_members_sent_as_one_batch_score_as_each_member_alone() {
+    let app = TestApp::spawn().await;
+    let train_parts: Vec<(&str, Vec<u8>)> = SUBJECTS
+        .iter()
+        .map(|s| (*s, keystrokes(s, "train")))
+        .collect();
+    let fleet_train = app
+        .put("ks/fleet_train.csv", with_subject(&train_parts))
+        .await;
+    let job = train_fleet(
+        &app,
+        json!({"method": "mahalanobis", "group_column": "subject"}),
+        &fleet_train,
+    )
+    .await;
+    let fleet_id = job["result"]["fleet_id"].as_str().unwrap().to_string();
+    // 16 logins of each subject, interleaved, each a job of one row (48: the test API's batch
+    // limit is 50).
+    let mut items = Vec::new();
+    let mut want = Vec::new();
+    for (subject, _) in &train_parts {
+        let test = keystrokes(subject, "test");
+        let uri = app
+            .put(&format!("ks/{subject}_test.csv"), test.clone())
+            .await;
+        let member = app
+            .run(json!({"type": "infer", "fleet_id": fleet_id, "group": subject, "input": {"uri": uri}}))
+            .await;
+        want.push(output(&app, &member).await);
+    }
+    let rows: Vec<Vec<Vec<f64>>> = SUBJECTS
+        .iter()
+        .map(|s| {
+            String::from_utf8(keystrokes(s, "test"))
+                .unwrap()
+                .lines()
+                .skip(1)
+                .take(16)
+                .map(|l| {
+                    let mut v: Vec<f64> = l.split(',').map(|c| c.parse().unwrap()).collect();
+                    v.pop(); // the label
+                    v
+                })
+                .collect()
+        })
+        .collect();
+    let mut expect = Vec::new();
+    for i in 0..16 {
+        for (s, subject) in SUBJECTS.iter().enumerate() {
+            items.push(
+                json!({"type": "infer", "fleet_id": fleet_id, "group": subject,
+                              "input": {"rows": [rows[s][i]]}}),
+            );
+            expect.push(want[s][i]);
+        }
+    }
+    let (status, body) = app
+        .send(
+            app.client
+                .post(format!("{}/v1/jobs/batch", app.url))
+                .header("prefer", "wait=60")
+                .json(&json!({ "jobs": items })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let jobs = body["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 48);
+    let mut ids = Vec::new();
+    for (job, want) in jobs.iter().zip(&expect) {
+        let job = app.wait(job, Duration::from_secs(120)).await;
+        ids.push(job["id"].as_str().unwrap().parse::<uuid::Uuid>().unwrap());
+        assert_eq!(job["status"], "succeeded", "{job}");
+        let got = job["result"]["predictions"][0]["score"].as_f64().unwrap();
+        assert!(
+            (got - want).abs() <= 1e-6 * want.abs(),
+            "{got} vs {want} for {}",
+            job["model_id"]
+        );
+    }
+    // The three subjects' jobs ran together: a batch per member would write each member's
+    // jobs in a statement of its own (a `finished_at` each, at least three).
+    let statements: i64 =
+        sqlx::query_scalar("SELECT count(DISTINCT finished_at) FROM jobs WHERE id = ANY($1)")
+            .bind(&ids)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    eprintln!("48 jobs of 3 members written in {statements} statement(s)");
+    assert!(statements < 3, "{statements}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fleet_answers_for_its_groups_and_refuses_what_it_cannot_do_clearly() {
+    let app = TestApp::spawn().await;
+    // Group `solo` has one row: it fails alone, the fleet trains.
+    let csv = "user,a,b\nann,1,2\nann,2,3\nann,3,1\nbob,5,5\nbob,6,4\nsolo,9,9\n";
+    let uri = app.put("fleet/small.csv", csv.as_bytes().to_vec()).await;
+    let job = train_fleet(&app, json!({"group_column": "user"}), &uri).await;
+    let r = &job["result"];
+    let fleet_id = r["fleet_id"].as_str().unwrap().to_string();
+    assert_eq!(
+        (r["groups"].as_i64(), r["metrics"]["failed_groups"].as_i64()),
+        (Some(2), Some(1)),
+        "{r}"
+    );
+    // The fleet, its list, its groups.
+    let (s, fleet) = app.get(&format!("/v1/fleets/{fleet_id}")).await;
+    assert_eq!(s, StatusCode::OK, "{fleet}");
+    assert_eq!(
+        (fleet["groups"].as_i64(), fleet["group_column"].as_str()),
+        (Some(2), Some("user"))
+    );
+    assert_eq!(fleet["failed"][0]["group"], "solo", "{fleet}");
+    assert_eq!(
+        fleet["failed"][0]["error"]["code"], "invalid_input",
+        "{fleet}"
+    );
+    let (_, list) = app.get("/v1/fleets?limit=10").await;
+    assert!(
+        list["fleets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["id"] == fleet_id.as_str()),
+        "{list}"
+    );
+    let (s, solo) = app.get(&format!("/v1/fleets/{fleet_id}/groups/solo")).await;
+    assert_eq!(
+        (s, solo["status"].as_str()),
+        (StatusCode::OK, Some("failed"))
+    );
+    assert!(
+        solo["error"]["message"].as_str().unwrap().contains("two"),
+        "{solo}"
+    );
+    let (s, ann) = app.get(&format!("/v1/fleets/{fleet_id}/groups/ann")).await;
+    assert_eq!(
+        (s, ann["status"].as_str()),
+        (StatusCode::OK, Some("trained"))
+    );
+    assert_eq!(ann["metrics"]["rows"], 3);
+    let ann_id = ann["model_id"].as_str().unwrap().to_string();
+    // A member is a model of its own.
+    let (s, model) = app.get(&format!("/v1/models/{ann_id}")).await;
+    assert_eq!(s, StatusCode::OK, "{model}");
+    assert_eq!(
+        (model["fleet_id"].as_str(), model["group"].as_str()),
+        (Some(fleet_id.as_str()), Some("ann"))
+    );
+    let by_id = app
+        .run(json!({"type": "infer", "model_id": ann_id, "input": {"rows": [[1.0, 2.0], [20.0, 2.0]]}}))
+        .await;
+    let by_group = app
+        .run(json!({"type": "infer", "fleet_id": fleet_id, "group": "ann", "input": {"rows": [[1.0, 2.0], [20.0, 2.0]]}}))
+        .await;
+    assert_eq!(by_id["status"], "succeeded", "{by_id}");
+    assert_eq!(
+        by_id["result"]["predictions"],
+        by_group["result"]["predictions"]
+    );
+    let p = &by_id["result"]["predictions"];
+    assert!(p[1]["score"].as_f64() > p[0]["score"].as_f64(), "{p}");
+    // Unknown and failed groups are not found; so is another fleet.
+    for group in ["carol", "solo"] {
+        let (s, e) = app
+            .post(
+                "/v1/jobs",
+                &json!({"type": "infer", "fleet_id": fleet_id, "group": group, "input": {"rows": [[1.0, 2.0]]}}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{e}");
+        assert_eq!(e["error"]["code"], "model_not_found", "{e}");
+    }
+    let (s, _) = app
+        .get(&format!(
+            "/v1/fleets/{}/groups/ann",
+            gpuq_shared::ModelId::new()
+        ))
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    // A whole fleet needs rows that name their group; inline rows cannot.
+    let (s, e) = app
+        .post(
+            "/v1/jobs",
+            &json!({"type": "infer", "fleet_id": fleet_id, "input": {"rows": [[1.0, 2.0]]}}),
+        )
+        .await;
+    assert_eq!(
+        (s, e["error"]["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("input")),
+        "{e}"
+    );
+    // Rows naming a group the fleet does not hold fail the job as model_not_found.
+    let rows = app
+        .put("fleet/rows.csv", b"user,a,b\nann,1,2\ncarol,1,1\n".to_vec())
+        .await;
+    let job = app
+        .run(json!({"type": "infer", "fleet_id": fleet_id, "input": {"uri": rows}}))
+        .await;
+    assert_eq!(job["status"], "failed", "{job}");
+    assert_eq!(job["error"]["code"], "model_not_found", "{job}");
+    assert!(
+        job["error"]["message"].as_str().unwrap().contains("carol"),
+        "{job}"
+    );
+    // Training: a missing group column, fleets of other algorithms, inline rows.
+    let job = app
+        .run(json!({"type": "train", "algorithm": "anomaly", "params": {"group_column": "person"}, "input": {"uri": uri}}))
+        .await;
+    assert_eq!(job["error"]["code"], "invalid_input", "{job}");
+    assert!(
+        job["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`person`"),
+        "{job}"
+    );
+    for (algorithm, input) in [
+        ("kmeans", json!({"uri": uri})),
+        ("anomaly", json!({"rows": [[1.0], [2.0]]})),
+    ] {
+        let (s, e) = app
+            .post(
+                "/v1/jobs",
+                &json!({"type": "train", "algorithm": algorithm, "params": {"group_column": "user"}, "input": input}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+        eprintln!("{algorithm}: {}", e["error"]["message"]);
+    }
+    // A member is deleted with its fleet, not alone.
+    let (s, e) = app.delete(&format!("/v1/models/{ann_id}")).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{e}");
+    let (s, _) = app.delete(&format!("/v1/fleets/{fleet_id}")).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _) = app.get(&format!("/v1/models/{ann_id}")).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = app.get(&format!("/v1/fleets/{fleet_id}")).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refresh_trains_the_groups_it_is_given_and_carries_the_others_over_unchanged() {
+    let app = TestApp::spawn().await;
+    let base_csv = "user,a,b\nann,1,2\nann,2,3\nann,3,1\nbob,5,5\nbob,6,4\ncid,0,0\ncid,1,1\n";
+    let base_uri = app
+        .put("fleet/base.csv", base_csv.as_bytes().to_vec())
+        .await;
+    let base = train_fleet(&app, json!({"group_column": "user"}), &base_uri).await;
+    let base_id = base["result"]["fleet_id"].as_str().unwrap().to_string();
+    // bob re-enrols with other samples; dan enrols.
+    let new_csv = "user,a,b\nbob,50,50\nbob,60,40\ndan,7,7\ndan,8,9\n";
+    let new_uri = app
+        .put("fleet/refresh.csv", new_csv.as_bytes().to_vec())
+        .await;
+    let refreshed = train_fleet(
+        &app,
+        json!({"group_column": "user", "base_fleet": base_id}),
+        &new_uri,
+    )
+    .await;
+    let r = &refreshed["result"];
+    let new_id = r["fleet_id"].as_str().unwrap().to_string();
+    assert_ne!(new_id, base_id);
+    assert_eq!(r["groups"], 4, "{r}");
+    assert_eq!(
+        (
+            r["metrics"]["trained_groups"].as_i64(),
+            r["metrics"]["carried_groups"].as_i64()
+        ),
+        (Some(2), Some(2)),
+        "{r}"
+    );
+    let score = |fleet: String, group: &'static str| {
+        let app = &app;
+        async move {
+            let job = app
+                .run(json!({"type": "infer", "fleet_id": fleet, "group": group, "input": {"rows": [[4.0, 4.0]]}}))
+                .await;
+            assert_eq!(job["status"], "succeeded", "{job}");
+            job["result"]["predictions"][0]["score"].as_f64().unwrap()
+        }
+    };
+    for group in ["ann", "cid"] {
+        assert_eq!(
+            score(base_id.clone(), group).await,
+            score(new_id.clone(), group).await,
+            "{group} is carried over as it was"
+        );
+    }
+    assert_ne!(
+        score(base_id.clone(), "bob").await,
+        score(new_id.clone(), "bob").await
+    );
+    assert!(score(new_id.clone(), "dan").await > 0.0);
+    let (_, carried) = app.get(&format!("/v1/fleets/{new_id}/groups/ann")).await;
+    assert_eq!(carried["metrics"]["carried"], true, "{carried}");
+    // A base that is not a fleet of this algorithm, or not there, is refused at submit.
+    let (s, e) = app
+        .post(
+            "/v1/jobs",
+            &json!({"type": "train", "algorithm": "anomaly", "input": {"uri": new_uri},
+                    "params": {"group_column": "user", "base_fleet": gpuq_shared::ModelId::new().to_string()}}),
+        )
+        .await;
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("model_not_found")),
+        "{e}"
+    );
+    let (s, e) = app
+        .post(
+            "/v1/jobs",
+            &json!({"type": "train", "algorithm": "anomaly", "input": {"uri": new_uri},
+                    "params": {"method": "zscore", "group_column": "user", "base_fleet": base_id}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{e}");
+    let job = app.wait(&e, Duration::from_secs(120)).await;
+    assert_eq!(job["error"]["code"], "invalid_params", "{job}");
+    assert!(
+        job["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("scaled_manhattan"),
+        "{job}"
+    );
+}
