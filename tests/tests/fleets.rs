@@ -4,6 +4,7 @@
 
 use gpuq_tests::{TestApp, data, reference};
 use reqwest::StatusCode;
+use safetensors::SafeTensors;
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -63,6 +64,71 @@ async fn train_fleet(app: &TestApp, params: Value, uri: &str) -> Value {
     job
 }
 
+/// A tensor of the artifact as f64 (f32 and u32 tensors), with its shape.
+fn tensor(st: &SafeTensors, name: &str) -> (Vec<usize>, Vec<f64>) {
+    let t = st.tensor(name).unwrap();
+    let values = t
+        .data()
+        .chunks_exact(4)
+        .map(|c| match t.dtype() {
+            safetensors::Dtype::U32 => u32::from_le_bytes(c.try_into().unwrap()) as f64,
+            _ => f32::from_le_bytes(c.try_into().unwrap()) as f64,
+        })
+        .collect();
+    (t.shape().to_vec(), values)
+}
+
+/// The scores of `rows` (features only) of groups `groups` computed from the fleet artifact
+/// alone, in f64, the way a NumPy user would (`tests/reference/check_fleet_artifact.py`).
+fn scores_from_artifact(bytes: &[u8], rows: &[Vec<f64>], groups: &[&str]) -> Vec<f64> {
+    let st = SafeTensors::deserialize(bytes).unwrap();
+    let (_, meta) = SafeTensors::read_metadata(bytes).unwrap();
+    let meta = meta.metadata().clone().unwrap();
+    let parse = |k: &str| serde_json::from_str::<Value>(&meta[k]).unwrap();
+    let slots: Vec<String> = serde_json::from_value(parse("groups")).unwrap();
+    let method = parse("method");
+    let threshold = parse("z_threshold").as_f64().unwrap();
+    let (shape, mean) = tensor(&st, "mean");
+    let f = shape[1];
+    rows.iter()
+        .zip(groups)
+        .map(|(x, g)| {
+            let s = slots.iter().position(|k| k == g).unwrap();
+            let d: Vec<f64> = (0..f).map(|j| x[j] - mean[s * f + j]).collect();
+            match method.as_str().unwrap() {
+                "scaled_manhattan" | "zscore" => {
+                    let scale = tensor(&st, "scale").1;
+                    let z = (0..f).map(|j| d[j].abs() / scale[s * f + j]);
+                    if method == "zscore" {
+                        z.filter(|v| *v > threshold).count() as f64
+                    } else {
+                        z.sum()
+                    }
+                }
+                _ => {
+                    let w = tensor(&st, "whitening").1;
+                    let z: Vec<f64> = (0..f)
+                        .map(|c| (0..f).map(|j| d[j] * w[s * f * f + j * f + c]).sum())
+                        .collect();
+                    if method == "mahalanobis" {
+                        return z.iter().map(|v| v * v).sum::<f64>().sqrt();
+                    }
+                    let refs = tensor(&st, "references").1;
+                    let offsets = tensor(&st, "reference_offsets").1;
+                    (offsets[s] as usize..offsets[s + 1] as usize)
+                        .map(|r| {
+                            (0..f)
+                                .map(|c| (z[c] - refs[r * f + c]).powi(2))
+                                .sum::<f64>()
+                        })
+                        .fold(f64::INFINITY, f64::min)
+                        .sqrt()
+                }
+            }
+        })
+        .collect()
+}
+
 /// Largest |a − b| / |b| over the rows (|b| below 1e-12 counts as 1e-12).
 fn max_relative(a: &[f64], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len());
@@ -116,7 +182,43 @@ async fn a_keystroke_fleet_reproduces_the_eer_table_and_each_member_scores_as_it
         let whole = app
             .run(json!({"type": "infer", "fleet_id": fleet_id, "input": {"uri": fleet_test}}))
             .await;
+        let whole_uri = whole["result"]["output_uri"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         let whole = output(&app, &whole).await;
+        // The artifact alone, in f64, reproduces gpuq's scores.
+        let (_, fleet) = app.get(&format!("/v1/fleets/{fleet_id}")).await;
+        let artifact = app
+            .get_object(fleet["artifact_uri"].as_str().unwrap())
+            .await;
+        let test_csv = String::from_utf8(with_subject(&test_parts)).unwrap();
+        let (mut rows, mut groups) = (Vec::new(), Vec::new());
+        for line in test_csv.lines().skip(1) {
+            let mut cells = line.split(',');
+            groups.push(cells.next().unwrap());
+            let mut v: Vec<f64> = cells.map(|c| c.parse().unwrap()).collect();
+            v.pop(); // the label
+            rows.push(v);
+        }
+        let from_artifact = scores_from_artifact(&artifact, &rows, &groups);
+        let rel = max_relative(&whole, &from_artifact);
+        eprintln!(
+            "{method}: the artifact alone (f64) vs gpuq, largest relative difference {rel:.2e}"
+        );
+        assert!(rel <= 1e-5, "{method}: {rel}");
+        if let Ok(dir) = std::env::var("GPUQ_FLEET_ARTIFACT_DIR") {
+            // For tests/reference/check_fleet_artifact.py.
+            let dir = std::path::Path::new(&dir);
+            std::fs::create_dir_all(dir).unwrap();
+            std::fs::write(dir.join(format!("{method}.safetensors")), &artifact).unwrap();
+            std::fs::write(dir.join("input.csv"), &test_csv).unwrap();
+            std::fs::write(
+                dir.join(format!("{method}.scores.csv")),
+                app.get_object(&whole_uri).await,
+            )
+            .unwrap();
+        }
         let mut at = 0;
         for (subject, (train, test)) in SUBJECTS.iter().zip(&subject_uris) {
             let member = app
