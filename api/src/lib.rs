@@ -255,6 +255,7 @@ pub fn router(state: AppState) -> Router {
             "/v1/fleets/{id}",
             get(routes::fleets::get).delete(routes::fleets::delete),
         )
+        .route("/v1/fleets/{id}/groups", get(routes::fleets::groups))
         .route("/v1/fleets/{id}/groups/{group}", get(routes::fleets::group))
         .route(
             "/v1/models/{id}",

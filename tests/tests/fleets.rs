@@ -388,6 +388,25 @@ async fn a_fleet_answers_for_its_groups_and_refuses_what_it_cannot_do_clearly() 
             .any(|f| f["id"] == fleet_id.as_str()),
         "{list}"
     );
+    let (s, page) = app
+        .get(&format!("/v1/fleets/{fleet_id}/groups?limit=2"))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{page}");
+    let names: Vec<&str> = page["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["group"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        (names, page["next"].as_str()),
+        (vec!["ann", "bob"], Some("bob"))
+    );
+    let (_, page) = app
+        .get(&format!("/v1/fleets/{fleet_id}/groups?limit=2&after=bob"))
+        .await;
+    assert_eq!(page["groups"][0]["group"], "solo", "{page}");
+    assert_eq!(page["next"], Value::Null, "{page}");
     let (s, solo) = app.get(&format!("/v1/fleets/{fleet_id}/groups/solo")).await;
     assert_eq!(
         (s, solo["status"].as_str()),

@@ -1,4 +1,4 @@
-//! `GET /v1/fleets`, `GET /v1/fleets/{id}`, `GET /v1/fleets/{id}/groups/{group}` and
+//! `GET /v1/fleets`, `GET /v1/fleets/{id}`, `GET /v1/fleets/{id}/groups[/{group}]` and
 //! `DELETE /v1/fleets/{id}`. A fleet is a model row with `groups` set (its artifact, params and
 //! aggregate metrics); each group that trained is also a model of its own, answered by
 //! `GET /v1/models/{model_id}` with `fleet_id` and `group`.
@@ -55,6 +55,28 @@ pub async fn list(
         .flatten();
     Ok(Json(json!({
         "fleets": fleets.iter().map(view::fleet).collect::<Vec<_>>(),
+        "next": next,
+    })))
+}
+
+/// The fleet's groups in order of their value (`after`: the last group of the previous page).
+pub async fn groups(
+    State(s): State<AppState>,
+    Extension(tenant): Extension<Tenant>,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let id: ModelId = parse_id(&id, "fleet")?;
+    let q = query_params(raw, &["limit", "after"])?;
+    let limit = parse_limit(&q)?;
+    fleet(&s, &tenant, id).await?;
+    let members =
+        db::fleet_members_list(&s.pool, id, q.get("after").map(String::as_str), limit).await?;
+    let next = (members.len() as i64 == limit)
+        .then(|| members.last().map(|m| m.group_key.clone()))
+        .flatten();
+    Ok(Json(json!({
+        "groups": members.iter().map(view::fleet_member).collect::<Vec<_>>(),
         "next": next,
     })))
 }

@@ -165,6 +165,25 @@ pub async fn fleet_member_get(
     .await
 }
 
+/// A fleet's groups in order of their value, after `after`, at most `limit` of them.
+pub async fn fleet_members_list(
+    pool: &PgPool,
+    fleet: ModelId,
+    after: Option<&str>,
+    limit: i64,
+) -> Result<Vec<FleetMember>, DbError> {
+    sqlx::query_as(
+        "SELECT group_key, model_id, slot, metrics, error FROM fleet_members
+          WHERE fleet_id = $1 AND ($2::text IS NULL OR group_key > $2)
+          ORDER BY group_key LIMIT $3",
+    )
+    .bind(fleet.0)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
 /// The groups of a fleet that failed, by value, at most `limit` of them.
 pub async fn fleet_failed_groups(
     pool: &PgPool,

@@ -37,7 +37,20 @@ pub struct GroupOutcome {
     pub key: String,
     /// Its slot on the artifact's group axis, or why it failed.
     pub slot: Result<u32, JobError>,
-    pub metrics: Value,
+    /// Its training rows.
+    pub rows: u32,
+    /// Carried over unchanged from the fleet a refresh started from.
+    pub carried: bool,
+}
+
+impl GroupOutcome {
+    /// The group's own metrics, as its member records them.
+    pub fn metrics(&self) -> Value {
+        match self.carried {
+            false => json!({ "rows": self.rows }),
+            true => json!({ "rows": self.rows, "carried": true }),
+        }
+    }
 }
 
 /// A fleet's parameters, stacked on the group axis (see the module's table).
@@ -264,33 +277,62 @@ pub fn train(
             )));
         }
     }
+    // The groups are independent: fitted on every core, then stacked in order.
+    let by_group = groups.rows_by_group();
+    let total = by_group.len();
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, total.max(1));
+    let fitted: Vec<Result<Fitted, JobError>> = std::thread::scope(|scope| {
+        let parts: Vec<_> = by_group
+            .chunks(total.div_ceil(threads).max(1))
+            .enumerate()
+            .map(|(part, groups)| {
+                scope.spawn(move || {
+                    let mut rows_x = Vec::new();
+                    let mut out = Vec::with_capacity(groups.len());
+                    for (i, rows) in groups.iter().enumerate() {
+                        if let Err(e) = ctl.check() {
+                            out.push(Err(e));
+                            break;
+                        }
+                        if part == 0 && i % 1024 == 0 {
+                            let done = (i * threads).min(total);
+                            ctl.report(
+                                done as f32 / total as f32,
+                                format!("trained about {done} of {total} groups"),
+                            );
+                        }
+                        rows_x.clear();
+                        for &r in rows {
+                            rows_x.extend_from_slice(x.row(r));
+                        }
+                        out.push(anomaly::fit(&rows_x, f, p, ctl));
+                    }
+                    out
+                })
+            })
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|h| h.join().expect("a fitting thread panicked"))
+            .collect()
+    });
+    if let Some(Err(e)) = fitted
+        .iter()
+        .find(|r| matches!(r, Err(e) if e.code == ErrorCode::Stopped))
+    {
+        return Err(e.clone());
+    }
     let mut stack = Stack::new(p, fleet, x.columns.clone());
-    let mut outcomes = Vec::with_capacity(groups.names.len());
-    let total = groups.names.len();
-    let mut rows_x = Vec::new();
-    for (g, rows) in groups.rows_by_group().into_iter().enumerate() {
-        ctl.check()?;
-        if g % 1024 == 0 {
-            ctl.report(
-                g as f32 / total as f32,
-                format!("training group {g} of {total}"),
-            );
-        }
-        rows_x.clear();
-        for &r in &rows {
-            rows_x.extend_from_slice(x.row(r));
-        }
+    let mut outcomes = Vec::with_capacity(total);
+    for (g, (rows, fit)) in by_group.iter().zip(fitted).enumerate() {
         let key = &groups.names[g];
-        let metrics = json!({ "rows": rows.len() });
-        let slot = match anomaly::fit(&rows_x, f, p, ctl) {
-            Ok(fitted) => Ok(stack.push(key, fitted, rows.len())),
-            Err(e) if e.code == ErrorCode::Stopped => return Err(e),
-            Err(e) => Err(e),
-        };
         outcomes.push(GroupOutcome {
             key: key.clone(),
-            slot,
-            metrics,
+            slot: fit.map(|fitted| stack.push(key, fitted, rows.len())),
+            rows: rows.len() as u32,
+            carried: false,
         });
     }
     let trained = stack.groups.len();
@@ -319,7 +361,8 @@ pub fn train(
             outcomes.push(GroupOutcome {
                 key: b.groups[slot].clone(),
                 slot: Ok(new_slot),
-                metrics: json!({ "rows": b.rows[slot], "carried": true }),
+                rows: b.rows[slot],
+                carried: true,
             });
             carried += 1;
         }

@@ -377,7 +377,7 @@ fn members_of(groups: &[algorithms::fleet::GroupOutcome]) -> Vec<NewMember> {
                 Ok(slot) => Ok((ModelId::new(), *slot)),
                 Err(e) => Err(json!({ "code": e.code, "message": e.message })),
             },
-            metrics: Some(g.metrics.clone()),
+            metrics: Some(g.metrics()),
         })
         .collect()
 }
