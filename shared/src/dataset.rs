@@ -84,11 +84,19 @@ impl<'a> Columns<'a> {
     }
 }
 
-fn missing_group(group: &str, names: &[String]) -> JobError {
-    invalid(format!(
-        "missing group column `{group}` (columns: {})",
-        names.join(", ")
-    ))
+/// Where the group column is among `names`, if one is asked for; missing, an error naming the
+/// columns that exist.
+fn group_index(group: Option<&str>, names: &[String]) -> Result<Option<usize>, JobError> {
+    let Some(group) = group else {
+        return Ok(None);
+    };
+    match names.iter().position(|n| n == group) {
+        Some(i) => Ok(Some(i)),
+        None => Err(invalid(format!(
+            "missing group column `{group}` (columns: {})",
+            names.join(", ")
+        ))),
+    }
 }
 
 fn invalid(msg: impl Into<String>) -> JobError {
@@ -232,15 +240,7 @@ pub async fn read_csv_columns<R: AsyncBufRead + Unpin>(
             names.join(", ")
         )));
     }
-    let group_index = match split.group {
-        None => None,
-        Some(g) => Some(
-            names
-                .iter()
-                .position(|n| n == g)
-                .ok_or_else(|| missing_group(g, &names))?,
-        ),
-    };
+    let group_index = group_index(split.group, &names)?;
     let columns: Vec<String> = names
         .iter()
         .enumerate()
@@ -405,15 +405,7 @@ pub async fn read_npy_columns<R: AsyncRead + Unpin>(
             cols.saturating_sub(1)
         )));
     }
-    let group_index = match split.group {
-        None => None,
-        Some(g) => Some(
-            names
-                .iter()
-                .position(|n| n == g)
-                .ok_or_else(|| missing_group(g, &names))?,
-        ),
-    };
+    let group_index = group_index(split.group, &names)?;
     let split_off = usize::from(label_index.is_some()) + usize::from(group_index.is_some());
     if rows == 0 || cols <= split_off {
         return Err(invalid(format!(

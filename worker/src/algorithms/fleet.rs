@@ -512,58 +512,50 @@ impl GpuAnomalyFleet {
                 threshold: self.threshold,
             });
             let mut enc = gpu.encoder();
-            match self.method {
-                AnomalyMethod::ScaledManhattan | AnomalyMethod::Zscore => {
-                    let k = kernel("fleet_scaled", "scaled");
-                    let bind = k.bind_at(
-                        gpu,
-                        &[
-                            (0, &xb),
-                            (1, &sb),
-                            (2, &self.mean),
-                            (3, &self.per_group),
-                            (4, &out),
-                            (5, &u),
-                        ],
-                    );
-                    k.encode(&mut enc, &bind, groups_1d(rows, 64));
-                }
-                AnomalyMethod::Mahalanobis | AnomalyMethod::NearestNeighborMahalanobis => {
-                    let z = gpu.zeros("whitened", rows * f);
-                    let k = kernel("fleet_whiten", "whiten");
-                    let bind = k.bind_at(
-                        gpu,
-                        &[
-                            (0, &xb),
-                            (1, &sb),
-                            (2, &self.mean),
-                            (3, &self.per_group),
-                            (4, &z),
-                            (5, &u),
-                        ],
-                    );
-                    k.encode(&mut enc, &bind, groups_1d(rows * f, 64));
-                    match &self.references {
-                        None => {
-                            let k = kernel("fleet_norm", "norm");
-                            let bind = k.bind_at(gpu, &[(0, &z), (4, &out), (5, &u)]);
-                            k.encode(&mut enc, &bind, groups_1d(rows, 64));
-                        }
-                        Some((offsets, refs)) => {
-                            let k = kernel("fleet_nearest", "nearest");
-                            let bind = k.bind_at(
-                                gpu,
-                                &[
-                                    (0, &z),
-                                    (1, &sb),
-                                    (4, &out),
-                                    (5, &u),
-                                    (6, offsets),
-                                    (7, refs),
-                                ],
-                            );
-                            k.encode(&mut enc, &bind, groups_1d(rows, 64));
-                        }
+            // The first pass reads the rows with their groups' parameters: scores for the
+            // scaled methods, whitened rows for the Mahalanobis forms.
+            let scaled = matches!(
+                self.method,
+                AnomalyMethod::ScaledManhattan | AnomalyMethod::Zscore
+            );
+            let z = (!scaled).then(|| gpu.zeros("whitened", rows * f));
+            let (k, target, threads) = match &z {
+                None => (kernel("fleet_scaled", "scaled"), &out, rows),
+                Some(z) => (kernel("fleet_whiten", "whiten"), z, rows * f),
+            };
+            let bind = k.bind_at(
+                gpu,
+                &[
+                    (0, &xb),
+                    (1, &sb),
+                    (2, &self.mean),
+                    (3, &self.per_group),
+                    (4, target),
+                    (5, &u),
+                ],
+            );
+            k.encode(&mut enc, &bind, groups_1d(threads, 64));
+            if let Some(z) = &z {
+                match &self.references {
+                    None => {
+                        let k = kernel("fleet_norm", "norm");
+                        let bind = k.bind_at(gpu, &[(0, z), (4, &out), (5, &u)]);
+                        k.encode(&mut enc, &bind, groups_1d(rows, 64));
+                    }
+                    Some((offsets, refs)) => {
+                        let k = kernel("fleet_nearest", "nearest");
+                        let bind = k.bind_at(
+                            gpu,
+                            &[
+                                (0, z),
+                                (1, &sb),
+                                (4, &out),
+                                (5, &u),
+                                (6, offsets),
+                                (7, refs),
+                            ],
+                        );
+                        k.encode(&mut enc, &bind, groups_1d(rows, 64));
                     }
                 }
             }
