@@ -94,7 +94,7 @@ fn err(field: &str, message: impl Into<String>) -> ParamError {
 }
 
 /// The algorithms that train fleets (one model per group of rows).
-pub const FLEET_ALGORITHMS: &str = "anomaly";
+pub const FLEET_ALGORITHMS: &str = "anomaly, logreg, mlp";
 
 /// A fleet: one model per distinct value of `group_column`, trained together and stored as one
 /// artifact. With `base_fleet`, only the groups present in the input are trained; the base's
@@ -125,6 +125,8 @@ pub struct LogregParams {
     pub l2: f64,
     pub label_column: String,
     pub seed: u64,
+    /// One model per group (a user, say) instead of one for all rows.
+    pub fleet: Option<FleetParams>,
 }
 
 impl Default for LogregParams {
@@ -136,6 +138,7 @@ impl Default for LogregParams {
             l2: 1e-4,
             label_column: "label".into(),
             seed: 0,
+            fleet: None,
         }
     }
 }
@@ -342,18 +345,24 @@ impl LogregParams {
             l2: f.float("l2", d.l2, 0.0, 100.0)?,
             label_column: f.string("label_column", &d.label_column)?,
             seed: f.uint("seed", 0, (0, u32::MAX))? as u64,
+            fleet: None,
         };
-        f.no_fleet("logreg")?;
+        let p = Self {
+            fleet: f.fleet(&p.label_column)?,
+            ..p
+        };
         f.finish()?;
         Ok(p)
     }
 
     pub fn to_json(&self) -> Value {
-        json!({
+        let mut v = json!({
             "epochs": self.epochs, "learning_rate": self.learning_rate,
             "batch_size": self.batch_size, "l2": self.l2,
             "label_column": self.label_column, "seed": self.seed,
-        })
+        });
+        FleetParams::insert_into(&self.fleet, &mut v);
+        v
     }
 }
 
@@ -377,6 +386,8 @@ pub struct MlpParams {
     /// Epochs without improvement (by more than `tol`) before training stops.
     pub patience: u32,
     pub tol: f64,
+    /// One model per group (a user, say) instead of one for all rows.
+    pub fleet: Option<FleetParams>,
 }
 
 impl MlpParams {
@@ -396,21 +407,34 @@ impl MlpParams {
             validation_fraction: f.float("validation_fraction", 0.0, 0.0, 0.5)?,
             patience: f.uint("patience", 10, (1, 100_000))?,
             tol: f.float("tol", 1e-4, 0.0, 1.0)?,
+            fleet: None,
         };
-        f.no_fleet("mlp")?;
+        let p = Self {
+            fleet: f.fleet(&p.label_column)?,
+            ..p
+        };
+        if p.fleet.is_some() && p.validation_fraction > 0.0 {
+            return Err(err(
+                "validation_fraction",
+                "a fleet stops each group early on its own training loss; give \
+                 validation_fraction 0 (the default) with group_column",
+            ));
+        }
         f.finish()?;
         Ok(p)
     }
 
     pub fn to_json(&self) -> Value {
-        json!({
+        let mut v = json!({
             "hidden": self.hidden, "activation": self.activation, "epochs": self.epochs,
             "batch_size": self.batch_size, "learning_rate": self.learning_rate,
             "optimizer": self.optimizer, "momentum": self.momentum, "l2": self.l2,
             "seed": self.seed, "label_column": self.label_column,
             "validation_fraction": self.validation_fraction, "patience": self.patience,
             "tol": self.tol,
-        })
+        });
+        FleetParams::insert_into(&self.fleet, &mut v);
+        v
     }
 }
 
@@ -562,7 +586,9 @@ impl TrainParams {
     pub fn fleet(&self) -> Option<&FleetParams> {
         match self {
             Self::Anomaly(p) => p.fleet.as_ref(),
-            Self::Logreg(_) | Self::Mlp(_) | Self::Kmeans(_) | Self::Knn(_) => None,
+            Self::Logreg(p) => p.fleet.as_ref(),
+            Self::Mlp(p) => p.fleet.as_ref(),
+            Self::Kmeans(_) | Self::Knn(_) => None,
         }
     }
 
@@ -691,30 +717,30 @@ mod tests {
     }
 
     #[test]
-    fn only_anomaly_trains_fleets_and_a_fleet_round_trips() {
+    fn anomaly_logreg_and_mlp_train_fleets_and_a_fleet_round_trips() {
         let base = ModelId::new();
-        let p = TrainParams::parse(
-            Algorithm::Anomaly,
-            &json!({"group_column": "user", "base_fleet": base.to_string()}),
-        )
-        .unwrap();
-        let fleet = p.fleet().unwrap();
-        assert_eq!(
-            (fleet.group_column.as_str(), fleet.base_fleet),
-            ("user", Some(base))
-        );
-        assert_eq!(
-            TrainParams::parse(Algorithm::Anomaly, &p.to_json()).unwrap(),
-            p
-        );
-        let plain = TrainParams::parse(Algorithm::Anomaly, &json!({})).unwrap();
-        assert!(plain.fleet().is_none() && plain.to_json().get("group_column").is_none());
-        for a in [
-            Algorithm::Kmeans,
-            Algorithm::Knn,
-            Algorithm::Logreg,
+        for a in [Algorithm::Anomaly, Algorithm::Logreg, Algorithm::Mlp] {
+            let p = TrainParams::parse(
+                a,
+                &json!({"group_column": "user", "base_fleet": base.to_string()}),
+            )
+            .unwrap();
+            let fleet = p.fleet().unwrap();
+            assert_eq!(
+                (fleet.group_column.as_str(), fleet.base_fleet),
+                ("user", Some(base))
+            );
+            assert_eq!(TrainParams::parse(a, &p.to_json()).unwrap(), p);
+            let plain = TrainParams::parse(a, &json!({})).unwrap();
+            assert!(plain.fleet().is_none() && plain.to_json().get("group_column").is_none());
+        }
+        let e = TrainParams::parse(
             Algorithm::Mlp,
-        ] {
+            &json!({"group_column": "user", "validation_fraction": 0.2}),
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "params.validation_fraction");
+        for a in [Algorithm::Kmeans, Algorithm::Knn] {
             let e = TrainParams::parse(a, &json!({"group_column": "user"})).unwrap_err();
             assert_eq!(e.field, "params.group_column", "{a:?}");
             assert!(e.message.contains("does not train fleets"), "{}", e.message);

@@ -41,15 +41,22 @@ pub struct GroupOutcome {
     pub rows: u32,
     /// Carried over unchanged from the fleet a refresh started from.
     pub carried: bool,
+    /// What training this group measured (an object), if anything.
+    pub metrics: Value,
 }
 
 impl GroupOutcome {
     /// The group's own metrics, as its member records them.
     pub fn metrics(&self) -> Value {
-        match self.carried {
-            false => json!({ "rows": self.rows }),
-            true => json!({ "rows": self.rows, "carried": true }),
+        let mut m = match &self.metrics {
+            Value::Object(m) => m.clone(),
+            _ => serde_json::Map::new(),
+        };
+        m.insert("rows".into(), self.rows.into());
+        if self.carried {
+            m.insert("carried".into(), true.into());
         }
+        Value::Object(m)
     }
 }
 
@@ -333,6 +340,7 @@ pub fn train(
             slot: fit.map(|fitted| stack.push(key, fitted, rows.len())),
             rows: rows.len() as u32,
             carried: false,
+            metrics: Value::Null,
         });
     }
     let trained = stack.groups.len();
@@ -363,6 +371,7 @@ pub fn train(
                 slot: Ok(new_slot),
                 rows: b.rows[slot],
                 carried: true,
+                metrics: Value::Null,
             });
             carried += 1;
         }

@@ -171,7 +171,7 @@ pub fn train(
 
 /// Rewrites a model trained on `(x - mean) / std` as one on raw `x`:
 /// `W' = W / std`, `b' = b - W' · mean`.
-fn fold_standardisation(
+pub(super) fn fold_standardisation(
     mut weight: Vec<f32>,
     mut bias: Vec<f32>,
     mean: &[f32],

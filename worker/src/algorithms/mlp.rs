@@ -39,7 +39,11 @@ struct Layer {
 }
 
 /// Glorot-uniform weights and biases, as scikit-learn initialises them.
-fn init_layer(rng: &mut rand::rngs::StdRng, inputs: usize, outputs: usize) -> (Vec<f32>, Vec<f32>) {
+pub(super) fn init_layer(
+    rng: &mut rand::rngs::StdRng,
+    inputs: usize,
+    outputs: usize,
+) -> (Vec<f32>, Vec<f32>) {
     let bound = (6.0 / (inputs + outputs) as f64).sqrt() as f32;
     let mut draw =
         |len: usize| -> Vec<f32> { (0..len).map(|_| rng.random_range(-bound..bound)).collect() };

@@ -3,6 +3,7 @@
 
 pub mod anomaly;
 pub mod classifier;
+pub mod dense_fleet;
 pub mod features;
 pub mod fleet;
 mod inference;
@@ -156,6 +157,7 @@ pub struct Trained {
 /// Trains the fleet `params` ask for (`params.group_column`) on `table`, read with its groups;
 /// `base` is the artifact of the fleet it refreshes.
 pub fn train_fleet(
+    gpu: &Gpu,
     table: Table,
     params: &TrainParams,
     base: Option<&[u8]>,
@@ -163,6 +165,9 @@ pub fn train_fleet(
 ) -> Result<Trained, JobError> {
     match (params, params.fleet()) {
         (TrainParams::Anomaly(p), Some(f)) => fleet::train(table, p, f, base, ctl),
+        (TrainParams::Logreg(_) | TrainParams::Mlp(_), Some(f)) => {
+            dense_fleet::train(gpu, table, params, f, base, ctl)
+        }
         _ => Err(JobError::new(
             ErrorCode::InvalidParams,
             format!("{} does not train fleets", params.algorithm()),
@@ -202,6 +207,7 @@ pub enum LoadedModel {
     Knn(knn::GpuKnn),
     Anomaly(anomaly::GpuAnomaly),
     AnomalyFleet(fleet::GpuAnomalyFleet),
+    ClassifierFleet(Box<dense_fleet::GpuDenseFleet>),
 }
 
 impl LoadedModel {
@@ -221,6 +227,9 @@ impl LoadedModel {
                 Self::AnomalyFleet(fleet::GpuAnomalyFleet::load(gpu, &a)?)
             }
             Algorithm::Anomaly => Self::Anomaly(anomaly::GpuAnomaly::load(gpu, &a)?),
+            Algorithm::Logreg | Algorithm::Mlp if dense_fleet::GpuDenseFleet::is_fleet(&a)? => {
+                Self::ClassifierFleet(Box::new(dense_fleet::GpuDenseFleet::load(gpu, &a)?))
+            }
             Algorithm::Logreg | Algorithm::Mlp => {
                 let model = classifier::ClassifierModel::from_artifact(&a)?;
                 let weights: Vec<(&str, usize)> = model
@@ -241,6 +250,7 @@ impl LoadedModel {
             Self::Knn(m) => m.n_features(),
             Self::Anomaly(m) => m.n_features(),
             Self::AnomalyFleet(m) => m.n_features(),
+            Self::ClassifierFleet(m) => m.n_features(),
         }
     }
 
@@ -248,6 +258,7 @@ impl LoadedModel {
     pub fn group_column(&self) -> Option<&str> {
         match self {
             Self::AnomalyFleet(m) => Some(&m.group_column),
+            Self::ClassifierFleet(m) => Some(&m.group_column),
             _ => None,
         }
     }
@@ -260,6 +271,7 @@ impl LoadedModel {
             Self::Knn(m) => m.bytes(),
             Self::Anomaly(m) => m.bytes(),
             Self::AnomalyFleet(m) => m.bytes(),
+            Self::ClassifierFleet(m) => m.bytes(),
         }
     }
 
@@ -287,7 +299,12 @@ impl LoadedModel {
         ctl: &Control,
         csv: CsvOut,
     ) -> Result<Inference, JobError> {
-        let Self::AnomalyFleet(fleet) = self else {
+        let slot_of = |name: &str| match self {
+            Self::AnomalyFleet(m) => m.slot(name),
+            Self::ClassifierFleet(m) => m.slot(name),
+            _ => None,
+        };
+        let Some(group_column) = self.group_column() else {
             return match scope {
                 Scope::Whole => self.infer_to(gpu, table, rows_json, ctl, csv),
                 Scope::Member(_) => Err(JobError::new(
@@ -303,7 +320,7 @@ impl LoadedModel {
             (Scope::Whole, Some(groups)) => {
                 let mut of_name = Vec::with_capacity(groups.names.len());
                 for name in &groups.names {
-                    of_name.push(fleet.slot(name).ok_or_else(|| {
+                    of_name.push(slot_of(name).ok_or_else(|| {
                         JobError::new(
                             ErrorCode::ModelNotFound,
                             format!("the fleet has no model for group `{name}`"),
@@ -316,11 +333,15 @@ impl LoadedModel {
                 return Err(JobError::invalid_input(format!(
                     "a fleet scores each row by its `{}` column: send a CSV or .npy input with \
                      it, or name one member (its model_id)",
-                    fleet.group_column
+                    group_column
                 )));
             }
         };
-        fleet.infer(gpu, table, &slots, rows_json, ctl, csv)
+        match self {
+            Self::AnomalyFleet(m) => m.infer(gpu, table, &slots, rows_json, ctl, csv),
+            Self::ClassifierFleet(m) => m.infer(gpu, table, &slots, rows_json, ctl, csv),
+            _ => unreachable!("only fleets have a group column"),
+        }
     }
 
     fn check_width(&self, table: &Table) -> Result<(), JobError> {
@@ -352,7 +373,7 @@ impl LoadedModel {
             Self::Kmeans(m) => m.infer(gpu, table, rows_json, ctl, csv),
             Self::Knn(m) => m.infer(gpu, table, rows_json, ctl, csv),
             Self::Anomaly(m) => m.infer(gpu, table, rows_json, ctl, csv),
-            Self::AnomalyFleet(_) => {
+            Self::AnomalyFleet(_) | Self::ClassifierFleet(_) => {
                 self.infer_scoped(gpu, table, Scope::Whole, rows_json, ctl, csv)
             }
         }
@@ -381,7 +402,7 @@ impl LoadedModel {
                 let fitting: Vec<&Table> = fits.iter().map(|&i| tables[i].0).collect();
                 Some((fits.clone(), m.infer_many(gpu, &fitting, ctl)))
             }
-            Self::AnomalyFleet(m) => {
+            Self::AnomalyFleet(_) | Self::ClassifierFleet(_) => {
                 let members: Vec<usize> = fits
                     .iter()
                     .copied()
@@ -395,7 +416,12 @@ impl LoadedModel {
                             Scope::Whole => unreachable!("filtered to members"),
                         })
                         .collect();
-                    (members, m.infer_members(gpu, &each, ctl))
+                    let done = match self {
+                        Self::AnomalyFleet(m) => m.infer_members(gpu, &each, ctl),
+                        Self::ClassifierFleet(m) => m.infer_members(gpu, &each, ctl),
+                        _ => unreachable!("a fleet"),
+                    };
+                    (members, done)
                 })
             }
             _ => None,

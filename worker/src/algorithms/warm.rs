@@ -77,7 +77,7 @@ pub fn warm_up(gpu: &Gpu) -> Result<Vec<(String, Duration)>, JobError> {
             groups.push(if i % 2 == 0 { "a" } else { "b" });
         }
         table.groups = Some(groups);
-        let trained = train_fleet(table.clone(), &params, None, &ctl)?;
+        let trained = train_fleet(gpu, table.clone(), &params, None, &ctl)?;
         let model = LoadedModel::load(gpu, &trained.artifact)?;
         let tables = [(&table, Scope::Member(0)), (&table, Scope::Member(1))];
         for inference in model.infer_many(gpu, &tables, &ctl) {
@@ -85,5 +85,24 @@ pub fn warm_up(gpu: &Gpu) -> Result<Vec<(String, Duration)>, JobError> {
         }
         took.push((format!("anomaly fleet, {method}"), started.elapsed()));
     }
+    // A classifier fleet: its training step and its forward pass (one pipeline each, whatever
+    // the algorithm or optimiser).
+    let started = Instant::now();
+    let params = json!({"epochs": 1, "hidden": [4], "group_column": "g"});
+    let params = TrainParams::parse(Algorithm::Mlp, &params)
+        .map_err(|e| JobError::invalid_input(format!("warm-up params: {e:?}")))?;
+    let mut table = dataset::from_rows(&rows, Some(&labels))?;
+    let mut groups = dataset::Groups::default();
+    for i in 0..rows.len() {
+        groups.push(if i < 8 { "a" } else { "b" });
+    }
+    table.groups = Some(groups);
+    let trained = train_fleet(gpu, table.clone(), &params, None, &ctl)?;
+    let model = LoadedModel::load(gpu, &trained.artifact)?;
+    let tables = [(&table, Scope::Member(0)), (&table, Scope::Member(1))];
+    for inference in model.infer_many(gpu, &tables, &ctl) {
+        inference?;
+    }
+    took.push(("mlp fleet".into(), started.elapsed()));
     Ok(took)
 }

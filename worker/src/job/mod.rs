@@ -295,7 +295,7 @@ impl WorkerContext {
         let mut trained = blocking(move || {
             let _memory = memory;
             match params.fleet() {
-                Some(_) => algorithms::train_fleet(table, &params, base.as_deref(), &c),
+                Some(_) => algorithms::train_fleet(&gpu, table, &params, base.as_deref(), &c),
                 None => algorithms::train(&gpu, table, &params, &c),
             }
         })
