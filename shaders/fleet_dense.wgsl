@@ -3,7 +3,7 @@
 // layer: W [out × in] row-major, then b [out]; the last layer is `kmax` wide and a group uses
 // its first `classes` outputs (the rest stay zero and never enter a softmax).
 //
-//   step     one workgroup per group: one mini-batch step of every training group at once:
+//   step     one invocation per group: one mini-batch step of every training group at once:
 //            forward, softmax cross-entropy gradient (scaled by 1 / batch rows), backward and
 //            the update (sgd, momentum or adam; L2 on weights only), the same terms as the
 //            kernels a model alone trains with (gemm, softmax, update).
@@ -34,9 +34,9 @@ struct Params {
     beta1: f32,      // adam's β₁, or the momentum
     beta2: f32,
     eps: f32,
-    scratch_per: u32, // scratch floats per workgroup (step) or per row (forward)
+    scratch_per: u32, // scratch floats per group (step) or per row (forward)
     starts_stride: u32,
-    state_per: u32,   // optimiser state floats per group: 0, P or 2P
+    state_per: u32,   // optimiser state floats per group: 0, P or 2P (unused by the kernels)
     desc_off: u32,
     starts_off: u32,
     order_off: u32,
@@ -87,121 +87,108 @@ fn activate(v: f32) -> f32 {
     return v;
 }
 
-struct Info {
-    first: u32,
-    classes: u32,
-    steps: u32,
-    start: u32,
-    end: u32,
-    training: u32,
+// Training state is interleaved across the chunk's groups: element k of group g is at
+// `k * groups + g` in `params`, `state` and `scratch`, so neighbouring invocations (groups)
+// touch neighbouring words.
+fn pi(k: u32, g: u32) -> u32 {
+    return k * p.groups + g;
 }
 
-var<workgroup> info_wg: Info;
-
-fn apply(i: u32, s: u32, grad_in: f32, l2: f32, t: u32) {
+fn apply(k: u32, g: u32, grad_in: f32, l2: f32, t: u32) {
+    let i = pi(k, g);
     let w = params[i];
     let grad = grad_in + l2 * w;
     if (p.optimizer == 0u) {
         params[i] = w - p.lr * grad;
     } else if (p.optimizer == 1u) {
-        let v = p.beta1 * state[s] - p.lr * grad;
-        state[s] = v;
+        let v = p.beta1 * state[i] - p.lr * grad;
+        state[i] = v;
         params[i] = w + v;
     } else {
         let c1 = corr[2u * (t - 1u)];
         let c2 = corr[2u * (t - 1u) + 1u];
-        let m = p.beta1 * state[s] + (1.0 - p.beta1) * grad;
-        let v = p.beta2 * state[s + p.per_group] + (1.0 - p.beta2) * grad * grad;
-        state[s] = m;
-        state[s + p.per_group] = v;
+        let j = pi(k + p.per_group, g);
+        let m = p.beta1 * state[i] + (1.0 - p.beta1) * grad;
+        let v = p.beta2 * state[j] + (1.0 - p.beta2) * grad * grad;
+        state[i] = m;
+        state[j] = v;
         params[i] = w - p.lr * (m / c1) / (sqrt(v / c2) + p.eps);
     }
 }
 
+// Row r of this step's batch: its index in x.
+fn batch_row(first: u32, start: u32, r: u32) -> u32 {
+    return first + ints[p.order_off + first + start + r];
+}
+
+// One invocation per group: its whole mini-batch step, every sum in a fixed order (over the
+// inputs, then the outputs, then the rows), as the kernels a model alone trains with sum.
 @compute @workgroup_size(64)
-fn step(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
-    let local = wid.x + wid.y * nwg.x;
-    if (local >= p.groups) { return; }
-    let g = local;
-    if (lid == 0u) {
-        let d = p.desc_off + g * 4u;
-        let s = p.starts_off + g * p.starts_stride + p.step;
-        var i: Info;
-        i.first = ints[d];
-        i.classes = ints[d + 2u];
-        i.steps = ints[d + 3u];
-        i.training = ints[p.active_off + g];
-        if (p.step < i.steps) {
-            i.start = ints[s];
-            i.end = ints[s + 1u];
-        }
-        info_wg = i;
-    }
-    let info = workgroupUniformLoad(&info_wg);
-    if (info.training == 0u || p.step >= info.steps) { return; }
-    let rows = info.end - info.start;
+fn step(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let g = gid.x + gid.y * nwg.x * 64u;
+    if (g >= p.groups) { return; }
+    let d = p.desc_off + g * 4u;
+    let steps = ints[d + 3u];
+    if (ints[p.active_off + g] == 0u || p.step >= steps) { return; }
+    let first = ints[d];
+    let classes = ints[d + 2u];
+    let at = p.starts_off + g * p.starts_stride + p.step;
+    let start = ints[at];
+    let rows = ints[at + 1u] - start;
     let f = dim(0u);
     let last = p.layers - 1u;
-    let pbase = g * p.per_group;
-    let sbase = g * p.state_per;
-    let scr = local * p.scratch_per;
-    let grads = act_off(p.layers); // the gradients' region, laid out as the activations'
+    let grads = act_off(p.layers);
     let inv = 1.0 / f32(max(rows, 1u));
-    let t = p.epoch * info.steps + p.step + 1u;
+    let t = p.epoch * steps + p.step + 1u;
 
     // Forward: a[l] = act(a[l-1] · W[l]ᵀ + b[l]); logits for the last layer.
     for (var l = 0u; l < p.layers; l++) {
         let n_in = dim(l);
-        let n_out = select(dim(l + 1u), info.classes, l == last);
         let width = dim(l + 1u);
-        let w = pbase + weight_off(l);
+        let n_out = select(width, classes, l == last);
+        let w = weight_off(l);
         let b = w + width * n_in;
-        let a = scr + act_off(l);
-        var a_in = scr;
-        if (l > 0u) { a_in = scr + act_off(l - 1u); }
-        for (var idx = lid; idx < rows * n_out; idx += 64u) {
-            let r = idx / n_out;
-            let o = idx % n_out;
-            var acc = 0.0;
-            if (l == 0u) {
-                let row = info.first + ints[p.order_off + info.first + info.start + r];
-                for (var i = 0u; i < n_in; i++) {
-                    acc += x[row * f + i] * params[w + o * n_in + i];
+        let a = act_off(l);
+        var a_in = 0u;
+        if (l > 0u) { a_in = act_off(l - 1u); }
+        for (var r = 0u; r < rows; r++) {
+            let row = batch_row(first, start, r) * f;
+            for (var o = 0u; o < n_out; o++) {
+                var acc = 0.0;
+                if (l == 0u) {
+                    for (var i = 0u; i < n_in; i++) {
+                        acc += x[row + i] * params[pi(w + o * n_in + i, g)];
+                    }
+                } else {
+                    for (var i = 0u; i < n_in; i++) {
+                        acc += scratch[pi(a_in + r * n_in + i, g)] * params[pi(w + o * n_in + i, g)];
+                    }
                 }
-            } else {
-                for (var i = 0u; i < n_in; i++) {
-                    acc += scratch[a_in + r * n_in + i] * params[w + o * n_in + i];
-                }
+                acc += params[pi(b + o, g)];
+                scratch[pi(a + r * width + o, g)] = select(activate(acc), acc, l == last);
             }
-            acc += params[b + o];
-            scratch[a + r * width + o] = select(activate(acc), acc, l == last);
         }
-        storageBarrier();
     }
 
     // Softmax cross-entropy: the gradient (p - onehot) / rows over the logits, in place.
-    let z = scr + act_off(last);
+    let z = act_off(last);
     let kmax = dim(p.layers);
-    for (var r = lid; r < rows; r += 64u) {
-        let pos = info.first + info.start + r;
-        let label = ints[p.label_off + info.first + ints[p.order_off + pos]];
+    for (var r = 0u; r < rows; r++) {
+        let pos = first + start + r;
+        let label = ints[p.label_off + first + ints[p.order_off + pos]];
         let base = z + r * kmax;
-        var zmax = scratch[base];
-        for (var j = 1u; j < info.classes; j++) { zmax = max(zmax, scratch[base + j]); }
+        var zmax = scratch[pi(base, g)];
+        for (var j = 1u; j < classes; j++) { zmax = max(zmax, scratch[pi(base + j, g)]); }
         var sum = 0.0;
-        for (var j = 0u; j < info.classes; j++) { sum += exp(scratch[base + j] - zmax); }
+        for (var j = 0u; j < classes; j++) { sum += exp(scratch[pi(base + j, g)] - zmax); }
         let lse = zmax + log(sum);
-        loss[pos] = lse - scratch[base + label];
-        for (var j = 0u; j < info.classes; j++) {
+        loss[pos] = lse - scratch[pi(base + label, g)];
+        for (var j = 0u; j < classes; j++) {
             let onehot = select(0.0, 1.0, j == label);
-            scratch[base + j] = (exp(scratch[base + j] - lse) - onehot) * inv;
+            let k = pi(base + j, g);
+            scratch[k] = (exp(scratch[k] - lse) - onehot) * inv;
         }
     }
-    storageBarrier();
 
     // Backward, last layer first: the gradient below from this layer's weights before they
     // change, then this layer's update.
@@ -209,56 +196,49 @@ fn step(
         let l = last - k;
         let n_in = dim(l);
         let width = dim(l + 1u);
-        let n_out = select(width, info.classes, l == last);
-        let w = pbase + weight_off(l);
+        let n_out = select(width, classes, l == last);
+        let w = weight_off(l);
         let b = w + width * n_in;
-        let dz = select(scr + grads + act_off(l), z, l == last);
+        let dz = select(grads + act_off(l), z, l == last);
         if (l > 0u) {
-            let below = scr + grads + act_off(l - 1u);
-            let a_below = scr + act_off(l - 1u);
-            for (var idx = lid; idx < rows * n_in; idx += 64u) {
-                let r = idx / n_in;
-                let i = idx % n_in;
+            let below = grads + act_off(l - 1u);
+            let a_below = act_off(l - 1u);
+            for (var r = 0u; r < rows; r++) {
+                for (var i = 0u; i < n_in; i++) {
+                    var acc = 0.0;
+                    for (var o = 0u; o < n_out; o++) {
+                        acc += scratch[pi(dz + r * width + o, g)] * params[pi(w + o * n_in + i, g)];
+                    }
+                    let a = scratch[pi(a_below + r * n_in + i, g)];
+                    if (p.activation == 1u) {
+                        acc = select(0.0, acc, a > 0.0);
+                    } else if (p.activation == 2u) {
+                        acc = acc * (1.0 - a * a);
+                    }
+                    scratch[pi(below + r * n_in + i, g)] = acc;
+                }
+            }
+        }
+        var a_in = 0u;
+        if (l > 0u) { a_in = act_off(l - 1u); }
+        for (var o = 0u; o < n_out; o++) {
+            for (var i = 0u; i < n_in; i++) {
                 var acc = 0.0;
-                for (var o = 0u; o < n_out; o++) {
-                    acc += scratch[dz + r * width + o] * params[w + o * n_in + i];
-                }
-                let a = scratch[a_below + r * n_in + i];
-                if (p.activation == 1u) {
-                    acc = select(0.0, acc, a > 0.0);
-                } else if (p.activation == 2u) {
-                    acc = acc * (1.0 - a * a);
-                }
-                scratch[below + r * n_in + i] = acc;
-            }
-            storageBarrier();
-        }
-        var a_in = scr;
-        if (l > 0u) { a_in = scr + act_off(l - 1u); }
-        for (var idx = lid; idx < n_out * n_in; idx += 64u) {
-            let o = idx / n_in;
-            let i = idx % n_in;
-            var acc = 0.0;
-            if (l == 0u) {
                 for (var r = 0u; r < rows; r++) {
-                    let row = info.first + ints[p.order_off + info.first + info.start + r];
-                    acc += scratch[dz + r * width + o] * x[row * f + i];
+                    var v = 0.0;
+                    if (l == 0u) {
+                        v = x[batch_row(first, start, r) * f + i];
+                    } else {
+                        v = scratch[pi(a_in + r * n_in + i, g)];
+                    }
+                    acc += scratch[pi(dz + r * width + o, g)] * v;
                 }
-            } else {
-                for (var r = 0u; r < rows; r++) {
-                    acc += scratch[dz + r * width + o] * scratch[a_in + r * n_in + i];
-                }
+                apply(w + o * n_in + i, g, acc, p.l2, t);
             }
-            let at = w - pbase + o * n_in + i;
-            apply(pbase + at, sbase + at, acc, p.l2, t);
-        }
-        for (var o = lid; o < n_out; o += 64u) {
             var acc = 0.0;
-            for (var r = 0u; r < rows; r++) { acc += scratch[dz + r * width + o]; }
-            let at = b - pbase + o;
-            apply(pbase + at, sbase + at, acc, 0.0, t);
+            for (var r = 0u; r < rows; r++) { acc += scratch[pi(dz + r * width + o, g)]; }
+            apply(b + o, g, acc, 0.0, t);
         }
-        storageBarrier();
     }
 }
 

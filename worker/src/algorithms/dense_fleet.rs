@@ -830,16 +830,21 @@ fn train_chunk(
     ints.extend_from_slice(&labels);
     ints.extend(std::iter::repeat_n(1u32, c));
 
-    // Parameters: zeros for a logistic regression, each group's own Glorot draw for an MLP.
+    // Parameters: zeros for a logistic regression, each group's own Glorot draw for an MLP;
+    // interleaved across the chunk's groups as the step kernel reads them.
     let mut init = vec![0f32; c * per];
     if spec.algorithm == Algorithm::Mlp {
         for (s, (_, p)) in chunk.iter().enumerate() {
-            let mut at = s * per;
+            let mut at = 0;
             for (l, layer) in p.init.iter().enumerate() {
                 let width = dims[l + 1];
-                init[at..at + layer.weight.len()].copy_from_slice(&layer.weight);
+                for (k, &v) in layer.weight.iter().enumerate() {
+                    init[(at + k) * c + s] = v;
+                }
                 at += width * layer.inputs;
-                init[at..at + layer.bias.len()].copy_from_slice(&layer.bias);
+                for (k, &v) in layer.bias.iter().enumerate() {
+                    init[(at + k) * c + s] = v;
+                }
                 at += width;
             }
         }
@@ -917,7 +922,7 @@ fn train_chunk(
             (7, &u),
         ],
     );
-    let workgroups = groups_1d(c, 1);
+    let workgroups = groups_1d(c, 64);
 
     // Per group: still training, epochs run, early stopping's state, the last epoch's loss.
     let mut active = vec![true; c];
@@ -1036,6 +1041,17 @@ fn train_chunk(
     let mut row_ints = slots;
     row_ints.extend_from_slice(&labels);
     let row_buf = gpu.upload("fleet rows' slots and labels", &row_ints);
+    // The trained parameters, one group after another.
+    let interleaved = gpu.read(&params_buf, c * per).map_err(gpu_lost)?;
+    drop((params_buf, state, scratch));
+    let mut trained = vec![0f32; c * per];
+    for (k, across) in interleaved.chunks(c).enumerate() {
+        for (s, &v) in across.iter().enumerate() {
+            trained[s * per + k] = v;
+        }
+    }
+    drop(interleaved);
+    let params_buf = gpu.upload("fleet parameters", &trained);
     let forward = Forward::new(gpu, &dims, spec.activation);
     let (_, eval) = forward.run(
         gpu,
@@ -1051,7 +1067,6 @@ fn train_chunk(
         ctl,
     )?;
     let eval = eval.expect("labels were given");
-    let trained = gpu.read(&params_buf, c * per).map_err(gpu_lost)?;
     let mut out = Vec::with_capacity(c);
     for (s, (_, p)) in chunk.iter_mut().enumerate() {
         if let Some(e) = failed[s].take() {
