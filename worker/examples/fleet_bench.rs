@@ -305,6 +305,9 @@ fn cpu_classifiers(
     checksum
 }
 
+/// Users trained one at a time to estimate the one-model-per-job path.
+const ALONE_SAMPLE: usize = 50;
+
 fn classifier_fleets(gpu: &Gpu, shapes: &[(usize, usize)]) {
     let epochs: u32 = std::env::var("GPUQ_FLEET_EPOCHS")
         .ok()
@@ -375,11 +378,42 @@ fn classifier_fleets(gpu: &Gpu, shapes: &[(usize, usize)]) {
             let check = cpu_classifiers(&x, &y, n_users, rows, &hidden, epochs, batch.min(rows));
             let cpu = t.elapsed().as_secs_f64();
             assert!(check.is_finite());
+            // Today's path for the same work: one training per user, one after another on the
+            // same device; timed for the first users and scaled to all of them.
+            let mut alone_params = params.to_json();
+            alone_params.as_object_mut().unwrap().remove("group_column");
+            let alone_params = TrainParams::parse(algorithm, &alone_params).unwrap();
+            let sample = ALONE_SAMPLE.min(n_users);
+            let mut t = Instant::now();
+            // User 0 trains first untimed: the driver compiles the kernels on first use.
+            for u in 0..=sample {
+                if u == 1 {
+                    t = Instant::now();
+                }
+                let table = Table {
+                    features: Matrix {
+                        rows,
+                        cols: FEATURES,
+                        data: x[u * rows * FEATURES..(u + 1) * rows * FEATURES].to_vec(),
+                        columns: (0..FEATURES).map(|f| format!("t{f}")).collect(),
+                    },
+                    labels: Some(
+                        y[u * rows..(u + 1) * rows]
+                            .iter()
+                            .map(|&v| v as f32)
+                            .collect(),
+                    ),
+                    groups: None,
+                };
+                algorithms::train(gpu, table, &alone_params, &ctl).unwrap();
+            }
+            let alone = t.elapsed().as_secs_f64() * n_users as f64 / sample as f64;
             let work = (n_users * rows) as f64 * epochs as f64;
             println!(
-                "| {name} | {n_users} × {rows} | {gpuq:.2} s | {:.2} M | {cpu:.2} s | {:.2} | {:.1} MB |",
+                "| {name} | {n_users} × {rows} | {gpuq:.2} s | {:.2} M | {cpu:.2} s | {:.2} | {alone:.0} s | {:.0} | {:.1} MB |",
                 work / gpuq / 1e6,
                 cpu / gpuq,
+                alone / gpuq,
                 trained.artifact.len() as f64 / 1e6,
             );
         }
