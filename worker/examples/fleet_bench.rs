@@ -316,9 +316,10 @@ fn classifier_fleets(gpu: &Gpu, shapes: &[(usize, usize)]) {
     println!();
     println!("classifier fleets, {epochs} epochs each (no early stopping):");
     println!(
-        "| model | users × rows | gpuq fleet training | rows × epochs / s | CPU loop | ratio | artifact |"
+        "| model | users × rows | gpuq fleet training | rows × epochs / s | CPU loop | ratio | \
+         each model alone on the device (from {ALONE_SAMPLE} users) | ratio | artifact |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for &(n_users, rows) in shapes {
         let mut rng = Rng(0xc1a55 ^ n_users as u64);
         let users = Users::new(n_users, &mut rng);
