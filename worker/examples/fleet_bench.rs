@@ -114,13 +114,13 @@ fn anomaly_fleets(gpu: &Gpu, shapes: &[(usize, usize)], method: &str) {
         .unwrap();
         let ctl = Control::default();
         let t = Instant::now();
-        let trained = algorithms::train_fleet(&gpu, table, &params, None, &ctl).unwrap();
+        let trained = algorithms::train_fleet(gpu, table, &params, None, &ctl).unwrap();
         let gpuq_train = t.elapsed();
         let t = Instant::now();
         let (mean, scale) = cpu_train(&x, n_users, rows);
         let cpu_train_time = t.elapsed();
         drop(x);
-        let model = LoadedModel::load(&gpu, &trained.artifact).unwrap();
+        let model = LoadedModel::load(gpu, &trained.artifact).unwrap();
         let LoadedModel::AnomalyFleet(fleet) = &model else {
             panic!("a fleet")
         };
@@ -144,7 +144,7 @@ fn anomaly_fleets(gpu: &Gpu, shapes: &[(usize, usize)], method: &str) {
             .map(|u| fleet.slot(&format!("user{u}")).unwrap())
             .collect();
         let t = Instant::now();
-        let ours = fleet.scores(&gpu, &q, &slots, &ctl).unwrap();
+        let ours = fleet.scores(gpu, &q, &slots, &ctl).unwrap();
         let gpuq_score = t.elapsed();
         let t = Instant::now();
         let theirs = cpu_scores(&q, &who, &mean, &scale);
