@@ -772,6 +772,35 @@ async fn logreg_and_mlp_fleets_train_score_and_answer_as_their_members_alone_thr
             4,
             "{out}"
         );
+        // A refresh from ann's rows alone: ann retrained, bob carried over as it was.
+        let mut refresh = fleet_params.clone();
+        refresh["base_fleet"] = json!(fleet_id);
+        let ann_rows = app
+            .put(
+                "fleet/ann-again.csv",
+                b"user,a,b,label\nann,0,0,0\nann,3,3,1\nann,0.5,0.4,0\nann,2.5,2.8,1\n".to_vec(),
+            )
+            .await;
+        let again = app
+            .run(json!({"type": "train", "algorithm": algorithm, "params": refresh, "input": {"uri": ann_rows}}))
+            .await;
+        assert_eq!(again["status"], "succeeded", "{again}");
+        let m = &again["result"]["metrics"];
+        assert_eq!(
+            (m["trained_groups"].as_i64(), m["carried_groups"].as_i64()),
+            (Some(1), Some(1)),
+            "{m}"
+        );
+        let new_fleet = again["result"]["fleet_id"].as_str().unwrap();
+        let bob = |fleet: String| json!({"type": "infer", "fleet_id": fleet, "group": "bob", "input": {"rows": probe}});
+        let (old_bob, new_bob) = (
+            app.run(bob(fleet_id.clone())).await,
+            app.run(bob(new_fleet.to_string())).await,
+        );
+        assert_eq!(
+            old_bob["result"]["predictions"], new_bob["result"]["predictions"],
+            "{algorithm}: bob carried over"
+        );
         if let Ok(dir) = std::env::var("GPUQ_FLEET_ARTIFACT_DIR") {
             // For tests/reference/check_fleet_artifact.py.
             let dir = std::path::Path::new(&dir);
