@@ -49,8 +49,10 @@ pub struct AppState {
     pub attempts: RateLimiter<IpAddr>,
     /// Proxies in front of the API whose `X-Forwarded-For` entries are believed.
     pub trusted_proxy_hops: usize,
-    /// Deletes the outputs of deleted jobs and the artifacts of deleted models.
+    /// Deletes the outputs of deleted jobs and the artifacts of deleted models, and presigns.
     pub storage: Storage,
+    /// How long a presigned URL lasts.
+    pub presign: Duration,
 }
 
 /// Settings of the API process on top of the shared ones.
@@ -82,6 +84,8 @@ pub struct ApiSettings {
     pub header_timeout: Duration,
     /// Postgres connections this process may hold.
     pub db_connections: u32,
+    /// How long presigned upload and download URLs last (`GPUQ_PRESIGN_SECONDS`).
+    pub presign: Duration,
 }
 
 impl ApiSettings {
@@ -103,6 +107,15 @@ impl ApiSettings {
                 10.0,
             )?),
             db_connections: parse_var("GPUQ_API_DB_CONNECTIONS", 16)?,
+            presign: {
+                // SigV4 caps a presigned URL at seven days.
+                let secs: u64 = parse_var("GPUQ_PRESIGN_SECONDS", 900)?;
+                anyhow::ensure!(
+                    (1..=604_800).contains(&secs),
+                    "GPUQ_PRESIGN_SECONDS must be 1 to 604800, not {secs}"
+                );
+                Duration::from_secs(secs)
+            },
         })
     }
 }
@@ -156,6 +169,7 @@ impl Application {
             ),
             trusted_proxy_hops: settings.trusted_proxy_hops,
             storage: Storage::from_env().await,
+            presign: settings.presign,
         };
         Ok(Self {
             listener,
@@ -249,6 +263,12 @@ pub fn router(state: AppState) -> Router {
             get(routes::jobs::get).delete(routes::jobs::delete),
         )
         .route("/v1/jobs/{id}/cancel", post(routes::jobs::cancel))
+        .route("/v1/jobs/{id}/output", get(routes::files::job_output))
+        .route("/v1/uploads", post(routes::files::create))
+        .route(
+            "/v1/models/{id}/artifact",
+            get(routes::files::model_artifact),
+        )
         .route("/v1/models", get(routes::models::list))
         .route("/v1/fleets", get(routes::fleets::list))
         .route(

@@ -15,6 +15,13 @@ use chrono::{DateTime, Utc};
 mod upload;
 pub use upload::{MAX_PARTS, MIN_PART_BYTES, ObjectWriter};
 
+fn presigning(
+    expires_in: std::time::Duration,
+) -> Result<aws_sdk_s3::presigning::PresigningConfig, JobError> {
+    aws_sdk_s3::presigning::PresigningConfig::expires_in(expires_in)
+        .map_err(|e| JobError::new(ErrorCode::InternalError, format!("presigning: {e}")))
+}
+
 #[derive(Clone, Debug)]
 pub struct Storage {
     client: Client,
@@ -114,6 +121,43 @@ impl Storage {
             .map_err(|e| storage_error(&uri.to_string(), Access::Write, e))?;
         Ok(())
     }
+    /// A URL that lets its holder `PUT` one object at `uri` until it expires (SigV4 in the
+    /// query string; no credentials needed by whoever holds it).
+    pub async fn presign_put(
+        &self,
+        uri: &S3Uri,
+        expires_in: std::time::Duration,
+    ) -> Result<String, JobError> {
+        let config = presigning(expires_in)?;
+        let request = self
+            .client
+            .put_object()
+            .bucket(&uri.bucket)
+            .key(&uri.key)
+            .presigned(config)
+            .await
+            .map_err(|e| storage_error(&uri.to_string(), Access::Write, e))?;
+        Ok(request.uri().to_string())
+    }
+
+    /// A URL that lets its holder `GET` the object at `uri` until it expires.
+    pub async fn presign_get(
+        &self,
+        uri: &S3Uri,
+        expires_in: std::time::Duration,
+    ) -> Result<String, JobError> {
+        let config = presigning(expires_in)?;
+        let request = self
+            .client
+            .get_object()
+            .bucket(&uri.bucket)
+            .key(&uri.key)
+            .presigned(config)
+            .await
+            .map_err(|e| storage_error(&uri.to_string(), Access::Read, e))?;
+        Ok(request.uri().to_string())
+    }
+
     /// One page (up to 1,000) of the objects under `prefix` in `bucket`, and the token of the
     /// next page if there is one.
     pub async fn list_page(

@@ -53,6 +53,8 @@ pub struct Options {
     pub retention: Retention,
     /// Whether the API contends to run maintenance (the reaper, retention).
     pub api_maintenance: bool,
+    /// How long presigned URLs last.
+    pub presign: Duration,
 }
 
 impl Default for Options {
@@ -79,6 +81,7 @@ impl Default for Options {
             max_waiters_per_tenant: 1000,
             retention: Retention::default(),
             api_maintenance: true,
+            presign: Duration::from_secs(900),
         }
     }
 }
@@ -139,6 +142,7 @@ impl TestApp {
             max_waiters_per_tenant: opts.max_waiters_per_tenant,
             header_timeout: Duration::from_secs(2),
             db_connections: 6,
+            presign: opts.presign,
         };
         let app = gpuq_api::Application::build(api_settings, &shutdown)
             .await
