@@ -264,6 +264,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/jobs/{id}/cancel", post(routes::jobs::cancel))
         .route("/v1/jobs/{id}/output", get(routes::files::job_output))
+        .route("/v1/jobs/{id}/events", get(routes::events::stream))
         .route("/v1/uploads", post(routes::files::create))
         .route(
             "/v1/models/{id}/artifact",

@@ -1,5 +1,6 @@
 //! HTTP routes of the v1 API.
 
+pub mod events;
 pub mod files;
 pub mod fleets;
 pub mod health;
