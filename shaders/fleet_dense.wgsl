@@ -72,7 +72,7 @@ fn weight_off(l: u32) -> u32 {
     return off;
 }
 
-// Offset of layer l's activations within a workgroup's scratch; the gradients follow all of them.
+// Offset of layer l's activations within a group's scratch; the gradients follow all of them.
 fn act_off(l: u32) -> u32 {
     var off = 0u;
     for (var m = 0u; m < l; m++) {

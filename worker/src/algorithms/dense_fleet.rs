@@ -4,10 +4,11 @@
 //! Each group is prepared on the host exactly as the model alone prepares its rows (the same
 //! label classes, standardisation, seeded shuffles and initial weights, drawn from a generator
 //! seeded as the model alone seeds its own), then every group still training takes its next
-//! mini-batch in one dispatch of `shaders/fleet_dense.wgsl` (`step`: one workgroup per group,
-//! forward, softmax gradient, backward and update). Early stopping (MLPs) is per group: a group
-//! that stops is masked out of later steps. So a member is the model its rows would train on
-//! their own, up to the order of the sums inside a step.
+//! mini-batch in one dispatch of `shaders/fleet_dense.wgsl` (`step`: one invocation per group,
+//! forward, softmax gradient, backward and update, with parameters, optimiser state and batch
+//! activations interleaved across the groups). Early stopping (MLPs) is per group: a group that
+//! stops is masked out of later steps. So a member is the model its rows would train on their
+//! own, up to the order of the sums inside a step (on lavapipe, bitwise the same).
 //!
 //! Artifact (safetensors; `G` groups, `K` the most classes of any group):
 //!
