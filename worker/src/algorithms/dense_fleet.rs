@@ -26,7 +26,7 @@
 
 use super::classifier::{ClassifierModel, Dense, activation_from_name, activation_name, argmax};
 use super::features::{class_indices, column_stats, scale, standardise};
-use super::fleet::GroupOutcome;
+use super::fleet::{self, GroupOutcome};
 use super::{Control, CsvOut, Inference, Trained, accuracy_summary, gpu_lost, label_text};
 use crate::artifact::{self, Artifact, Tensor};
 use crate::gpu::kernels::{Activation, Kernel};
@@ -534,12 +534,7 @@ pub fn train(
     ctl: &Control,
 ) -> Result<Trained, JobError> {
     let spec = Spec::of(params)?;
-    let groups = table.groups.as_ref().ok_or_else(|| {
-        JobError::new(
-            ErrorCode::InternalError,
-            "the input was read without its groups",
-        )
-    })?;
+    let groups = fleet::groups_of(&table)?;
     let labels = table
         .labels
         .as_ref()
@@ -559,12 +554,7 @@ pub fn train(
         .map(|bytes| Artifact::parse(bytes).and_then(|a| Stack::parse(&a)))
         .transpose()?;
     if let Some(b) = &base {
-        let refused = |why: String| {
-            JobError::new(
-                ErrorCode::InvalidParams,
-                format!("params.base_fleet: {why}"),
-            )
-        };
+        let refused = fleet::refused_base;
         if b.feature_columns != x.columns {
             return Err(refused(format!(
                 "it takes the features {:?}; the input has {:?}",
@@ -583,43 +573,21 @@ pub fn train(
     }
 
     // Every group prepared on the host as the model alone would prepare it, on every core.
-    ctl.report(0.0, format!("preparing {} groups", groups.names.len()));
     let by_group = groups.rows_by_group();
     let total = by_group.len();
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .clamp(1, total.max(1));
-    let prepared: Vec<Result<Prepared, JobError>> = std::thread::scope(|scope| {
-        let spec = &spec;
-        let parts: Vec<_> = by_group
-            .chunks(total.div_ceil(threads).max(1))
-            .map(|groups| {
-                scope.spawn(move || {
-                    groups
-                        .iter()
-                        .map(|rows| {
-                            let m = Matrix {
-                                rows: rows.len(),
-                                cols: f,
-                                data: rows
-                                    .iter()
-                                    .flat_map(|&r| x.row(r).iter().copied())
-                                    .collect(),
-                                columns: Vec::new(),
-                            };
-                            let y: Vec<f32> = rows.iter().map(|&r| labels[r]).collect();
-                            prepare(spec, m, &y)
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        parts
-            .into_iter()
-            .flat_map(|h| h.join().expect("a preparing thread panicked"))
-            .collect()
-    });
-    ctl.check()?;
+    let prepared = fleet::each_group(&by_group, ctl, "prepared", |rows| {
+        let m = Matrix {
+            rows: rows.len(),
+            cols: f,
+            data: rows
+                .iter()
+                .flat_map(|&r| x.row(r).iter().copied())
+                .collect(),
+            columns: Vec::new(),
+        };
+        let y: Vec<f32> = rows.iter().map(|&r| labels[r]).collect();
+        prepare(&spec, m, &y)
+    })?;
 
     // Train the groups that prepared, a chunk of groups at a time (bounded device memory).
     let mut fitted: Vec<Option<Result<Fitted, JobError>>> = (0..total).map(|_| None).collect();

@@ -242,6 +242,72 @@ fn padded(m: &[f32], rows: usize, cols: usize, width: usize) -> Vec<f32> {
     out
 }
 
+/// The groups a fleet's input was read with.
+pub(super) fn groups_of(table: &Table) -> Result<&gpuq_shared::dataset::Groups, JobError> {
+    table.groups.as_ref().ok_or_else(|| {
+        JobError::new(
+            ErrorCode::InternalError,
+            "the input was read without its groups",
+        )
+    })
+}
+
+/// Why a refresh cannot start from its `base_fleet`.
+pub(super) fn refused_base(why: String) -> JobError {
+    JobError::new(
+        ErrorCode::InvalidParams,
+        format!("params.base_fleet: {why}"),
+    )
+}
+
+/// `work` on each group's rows, the groups shared out over every core, the results in group
+/// order; `doing` names the work in the progress it reports. Stops (`stopped`) soon after `ctl`
+/// says so.
+pub(super) fn each_group<T: Send>(
+    by_group: &[Vec<usize>],
+    ctl: &Control,
+    doing: &str,
+    work: impl Fn(&[usize]) -> T + Sync,
+) -> Result<Vec<T>, JobError> {
+    let total = by_group.len();
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, total.max(1));
+    let work = &work;
+    let parts: Vec<Result<Vec<T>, JobError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = by_group
+            .chunks(total.div_ceil(threads).max(1))
+            .enumerate()
+            .map(|(part, groups)| {
+                scope.spawn(move || {
+                    let mut out = Vec::with_capacity(groups.len());
+                    for (i, rows) in groups.iter().enumerate() {
+                        ctl.check()?;
+                        if part == 0 && i % 1024 == 0 {
+                            let done = (i * threads).min(total);
+                            ctl.report(
+                                done as f32 / total as f32,
+                                format!("{doing} about {done} of {total} groups"),
+                            );
+                        }
+                        out.push(work(rows));
+                    }
+                    Ok(out)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a fleet thread panicked"))
+            .collect()
+    });
+    let mut all = Vec::with_capacity(total);
+    for part in parts {
+        all.extend(part?);
+    }
+    Ok(all)
+}
+
 /// Trains one detector per group of `table` (its `groups`, read from `fleet.group_column`). A
 /// group that cannot train (too few rows) fails alone; the fleet fails only when none trains.
 /// With `base` (the artifact of `fleet.base_fleet`), the base's groups absent from the input are
@@ -253,32 +319,21 @@ pub fn train(
     base: Option<&[u8]>,
     ctl: &Control,
 ) -> Result<Trained, JobError> {
-    let groups = table.groups.as_ref().ok_or_else(|| {
-        JobError::new(
-            ErrorCode::InternalError,
-            "the input was read without its groups",
-        )
-    })?;
+    let groups = groups_of(&table)?;
     let x = &table.features;
     let f = x.cols;
     let base = base
         .map(|bytes| Artifact::parse(bytes).and_then(|a| Stack::parse(&a)))
         .transpose()?;
     if let Some(b) = &base {
-        let refused = |why: String| {
-            JobError::new(
-                ErrorCode::InvalidParams,
-                format!("params.base_fleet: {why}"),
-            )
-        };
         if b.method != p.method {
-            return Err(refused(format!(
+            return Err(refused_base(format!(
                 "its detectors are `{}`, not `{}`",
                 b.method, p.method
             )));
         }
         if b.feature_columns != x.columns {
-            return Err(refused(format!(
+            return Err(refused_base(format!(
                 "it takes the features {:?}; the input has {:?}",
                 b.feature_columns, x.columns
             )));
@@ -287,44 +342,14 @@ pub fn train(
     // The groups are independent: fitted on every core, then stacked in order.
     let by_group = groups.rows_by_group();
     let total = by_group.len();
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .clamp(1, total.max(1));
-    let fitted: Vec<Result<Fitted, JobError>> = std::thread::scope(|scope| {
-        let parts: Vec<_> = by_group
-            .chunks(total.div_ceil(threads).max(1))
-            .enumerate()
-            .map(|(part, groups)| {
-                scope.spawn(move || {
-                    let mut rows_x = Vec::new();
-                    let mut out = Vec::with_capacity(groups.len());
-                    for (i, rows) in groups.iter().enumerate() {
-                        if let Err(e) = ctl.check() {
-                            out.push(Err(e));
-                            break;
-                        }
-                        if part == 0 && i % 1024 == 0 {
-                            let done = (i * threads).min(total);
-                            ctl.report(
-                                done as f32 / total as f32,
-                                format!("trained about {done} of {total} groups"),
-                            );
-                        }
-                        rows_x.clear();
-                        for &r in rows {
-                            rows_x.extend_from_slice(x.row(r));
-                        }
-                        out.push(anomaly::fit(&rows_x, f, p, ctl));
-                    }
-                    out
-                })
-            })
-            .collect();
-        parts
-            .into_iter()
-            .flat_map(|h| h.join().expect("a fitting thread panicked"))
-            .collect()
-    });
+    let fitted = each_group(&by_group, ctl, "trained", |rows| {
+        let mut rows_x = Vec::with_capacity(rows.len() * f);
+        for &r in rows {
+            rows_x.extend_from_slice(x.row(r));
+        }
+        anomaly::fit(&rows_x, f, p, ctl)
+    })?;
+    // A fit stopped midway is the job's stop, not its group's failure.
     if let Some(Err(e)) = fitted
         .iter()
         .find(|r| matches!(r, Err(e) if e.code == ErrorCode::Stopped))

@@ -61,20 +61,29 @@ pub fn warm_up(gpu: &Gpu) -> Result<Vec<(String, Duration)>, JobError> {
             started.elapsed(),
         ));
     }
-    // Fleets: each scoring kernel, for two groups of eight rows.
-    for method in [
-        "scaled_manhattan",
-        "mahalanobis",
-        "nearest_neighbor_mahalanobis",
-    ] {
+    // Fleets: each anomaly scoring kernel, and a classifier fleet's training step and forward
+    // pass (one pipeline each, whatever the algorithm or optimiser), for two groups of eight rows.
+    let fleets = [
+        ("scaled_manhattan", Algorithm::Anomaly),
+        ("mahalanobis", Algorithm::Anomaly),
+        ("nearest_neighbor_mahalanobis", Algorithm::Anomaly),
+        ("adam", Algorithm::Mlp),
+    ];
+    for (variant, algorithm) in fleets {
         let started = Instant::now();
-        let params = json!({"method": method, "group_column": "g"});
-        let params = TrainParams::parse(Algorithm::Anomaly, &params)
+        let (params, labels) = match algorithm {
+            Algorithm::Anomaly => (json!({"method": variant, "group_column": "g"}), None),
+            _ => (
+                json!({"epochs": 1, "hidden": [4], "group_column": "g"}),
+                Some(&labels[..]),
+            ),
+        };
+        let params = TrainParams::parse(algorithm, &params)
             .map_err(|e| JobError::invalid_input(format!("warm-up params: {e:?}")))?;
-        let mut table = dataset::from_rows(&rows, None)?;
+        let mut table = dataset::from_rows(&rows, labels)?;
         let mut groups = dataset::Groups::default();
         for i in 0..rows.len() {
-            groups.push(if i % 2 == 0 { "a" } else { "b" });
+            groups.push(if i < 8 { "a" } else { "b" });
         }
         table.groups = Some(groups);
         let trained = train_fleet(gpu, table.clone(), &params, None, &ctl)?;
@@ -83,26 +92,7 @@ pub fn warm_up(gpu: &Gpu) -> Result<Vec<(String, Duration)>, JobError> {
         for inference in model.infer_many(gpu, &tables, &ctl) {
             inference?;
         }
-        took.push((format!("anomaly fleet, {method}"), started.elapsed()));
+        took.push((format!("{algorithm} fleet, {variant}"), started.elapsed()));
     }
-    // A classifier fleet: its training step and its forward pass (one pipeline each, whatever
-    // the algorithm or optimiser).
-    let started = Instant::now();
-    let params = json!({"epochs": 1, "hidden": [4], "group_column": "g"});
-    let params = TrainParams::parse(Algorithm::Mlp, &params)
-        .map_err(|e| JobError::invalid_input(format!("warm-up params: {e:?}")))?;
-    let mut table = dataset::from_rows(&rows, Some(&labels))?;
-    let mut groups = dataset::Groups::default();
-    for i in 0..rows.len() {
-        groups.push(if i < 8 { "a" } else { "b" });
-    }
-    table.groups = Some(groups);
-    let trained = train_fleet(gpu, table.clone(), &params, None, &ctl)?;
-    let model = LoadedModel::load(gpu, &trained.artifact)?;
-    let tables = [(&table, Scope::Member(0)), (&table, Scope::Member(1))];
-    for inference in model.infer_many(gpu, &tables, &ctl) {
-        inference?;
-    }
-    took.push(("mlp fleet".into(), started.elapsed()));
     Ok(took)
 }
